@@ -1,0 +1,3 @@
+from galaxynode.cli import main
+
+main()

@@ -1,0 +1,195 @@
+"""Frame encoding/signing and strict, bounded decoding/verification (no I/O).
+
+Wire form: msgpack array ``[1, payload, signature]``; payload is a msgpack bin holding the
+encoded payload map; signature is Ed25519 over ``b"gelato/v1\\0" + payload``. Signing the
+encoded bytes means no canonical encoding is needed.
+
+Decoding runs in two steps so a session can consume a sequence number before judging the body:
+`decode_envelope` (size, structure, signature, header) then `parse_message` (type and body).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import attrs
+import msgpack
+
+from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.gelato.messages import parse_body
+from galaxynode.identity import Identity, verify
+
+VERSION = 1
+SIGN_PREFIX = b"gelato/v1\0"
+KEY_LEN, ID_LEN, SIG_LEN = 32, 16, 64
+
+
+@attrs.frozen
+class Limits:
+    """Decoder bounds; every one is configurable (config section [limits])."""
+
+    max_frame_size: int = 1024 * 1024
+    max_str_len: int = 64 * 1024
+    max_bin_len: int = 1024 * 1024
+    max_array_len: int = 10_000
+    max_map_len: int = 1_000
+    max_depth: int = 16
+    ts_window_ms: int = 120_000
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@attrs.define(slots=True)
+class Frame:
+    """A verified frame. `msg` is None until parse_message has run."""
+
+    type: str
+    id: bytes
+    ts: int
+    sender: bytes
+    sid: bytes | None
+    seq: int | None
+    body: Any
+    size: int
+    msg: Any = None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(ErrorCode.MALFORMED_FRAME, f"extension type {code} not allowed")
+
+
+def _unpack_error(exc: Exception) -> ProtocolError:
+    if isinstance(exc, ProtocolError):
+        return exc
+    text = str(exc)
+    if "exceeds max" in text:
+        return ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"msgpack limit: {text}")
+    return ProtocolError(ErrorCode.MALFORMED_FRAME, f"invalid msgpack: {type(exc).__name__}: {text}"[:200])
+
+
+def _check_shape(value: Any, depth: int, max_depth: int) -> None:
+    """Nesting bound and string-only map keys for the untrusted body."""
+    if depth > max_depth:
+        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"nesting deeper than {max_depth}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ProtocolError(ErrorCode.MALFORMED_FRAME, "map keys must be strings")
+            if isinstance(v, (dict, list)):
+                _check_shape(v, depth + 1, max_depth)
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, (dict, list)):
+                _check_shape(v, depth + 1, max_depth)
+
+
+def encode_frame(identity: Identity, msg: Any, *, sid: bytes | None = None, seq: int | None = None,
+                 ts: int | None = None, frame_id: bytes | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> bytes:
+    payload: dict[str, Any] = {
+        "type": msg.TYPE,
+        "id": frame_id if frame_id is not None else os.urandom(ID_LEN),
+        "ts": ts if ts is not None else now_ms(),
+        "from": identity.public,
+    }
+    if sid is not None:
+        payload["sid"] = sid
+        payload["seq"] = seq
+    payload["body"] = msg.to_body()
+    return sign_payload(identity, msgpack.packb(payload, use_bin_type=True), limits)
+
+
+def sign_payload(identity: Identity, payload: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Frame already-encoded payload bytes; used by test vectors to craft odd payloads."""
+    data = msgpack.packb([VERSION, payload, identity.sign(SIGN_PREFIX + payload)], use_bin_type=True)
+    if len(data) > limits.max_frame_size:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame of {len(data)} bytes exceeds {limits.max_frame_size}")
+    return data
+
+
+def decode_envelope(data: Any, limits: Limits = DEFAULT_LIMITS, *, expected_key: bytes | None = None,
+                    now: int | None = None) -> Frame:
+    """Structure, signature and header checks. With expected_key (an established session) the
+    signature is checked before the payload is even unpacked."""
+    if isinstance(data, str):
+        raise ProtocolError(ErrorCode.TEXT_FRAME, "text messages are not Gelato frames")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "frame must be bytes")
+    size = len(data)
+    if size > limits.max_frame_size:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame of {size} bytes exceeds {limits.max_frame_size}")
+    try:
+        outer = msgpack.unpackb(data, raw=False, use_list=True, max_str_len=0, max_bin_len=size,
+                                max_array_len=3, max_map_len=0, max_ext_len=0, ext_hook=_no_ext)
+    except Exception as e:  # msgpack raises a zoo of types; all mean "malformed"
+        raise _unpack_error(e) from None
+    if type(outer) is not list or len(outer) != 3:
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "frame must be an array [version, payload, signature]")
+    version, payload, sig = outer
+    if type(version) is not int:
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "version must be an integer")
+    if version != VERSION:
+        raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"frame version {version} not supported")
+    if type(payload) is not bytes or type(sig) is not bytes or len(sig) != SIG_LEN:
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "payload must be bin and signature 64 bytes of bin")
+    signed = SIGN_PREFIX + payload
+    if expected_key is not None and not verify(expected_key, sig, signed):
+        raise ProtocolError(ErrorCode.BAD_SIGNATURE, "signature does not verify with the session key")
+    try:
+        p = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=False,
+                            max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
+                            max_array_len=limits.max_array_len, max_map_len=limits.max_map_len,
+                            max_ext_len=0, ext_hook=_no_ext)
+    except Exception as e:
+        raise _unpack_error(e) from None
+    if type(p) is not dict:
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "payload must be a map")
+    sender = p.get("from")
+    if type(sender) is not bytes or len(sender) != KEY_LEN:
+        raise ProtocolError(ErrorCode.BAD_KEY, "'from' must be a 32-byte key")
+    if expected_key is None:
+        if not verify(sender, sig, signed):
+            raise ProtocolError(ErrorCode.BAD_SIGNATURE, "signature does not verify with 'from'")
+    elif sender != expected_key:
+        raise ProtocolError(ErrorCode.WRONG_SENDER, "'from' is not the session's peer key")
+    fid, ftype, ts, body = p.get("id"), p.get("type"), p.get("ts"), p.get("body")
+    if type(fid) is not bytes or len(fid) != ID_LEN:
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "'id' must be 16 bytes")
+    if type(ftype) is not str or not ftype:
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "'type' must be a non-empty string", fid)
+    if type(ts) is not int or ts < 0:
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "'ts' must be a non-negative integer", fid)
+    sid, seq = p.get("sid"), p.get("seq")
+    if sid is not None and (type(sid) is not bytes or len(sid) != KEY_LEN):
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "'sid' must be 32 bytes", fid)
+    if (seq is not None and (type(seq) is not int or seq < 0)) or (seq is None) != (sid is None):
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "'seq' must be a non-negative integer present with 'sid'", fid)
+    if type(body) is not dict:
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "'body' must be a map", fid)
+    if any(type(k) is not str for k in p):
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "map keys must be strings", fid)
+    _check_shape(body, 1, limits.max_depth)
+    if now is not None and abs(ts - now) > limits.ts_window_ms:
+        raise ProtocolError(ErrorCode.STALE_TIMESTAMP, f"timestamp off by {ts - now} ms", fid)
+    return Frame(ftype, fid, ts, sender, sid, seq, body, size)
+
+
+def parse_message(frame: Frame) -> Frame:
+    try:
+        frame.msg = parse_body(frame.type, frame.body)
+    except ProtocolError as e:
+        e.ref = frame.id
+        raise
+    return frame
+
+
+def decode_frame(data: Any, limits: Limits = DEFAULT_LIMITS, *, expected_key: bytes | None = None,
+                 now: int | None = None) -> Frame:
+    """Full decode: every rejection is a ProtocolError carrying its code."""
+    return parse_message(decode_envelope(data, limits, expected_key=expected_key, now=now))

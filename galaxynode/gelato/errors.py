@@ -1,0 +1,94 @@
+"""Gelato error codes and the one exception type the protocol layer raises.
+
+Codes are grouped by thousands: 1xxx framing, 2xxx authentication, 3xxx session,
+4xxx authorization, 5xxx rate limits, 6xxx registry/discovery, 9xxx internal.
+`fatal` codes close the session after the ERROR frame is sent.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.IntEnum):
+    # framing
+    MALFORMED_FRAME = 1000
+    FRAME_TOO_LARGE = 1001
+    UNSUPPORTED_VERSION = 1002
+    TEXT_FRAME = 1003
+    UNKNOWN_TYPE = 1004
+    INVALID_BODY = 1005
+    LIMIT_EXCEEDED = 1006
+    # authentication
+    BAD_SIGNATURE = 2000
+    BAD_KEY = 2001
+    STALE_TIMESTAMP = 2002
+    PINNED_KEY_MISMATCH = 2003
+    WRONG_SENDER = 2004
+    # session
+    UNEXPECTED_MESSAGE = 3000
+    BAD_NONCE = 3001
+    NETWORK_MISMATCH = 3002
+    SELF_CONNECTION = 3003
+    WRONG_SID = 3004
+    BAD_SEQUENCE = 3005
+    HANDSHAKE_TIMEOUT = 3006
+    IDLE_TIMEOUT = 3007
+    NO_COMMON_VERSION = 3008
+    DUPLICATE_SESSION = 3009
+    # authorization
+    FORBIDDEN = 4000
+    NOT_ADMITTED = 4001
+    BANNED = 4002
+    # rate limits
+    RATE_LIMITED = 5000
+    TOO_MANY_CONNECTIONS = 5001
+    TEMPORARILY_BANNED = 5002
+    # registry and discovery
+    NOT_JOINED = 6000
+    BAD_TTL = 6001
+    BAD_CURSOR = 6002
+    BAD_DESCRIPTOR = 6003
+    STALE_DESCRIPTOR = 6004
+    NOT_FOUND = 6005
+    # internal
+    INTERNAL = 9000
+    SHUTTING_DOWN = 9001
+    UNAVAILABLE = 9002
+
+    @property
+    def fatal(self) -> bool:
+        return self in FATAL_CODES
+
+    @property
+    def group(self) -> str:
+        return GROUPS[self.value // 1000]
+
+
+GROUPS = {1: "framing", 2: "authentication", 3: "session", 4: "authorization",
+          5: "rate_limit", 6: "registry", 9: "internal"}
+
+# A peer that sends one of these cannot be trusted to keep a consistent session.
+FATAL_CODES = frozenset({
+    ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.UNSUPPORTED_VERSION,
+    ErrorCode.TEXT_FRAME, ErrorCode.LIMIT_EXCEEDED, ErrorCode.BAD_SIGNATURE, ErrorCode.BAD_KEY,
+    ErrorCode.STALE_TIMESTAMP, ErrorCode.PINNED_KEY_MISMATCH, ErrorCode.WRONG_SENDER,
+    ErrorCode.UNEXPECTED_MESSAGE, ErrorCode.BAD_NONCE, ErrorCode.NETWORK_MISMATCH,
+    ErrorCode.SELF_CONNECTION, ErrorCode.WRONG_SID, ErrorCode.BAD_SEQUENCE,
+    ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.IDLE_TIMEOUT, ErrorCode.NO_COMMON_VERSION,
+    ErrorCode.DUPLICATE_SESSION, ErrorCode.BANNED, ErrorCode.RATE_LIMITED,
+    ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.TEMPORARILY_BANNED, ErrorCode.SHUTTING_DOWN,
+})
+
+
+class ProtocolError(Exception):
+    """A Gelato rejection: carries the code sent in the ERROR frame."""
+
+    def __init__(self, code: ErrorCode, message: str = "", ref: bytes | None = None):
+        super().__init__(f"{code.name.lower()} ({int(code)}): {message}" if message else code.name.lower())
+        self.code = code
+        self.message = message or code.name.lower()
+        self.ref = ref
+
+    @property
+    def fatal(self) -> bool:
+        return self.code.fatal

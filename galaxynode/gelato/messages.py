@@ -1,0 +1,411 @@
+"""Gelato message bodies: one attrs class per message type, declared with a small schema.
+
+The schema (kind and bounds per field) is data: it validates incoming bodies, builds outgoing
+ones, and is exported to ``protocol/gelato.json`` so that the spec and the code cannot drift.
+Unknown body keys are ignored (forward compatibility); missing required keys, wrong types and
+out-of-bounds values raise ProtocolError(INVALID_BODY).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+from galaxynode.gelato.errors import ErrorCode, ProtocolError
+
+_NODEFAULT = object()
+
+# Shared bounds (also exported to protocol/gelato.json).
+MAX_NAME = 64
+MAX_CAPABILITIES = 32
+MAX_META_ENTRIES = 32
+MAX_META_VALUE = 256
+MAX_TOPIC = 128
+MAX_TOPICS = 32
+MAX_ENDPOINTS = 8
+MAX_ENDPOINT = 256
+MAX_PAGE = 1000
+MAX_CURSOR = 128
+MAX_DESCRIPTOR_RECORD = 4096
+MAX_TTL_S = 86_400
+MAX_HOPS = 8
+ROLES = ("node", "pool", "mainnet", "probe")
+
+
+@attrs.frozen
+class Spec:
+    """How one body field is typed and bounded on the wire."""
+
+    kind: str  # str | bin | uint | bool | list | strmap | struct | any | anymap
+    min_len: int | None = None
+    max_len: int | None = None
+    max: int | None = None
+    choices: tuple[str, ...] | None = None
+    item: "Spec | None" = None
+    struct: type | None = None
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        for name in ("min_len", "max_len", "max"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.choices:
+            out["choices"] = list(self.choices)
+        if self.item:
+            out["item"] = self.item.describe()
+        if self.struct:
+            out["struct"] = self.struct.__name__
+        return out
+
+
+def field(kind: str, default: Any = _NODEFAULT, **bounds: Any) -> Any:
+    spec = Spec(kind, **bounds)
+    meta = {"gelato": spec}
+    if default is _NODEFAULT:
+        return attrs.field(metadata=meta)
+    if isinstance(default, (list, dict)):
+        return attrs.field(metadata=meta, factory=lambda d=default: type(d)(d))
+    return attrs.field(metadata=meta, default=default)
+
+
+def _bad(path: str, what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_BODY, f"{path}: {what}")
+
+
+def _check(spec: Spec, value: Any, path: str) -> Any:
+    k = spec.kind
+    if k == "str" or k == "bin":
+        if not isinstance(value, str if k == "str" else bytes):
+            raise _bad(path, f"expected {k}")
+        n = len(value)
+        if spec.min_len is not None and n < spec.min_len or spec.max_len is not None and n > spec.max_len:
+            raise _bad(path, f"length {n} outside [{spec.min_len or 0}, {spec.max_len}]")
+        if spec.choices and value not in spec.choices:
+            raise _bad(path, f"must be one of {', '.join(spec.choices)}")
+        return value
+    if k == "uint":
+        if type(value) is not int or value < 0 or (spec.max is not None and value > spec.max):
+            raise _bad(path, f"expected integer in [0, {spec.max if spec.max is not None else '2^64-1'}]")
+        return value
+    if k == "bool":
+        if type(value) is not bool:
+            raise _bad(path, "expected bool")
+        return value
+    if k == "list":
+        if not isinstance(value, list):
+            raise _bad(path, "expected array")
+        if spec.min_len is not None and len(value) < spec.min_len or len(value) > spec.max_len:
+            raise _bad(path, f"{len(value)} items outside [{spec.min_len or 0}, {spec.max_len}]")
+        return tuple(_check(spec.item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if k == "strmap":
+        if not isinstance(value, dict):
+            raise _bad(path, "expected map")
+        if len(value) > spec.max_len:
+            raise _bad(path, f"more than {spec.max_len} entries")
+        for key, v in value.items():
+            if not isinstance(key, str) or not 0 < len(key) <= MAX_NAME:
+                raise _bad(path, f"key must be a string of 1..{MAX_NAME} characters")
+            if not isinstance(v, str) or len(v) > MAX_META_VALUE:
+                raise _bad(f"{path}.{key}", f"value must be a string of at most {MAX_META_VALUE} characters")
+        return dict(value)
+    if k == "struct":
+        if not isinstance(value, dict):
+            raise _bad(path, "expected map")
+        return _from_body(spec.struct, value, path)
+    if k == "anymap":
+        if not isinstance(value, dict):
+            raise _bad(path, "expected map")
+        return value
+    if k == "any":
+        return value
+    raise AssertionError(f"unknown kind {k}")
+
+
+def _dump(spec: Spec, value: Any) -> Any:
+    if spec.kind == "list":
+        return [_dump(spec.item, v) for v in value]
+    if spec.kind == "struct":
+        return value.to_body()
+    return value
+
+
+def _fields(cls: type) -> tuple[tuple[attrs.Attribute, Spec], ...]:
+    cached = cls.__dict__.get("_gelato_fields")
+    if cached is None:
+        cached = tuple((a, a.metadata["gelato"]) for a in attrs.fields(cls))
+        setattr(cls, "_gelato_fields", cached)
+    return cached
+
+
+def _from_body(cls: type, body: dict, path: str) -> Any:
+    kwargs = {}
+    for a, spec in _fields(cls):
+        if a.name in body:
+            value = body[a.name]
+            if value is None and a.default is None:
+                continue
+            kwargs[a.name] = _check(spec, value, f"{path}.{a.name}")
+        elif a.default is attrs.NOTHING:
+            raise _bad(f"{path}.{a.name}", "required field missing")
+    return cls(**kwargs)
+
+
+class Body:
+    """Mixin for message and struct classes: schema-driven (de)serialisation."""
+
+    TYPE: ClassVar[str] = ""
+    FAMILY: ClassVar[str] = ""
+
+    @classmethod
+    def from_body(cls, body: dict) -> Any:
+        return _from_body(cls, body, cls.TYPE or cls.__name__)
+
+    def to_body(self) -> dict:
+        out = {}
+        for a, spec in _fields(type(self)):
+            value = getattr(self, a.name)
+            if value is None:
+                continue
+            out[a.name] = _dump(spec, value)
+        return out
+
+    @classmethod
+    def schema(cls) -> dict[str, Any]:
+        return {a.name: {**spec.describe(), "required": a.default is attrs.NOTHING}
+                for a, spec in _fields(cls)}
+
+
+MESSAGES: dict[str, type] = {}
+STRUCTS: dict[str, type] = {}
+
+
+def message(type_name: str, family: str):
+    def register(cls: type) -> type:
+        cls = attrs.frozen(cls, kw_only=True)
+        cls.TYPE, cls.FAMILY = type_name, family
+        MESSAGES[type_name] = cls
+        return cls
+    return register
+
+
+def struct(cls: type) -> type:
+    cls = attrs.frozen(cls, kw_only=True)
+    STRUCTS[cls.__name__] = cls
+    return cls
+
+
+def parse_body(type_name: str, body: Any) -> Any:
+    cls = MESSAGES.get(type_name)
+    if cls is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {type_name!r}")
+    if not isinstance(body, dict):
+        raise ProtocolError(ErrorCode.INVALID_BODY, f"{type_name}: body must be a map")
+    return cls.from_body(body)
+
+
+# Reusable field specs.
+def _key(**kw): return field("bin", min_len=32, max_len=32, **kw)
+def _ref(**kw): return field("bin", min_len=16, max_len=16, **kw)
+def _name(**kw): return field("str", min_len=1, max_len=MAX_NAME, **kw)
+def _strs(max_items, max_len, **kw): return field("list", max_len=max_items, item=Spec("str", min_len=1, max_len=max_len), **kw)
+def _caps(**kw): return _strs(MAX_CAPABILITIES, MAX_NAME, **kw)
+def _meta(**kw): return field("strmap", max_len=MAX_META_ENTRIES, **kw)
+def _cursor(**kw): return field("bin", max_len=MAX_CURSOR, **kw)
+def _limit(): return field("uint", max=MAX_PAGE, default=100)
+
+
+# --- structs -----------------------------------------------------------------------------------
+
+@struct
+class NodeRecord(Body):
+    key: bytes = _key()
+    capabilities: tuple[str, ...] = _caps(default=())
+    meta: dict = _meta(default={})
+    expires: int = field("uint")  # ms since epoch
+    pool: bytes | None = _key(default=None)  # set on records relayed from another pool
+
+
+@struct
+class SignedDescriptor(Body):
+    record: bytes = field("bin", min_len=1, max_len=MAX_DESCRIPTOR_RECORD)
+    sig: bytes = field("bin", min_len=64, max_len=64)
+
+
+# --- session -----------------------------------------------------------------------------------
+
+@message("HELLO", "session")
+class Hello(Body):
+    network: str = _name()
+    role: str = field("str", choices=ROLES)
+    nonce: bytes = _key()
+    versions: tuple[int, ...] = field("list", min_len=1, max_len=8, item=Spec("uint", max=255))
+    features: tuple[str, ...] = _strs(16, 32, default=())
+    agent: str = field("str", max_len=128, default="")
+    listen: tuple[str, ...] = _strs(MAX_ENDPOINTS, MAX_ENDPOINT, default=())
+    echo: bytes | None = _key(default=None)  # answerer only: the opener's nonce
+
+
+@message("READY", "session")
+class Ready(Body):
+    echo: bytes = _key()  # the answerer's nonce
+
+
+@message("PING", "session")
+class Ping(Body):
+    data: bytes | None = field("bin", max_len=64, default=None)
+
+
+@message("PONG", "session")
+class Pong(Body):
+    data: bytes | None = field("bin", max_len=64, default=None)
+
+
+@message("ERROR", "session")
+class Error(Body):
+    code: int = field("uint", max=65535)
+    name: str = field("str", max_len=64)
+    message: str = field("str", max_len=512, default="")
+    re: bytes | None = _ref(default=None)
+
+    @classmethod
+    def from_exc(cls, exc: ProtocolError) -> "Error":
+        return cls(int(exc.code), exc.code.name.lower(), exc.message[:512], exc.ref)
+
+
+@message("GOODBYE", "session")
+class Goodbye(Body):
+    reason: str = field("str", max_len=256, default="")
+
+
+@message("ACK", "session")
+class Ack(Body):
+    re: bytes = _ref()
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+@message("JOIN", "registry")
+class Join(Body):
+    ttl: int = field("uint", max=MAX_TTL_S, default=30)  # seconds
+    capabilities: tuple[str, ...] = _caps(default=())
+    meta: dict = _meta(default={})
+
+
+@message("HEARTBEAT", "registry")
+class Heartbeat(Body):
+    ttl: int | None = field("uint", max=MAX_TTL_S, default=None)
+
+
+@message("LEASE", "registry")
+class Lease(Body):
+    re: bytes = _ref()
+    ttl: int = field("uint", max=MAX_TTL_S)
+    expires: int = field("uint")  # ms since epoch
+
+
+@message("LEAVE", "registry")
+class Leave(Body):
+    pass
+
+
+@message("QUERY", "registry")
+class Query(Body):
+    capabilities: tuple[str, ...] = _caps(default=())
+    meta: dict = _meta(default={})
+    key: bytes | None = _key(default=None)
+    limit: int = _limit()
+    cursor: bytes | None = _cursor(default=None)
+    scope: str = field("str", choices=("local", "peers"), default="local")
+    hops: int = field("uint", max=MAX_HOPS, default=2)
+
+
+@message("QUERY_RESULT", "registry")
+class QueryResult(Body):
+    re: bytes = _ref()
+    nodes: tuple[NodeRecord, ...] = field("list", max_len=MAX_PAGE * 4, item=Spec("struct", struct=NodeRecord))
+    cursor: bytes | None = _cursor(default=None)
+    partial: bool = field("bool", default=False)  # some peers did not answer in time
+
+
+# --- events ------------------------------------------------------------------------------------
+
+@message("SUBSCRIBE", "events")
+class Subscribe(Body):
+    topics: tuple[str, ...] = field("list", min_len=1, max_len=MAX_TOPICS, item=Spec("str", min_len=1, max_len=MAX_TOPIC))
+    peers: bool = field("bool", default=False)  # also events relayed from peered pools
+
+
+@message("UNSUBSCRIBE", "events")
+class Unsubscribe(Body):
+    topics: tuple[str, ...] = field("list", min_len=1, max_len=MAX_TOPICS, item=Spec("str", min_len=1, max_len=MAX_TOPIC))
+
+
+@message("EVENT", "events")
+class Event(Body):
+    topic: str = field("str", min_len=1, max_len=MAX_TOPIC)
+    event_id: bytes = _ref()
+    origin: bytes = _key()  # key of the pool where the event happened
+    ts: int = field("uint")
+    data: dict = field("anymap", default={})
+    hops: int = field("uint", max=MAX_HOPS, default=0)
+
+
+# --- discovery and peering ---------------------------------------------------------------------
+
+@message("ANNOUNCE", "discovery")
+class Announce(Body):
+    descriptor: SignedDescriptor = field("struct", struct=SignedDescriptor)
+
+
+@message("LOOKUP", "discovery")
+class Lookup(Body):
+    network: str | None = _name(default=None)
+    capability: str | None = _name(default=None)
+    name: str | None = _name(default=None)
+    limit: int = _limit()
+    cursor: bytes | None = _cursor(default=None)
+
+
+@message("LOOKUP_RESULT", "discovery")
+class LookupResult(Body):
+    re: bytes = _ref()
+    descriptors: tuple[SignedDescriptor, ...] = field("list", max_len=MAX_PAGE, item=Spec("struct", struct=SignedDescriptor))
+    cursor: bytes | None = _cursor(default=None)
+
+
+@message("DESCRIPTORS", "peering")
+class Descriptors(Body):
+    descriptors: tuple[SignedDescriptor, ...] = field("list", max_len=256, item=Spec("struct", struct=SignedDescriptor))
+
+
+# --- status and administration -----------------------------------------------------------------
+
+@message("STATUS", "status")
+class Status(Body):
+    pass
+
+
+@message("STATUS_RESULT", "status")
+class StatusResult(Body):
+    re: bytes = _ref()
+    key: bytes = _key()
+    name: str = field("str", max_len=MAX_NAME)
+    network: str = _name()
+    role: str = field("str", choices=ROLES)
+    version: str = field("str", max_len=64)
+    uptime: int = field("uint")  # seconds
+    nodes: int = field("uint")
+    peers: int = field("uint")
+
+
+@message("ADMIN", "admin")
+class Admin(Body):
+    action: str = field("str", choices=("kick", "ban", "unban", "peers", "nodes"))
+    key: bytes | None = _key(default=None)
+    duration: int | None = field("uint", default=None)  # seconds; ban without duration is permanent
+
+
+@message("ADMIN_RESULT", "admin")
+class AdminResult(Body):
+    re: bytes = _ref()
+    items: tuple[Any, ...] = field("list", max_len=MAX_PAGE * 10, item=Spec("anymap"), default=())
