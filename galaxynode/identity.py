@@ -5,13 +5,16 @@ Private keys are PKCS#8 PEM files created with mode 0600.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
+import string
+import tempfile
 from pathlib import Path
 
 import attrs
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -21,7 +24,7 @@ PUBKEY_PREFIX = "ed25519:"
 
 
 class KeyFileError(Exception):
-    """A key file that is missing, unreadable or not an Ed25519 private key."""
+    """A key file that is missing, unreadable, unwritable or not an Ed25519 private key."""
 
 
 def format_public_key(raw: bytes) -> str:
@@ -29,17 +32,13 @@ def format_public_key(raw: bytes) -> str:
 
 
 def parse_public_key(text: str) -> bytes:
-    """Inverse of format_public_key; also accepts bare hex."""
+    """Inverse of format_public_key; also accepts bare hex (either case), nothing else."""
     body = text.strip()
     if body.startswith(PUBKEY_PREFIX):
         body = body[len(PUBKEY_PREFIX):]
-    try:
-        raw = bytes.fromhex(body)
-    except ValueError:
-        raise ValueError(f"not a public key: {text!r} (expected {PUBKEY_PREFIX}<64 hex digits>)") from None
-    if len(raw) != 32:
-        raise ValueError(f"not a public key: {text!r} (expected 32 bytes, got {len(raw)})")
-    return raw
+    if len(body) != 64 or not all(c in string.hexdigits for c in body):
+        raise ValueError(f"not a public key: {text!r} (expected {PUBKEY_PREFIX}<64 hex digits>)")
+    return bytes.fromhex(body)
 
 
 @attrs.frozen(repr=False)
@@ -102,23 +101,35 @@ def verify(public: bytes, signature: bytes, data: bytes) -> bool:
 def write_key(identity: Identity, path: str | os.PathLike, *, force: bool = False) -> None:
     """Write the private key with mode 0600; never overwrites unless force (then atomically)."""
     path = Path(path)
+    try:
+        _write_key(identity.to_pem(), path, force)
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot write key file ({e.strerror or e})") from None
+
+
+def _write_key(pem: bytes, path: Path, force: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pem = identity.to_pem()
-    if not force:
+    if force:
+        # mkstemp: a fresh 0600 file with a unique name, so no stale temp file can lend the key its mode.
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        target = Path(name)
+    else:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             raise KeyFileError(f"{path}: already exists (use --force to overwrite)") from None
+        target = path
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())
+        if target != path:
+            os.replace(target, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(target)  # a half-written key file would make every later start fail
+        raise
 
 
 def load_key(path: str | os.PathLike) -> Identity:
@@ -135,8 +146,10 @@ def load_key(path: str | os.PathLike) -> Identity:
                     path, stat.S_IMODE(st.st_mode), path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
-        raise KeyFileError(f"{path}: not a valid unencrypted PEM private key ({e})") from None
+    except TypeError:
+        raise KeyFileError(f"{path}: key file is password-protected; galaxynode needs an unencrypted key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyFileError(f"{path}: not a PEM private key (corrupt or wrong file?)") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path}: not an Ed25519 private key")
     return Identity.from_private(key)

@@ -64,11 +64,17 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(ErrorCode.MALFORMED_FRAME, f"extension type {code} not allowed")
 
 
-def _unpack_error(exc: Exception) -> ProtocolError:
+def _unpack_error(exc: Exception, *, limits_apply: bool = True) -> ProtocolError:
+    """Map msgpack's zoo of exceptions to a code. Only the payload has configurable limits; the
+    outer array is fixed-shape, so anything msgpack rejects there is simply malformed."""
     if isinstance(exc, ProtocolError):
         return exc
     text = str(exc)
-    if "exceeds max" in text:
+    if "max_ext_len" in text:  # non-empty ext data trips the length bound before ext_hook runs
+        return ProtocolError(ErrorCode.MALFORMED_FRAME, "extension types not allowed")
+    if limits_apply and isinstance(exc, msgpack.StackError):
+        return ProtocolError(ErrorCode.LIMIT_EXCEEDED, "msgpack limit: nesting too deep")
+    if limits_apply and "exceeds max" in text:
         return ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"msgpack limit: {text}")
     return ProtocolError(ErrorCode.MALFORMED_FRAME, f"invalid msgpack: {type(exc).__name__}: {text}"[:200])
 
@@ -127,8 +133,8 @@ def decode_envelope(data: Any, limits: Limits = DEFAULT_LIMITS, *, expected_key:
     try:
         outer = msgpack.unpackb(data, raw=False, use_list=True, max_str_len=0, max_bin_len=size,
                                 max_array_len=3, max_map_len=0, max_ext_len=0, ext_hook=_no_ext)
-    except Exception as e:  # msgpack raises a zoo of types; all mean "malformed"
-        raise _unpack_error(e) from None
+    except Exception as e:  # msgpack raises a zoo of types
+        raise _unpack_error(e, limits_apply=False) from None
     if type(outer) is not list or len(outer) != 3:
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "frame must be an array [version, payload, signature]")
     version, payload, sig = outer
@@ -174,7 +180,11 @@ def decode_envelope(data: Any, limits: Limits = DEFAULT_LIMITS, *, expected_key:
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "'body' must be a map", fid)
     if any(type(k) is not str for k in p):
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "map keys must be strings", fid)
-    _check_shape(body, 1, limits.max_depth)
+    try:
+        _check_shape(body, 1, limits.max_depth)
+    except ProtocolError as e:
+        e.ref = fid
+        raise
     if now is not None and abs(ts - now) > limits.ts_window_ms:
         raise ProtocolError(ErrorCode.STALE_TIMESTAMP, f"timestamp off by {ts - now} ms", fid)
     return Frame(ftype, fid, ts, sender, sid, seq, body, size)

@@ -18,6 +18,7 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_TYPE = 1004
     INVALID_BODY = 1005
     LIMIT_EXCEEDED = 1006
+    NOT_SUPPORTED = 1007
     # authentication
     BAD_SIGNATURE = 2000
     BAD_KEY = 2001

@@ -103,7 +103,8 @@ class Handshake:
         return self._hello(None)
 
     def receive(self, data: Any) -> bytes | None:
-        """Process one frame from the peer; returns a frame to send, if any."""
+        """Process one frame from the peer; returns a frame to send, if any. Any ProtocolError
+        ends the handshake (state FAILED), even one whose code is non-fatal within a session."""
         try:
             return self._receive(data)
         except ProtocolError:

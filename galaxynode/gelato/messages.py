@@ -269,7 +269,7 @@ class Error(Body):
 
     @classmethod
     def from_exc(cls, exc: ProtocolError) -> "Error":
-        return cls(int(exc.code), exc.code.name.lower(), exc.message[:512], exc.ref)
+        return cls(code=int(exc.code), name=exc.code.name.lower(), message=exc.message[:512], re=exc.ref)
 
 
 @message("GOODBYE", "session")

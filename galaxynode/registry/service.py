@@ -1,0 +1,306 @@
+"""The registry as a trio service: lease table in memory, SQLite behind it, events on the bus.
+
+Memory is the truth and the store follows it. A change is applied to the table at once and marked dirty
+(one pending op per key, so a burst of heartbeats from one node costs one row write); the caller then
+waits until the writer task has committed the batch that holds its change. The writer commits everything
+pending in one transaction, so concurrent joins share one fsync (group commit). A failed commit is
+reported to every waiter of that batch (INTERNAL) and its ops are retried with the next batch, after a
+pause, unless a newer change to the same key superseded them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+
+import trio
+
+from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.registry.leases import Entry, LeaseTable
+from galaxynode.registry.store import Ban, Delete, Op, SqliteStore, Unban, Upsert
+
+log = logging.getLogger(__name__)
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Batch:
+    """The changes made since the last commit started, and the callers waiting for them."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: ProtocolError | None = None
+
+
+class Registry:
+    """Durable node registry. Start ``run`` in a nursery; with ``store=None`` it lives in memory only."""
+
+    def __init__(self, table: LeaseTable, store: SqliteStore | None = None, bus=None, *,
+                 expiry_interval: float = 1.0, clock: Callable[[], int] | None = None,
+                 publish_renewals: bool = False, retry_delay: float = 1.0, owns_store: bool = False):
+        self.table = table
+        self.store = store
+        self.bus = bus
+        self.expiry_interval = expiry_interval
+        self.clock = clock or wall_clock_ms
+        self.publish_renewals = publish_renewals
+        self.retry_delay = retry_delay
+        self._owns_store = owns_store
+        self._entry_ops: dict[bytes, Op] = {}
+        self._ban_ops: dict[bytes, Op] = {}
+        self._batch = _Batch()
+        self._inflight: _Batch | None = None
+        self._wake_at = 0  # when the expiry loop wakes next (ms); 0 = not sleeping yet
+        self._reschedule = trio.Event()
+        self._dirty = trio.Event()
+        self._state = "new"  # new -> running -> stopped
+        self.commits = 0  # transactions committed (for metrics)
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike | None, table: LeaseTable | None = None, bus=None, *,
+                   store_table: str = "nodes", **kwargs) -> "Registry":
+        """Load the registry from ``path`` (None: in memory). Leases keep their absolute expiry, so each comes
+        back with the time it had left; leases that ran out while we were down are expired now."""
+        table = LeaseTable() if table is None else table
+        if path is None:
+            return cls(table, None, bus, **kwargs)
+        store = await trio.to_thread.run_sync(lambda: SqliteStore(path, table=store_table))
+        reg = cls(table, store, bus, owns_store=True, **kwargs)
+        try:
+            entries, bans = await trio.to_thread.run_sync(store.load)
+            dropped, lapsed = table.restore(entries, bans, reg.clock())
+            for e in dropped:
+                reg._write(Delete(e.key))
+            for k in lapsed:
+                reg._write(Unban(k))
+            await trio.to_thread.run_sync(store.apply, reg._take_ops())
+        except BaseException:
+            store.close()
+            raise
+        for e in dropped:
+            reg._publish("node.expired", e)
+        log.info("registry loaded from %s: %d leases, %d expired while down", store.path, len(table), len(dropped))
+        return reg
+
+    # --- changes (each returns once durable) ---------------------------------------------------------
+
+    async def join(self, key: bytes, *, capabilities: Iterable[str] = (),
+                   meta: Mapping[str, str] = MappingProxyType({}), ttl: int | None = None,
+                   payload: bytes | None = None) -> Entry:
+        self._check_open()
+        entry = self.table.join(key, capabilities=capabilities, meta=meta, ttl=ttl, now=self.clock(),
+                                payload=payload)
+        self._write(Upsert(entry))
+        self._schedule(entry)
+        self._publish("node.joined", entry)
+        await self._durable()
+        return entry
+
+    async def renew(self, key: bytes, *, ttl: int | None = None) -> Entry:
+        self._check_open()
+        entry = self.table.renew(key, ttl=ttl, now=self.clock())
+        self._write(Upsert(entry))
+        self._schedule(entry)
+        if self.publish_renewals:
+            self._publish("node.renewed", entry)
+        await self._durable()
+        return entry
+
+    async def leave(self, key: bytes) -> Entry | None:
+        return await self._remove(key, self.table.leave, "node.left")
+
+    async def kick(self, key: bytes, *, by: bytes | None = None) -> Entry | None:
+        """Remove a lease; ``by`` (the requesting session's key), when given, must be an admin."""
+        if by is not None:
+            self.table.require_admin(by)
+        return await self._remove(key, self.table.kick, "node.kicked")
+
+    async def ban(self, key: bytes, *, until: int | None = None, by: bytes | None = None) -> Entry | None:
+        """Ban ``key`` until ``until`` (ms since epoch; None = permanently) and drop its lease."""
+        self._check_open()
+        if by is not None:
+            self.table.require_admin(by)
+        entry = self.table.ban(key, until=until, now=self.clock())
+        self._write(Ban(key, until))
+        if entry is not None:
+            self._write(Delete(key))
+        data = entry.to_event() if entry else {"key": key.hex(), "capabilities": [], "meta": {}, "expires": None}
+        self._emit("node.banned", {**data, "until": until})
+        await self._durable()
+        return entry
+
+    async def unban(self, key: bytes, *, by: bytes | None = None) -> bool:
+        self._check_open()
+        if by is not None:
+            self.table.require_admin(by)
+        found = self.table.unban(key)
+        if found:
+            self._write(Unban(key))
+            await self._durable()
+        return found
+
+    def query(self, **filters) -> tuple[list[Entry], bytes | None]:
+        """See LeaseTable.query."""
+        return self.table.query(**filters)
+
+    def get(self, key: bytes) -> Entry | None:
+        return self.table.get(key)
+
+    def expire(self) -> list[Entry]:
+        """Drop leases that ran out (their deletion is written with the next batch)."""
+        expired = self.table.expire(self.clock())
+        for e in expired:
+            self._write(Delete(e.key))
+            self._publish("node.expired", e)
+        if expired:
+            self._dirty.set()
+        return expired
+
+    async def flush(self) -> None:
+        """Wait until every change made so far (expiries included) is durable."""
+        if self.store is None:
+            return
+        if self._entry_ops or self._ban_ops:
+            self._check_open()
+            await self._durable()  # commits after any batch in flight
+        elif self._inflight is not None:
+            await self._inflight.done.wait()
+            if self._inflight.error is not None:
+                raise self._inflight.error
+
+    # --- tasks ------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run the writer and the expiry loop until cancelled; pending changes are flushed on the way out."""
+        if self._state != "new":
+            raise RuntimeError("Registry.run can only be started once")
+        self._state = "running"
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.store is not None:
+                    nursery.start_soon(self._writer)
+                nursery.start_soon(self._expiry_loop)
+                task_status.started()
+        finally:
+            self._state = "stopped"
+            with trio.CancelScope(shield=True):
+                await self._final_flush()
+            if self._owns_store and self.store is not None:
+                self.store.close()
+
+    def close(self) -> None:
+        """Release the store if ``run`` never ran (run closes it otherwise)."""
+        self._state = "stopped"
+        if self._owns_store and self.store is not None:
+            self.store.close()
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            self.expire()
+            now = self.clock()
+            nxt = self.table.next_expiry()
+            self._wake_at = now + int(self.expiry_interval * 1000) if nxt is None else min(
+                nxt, now + int(self.expiry_interval * 1000))
+            self._reschedule = trio.Event()
+            with trio.move_on_after(max(0, self._wake_at - now) / 1000):
+                await self._reschedule.wait()
+
+    def _schedule(self, entry: Entry) -> None:
+        """Wake the expiry loop early if this lease ends before the loop's next wake-up."""
+        if entry.expires < self._wake_at:
+            self._reschedule.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._dirty.wait()
+            if not await self._commit():
+                await trio.sleep(self.retry_delay)
+
+    async def _commit(self) -> bool:
+        """Commit everything pending as one transaction and wake its waiters. False if it failed."""
+        self._dirty = trio.Event()
+        batch, self._batch = self._batch, _Batch()
+        ops = self._take_ops()
+        if not ops:
+            batch.done.set()
+            return True
+        self._inflight = batch
+        try:
+            # Shielded: once ops are taken they must reach the store and their waiters must hear back.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.store.apply, ops)
+        except Exception as exc:
+            log.error("registry commit of %d changes failed: %s", len(ops), exc)
+            for op in ops:  # retry later, unless superseded by a newer change to the same key
+                self._write(op, replace=False)
+            self._dirty.set()
+            batch.error = ProtocolError(ErrorCode.INTERNAL, "the registry could not store this change")
+            batch.done.set()
+            return False
+        self.commits += 1
+        batch.done.set()
+        return True
+
+    async def _final_flush(self) -> None:
+        # Bounded by the store's busy timeout; a commit in a thread cannot be interrupted anyway.
+        if self.store is not None and (self._entry_ops or self._ban_ops):
+            if not await self._commit():
+                log.error("registry stopped with %d changes not stored", len(self._entry_ops) + len(self._ban_ops))
+        # Anyone still waiting (the flush failed) is told, never left hanging.
+        if not self._batch.done.is_set():
+            self._batch.error = ProtocolError(ErrorCode.SHUTTING_DOWN, "registry stopped before storing this change")
+            self._batch.done.set()
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.store is None:
+            return  # memory only: nothing to wait for
+        if self._state == "new":
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "registry not running yet")
+        if self._state == "stopped":
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "registry stopped")
+
+    async def _durable(self) -> None:
+        if self.store is None:
+            return
+        batch = self._batch
+        self._dirty.set()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+
+    async def _remove(self, key: bytes, remove: Callable[[bytes], Entry | None], topic: str) -> Entry | None:
+        self._check_open()
+        entry = remove(key)
+        if entry is not None:
+            self._write(Delete(key))
+            self._publish(topic, entry)
+            await self._durable()
+        return entry
+
+    def _write(self, op: Op, *, replace: bool = True) -> None:
+        """Mark op's key dirty; only the latest op per key (and per kind: lease, ban) is written."""
+        if self.store is None:
+            return
+        pending = self._ban_ops if isinstance(op, (Ban, Unban)) else self._entry_ops
+        if replace:
+            pending[op.key] = op
+        else:
+            pending.setdefault(op.key, op)
+
+    def _take_ops(self) -> list[Op]:
+        ops = [*self._entry_ops.values(), *self._ban_ops.values()]
+        self._entry_ops, self._ban_ops = {}, {}
+        return ops
+
+    def _publish(self, topic: str, entry: Entry) -> None:
+        self._emit(topic, entry.to_event())
+
+    def _emit(self, topic: str, data: dict) -> None:
+        if self.bus is not None:
+            self.bus.publish(topic, data)

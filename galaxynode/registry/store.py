@@ -1,0 +1,140 @@
+"""Durable registry state in SQLite (WAL, synchronous=FULL): a change is on disk once apply() returns.
+
+Blocking by design: the service calls it from one worker thread at a time and batches many changes
+into one transaction (group commit), so one fsync acknowledges many joins.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from galaxynode.registry.leases import Entry
+
+
+class StoreError(Exception):
+    """The registry database could not be opened, read or written."""
+
+
+@attrs.frozen
+class Upsert:
+    entry: Entry
+
+    @property
+    def key(self) -> bytes:
+        return self.entry.key
+
+
+@attrs.frozen
+class Delete:
+    key: bytes
+
+
+@attrs.frozen
+class Ban:
+    key: bytes
+    until: int | None  # ms since epoch, None = permanent
+
+
+@attrs.frozen
+class Unban:
+    key: bytes
+
+
+Op = Upsert | Delete | Ban | Unban
+
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class SqliteStore:
+    """Entries and bans of one lease table, in ``{table}`` and ``{table}_bans``."""
+
+    def __init__(self, path: str | os.PathLike, *, table: str = "nodes", busy_timeout: float = 5.0):
+        if not _TABLE_NAME.fullmatch(table):
+            raise ValueError(f"invalid table name {table!r}")
+        self.path = os.fspath(path)
+        self._t = table
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
+                                         check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open registry database {self.path}: {exc}") from exc
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (key BLOB PRIMARY KEY, capabilities TEXT NOT NULL, "
+                "meta TEXT NOT NULL, ttl INTEGER NOT NULL, expires INTEGER NOT NULL, joined INTEGER NOT NULL, "
+                "payload BLOB) WITHOUT ROWID")
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table}_bans (key BLOB PRIMARY KEY, until INTEGER) "
+                               "WITHOUT ROWID")
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise StoreError(f"cannot initialise registry database {self.path}: {exc}") from exc
+        self._sql = {
+            Upsert: f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?)",
+            Delete: f"DELETE FROM {table} WHERE key = ?",
+            Ban: f"INSERT OR REPLACE INTO {table}_bans VALUES (?, ?)",
+            Unban: f"DELETE FROM {table}_bans WHERE key = ?",
+        }
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        """Apply all ops, in order, in one transaction; durable when this returns."""
+        if not ops:
+            return
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for kind, group in itertools.groupby(ops, type):
+                    conn.executemany(self._sql[kind], map(_params, group))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"registry write failed ({self.path}): {exc}") from exc
+
+    def load(self) -> tuple[list[Entry], dict[bytes, int | None]]:
+        """Everything stored: (entries, bans). Expiry is the lease table's business."""
+        try:
+            rows = self._conn.execute(f"SELECT * FROM {self._t}").fetchall()
+            bans = dict(self._conn.execute(f"SELECT key, until FROM {self._t}_bans").fetchall())
+            entries = [_entry(row) for row in rows]
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise StoreError(f"cannot read registry database {self.path}: {exc}") from exc
+        return entries, bans
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "SqliteStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _params(op: Op) -> tuple:
+    if isinstance(op, Upsert):
+        e = op.entry
+        return (e.key, json.dumps(list(e.capabilities)), json.dumps(dict(e.meta)), e.ttl, e.expires, e.joined,
+                e.payload)
+    if isinstance(op, Ban):
+        return (op.key, op.until)
+    return (op.key,)
+
+
+def _entry(row: Iterable) -> Entry:
+    key, caps, meta, ttl, expires, joined, payload = row
+    caps, meta = json.loads(caps), json.loads(meta)
+    if not isinstance(key, bytes) or not isinstance(caps, list) or not isinstance(meta, dict):
+        raise ValueError("malformed row")
+    return Entry(key=key, capabilities=tuple(caps), meta=meta, ttl=ttl, expires=expires, joined=joined,
+                 payload=payload)
