@@ -1,0 +1,38 @@
+"""Connecting side: open a channel, run the handshake, and serve the session for a block."""
+from __future__ import annotations
+
+import ssl
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import trio
+
+from galaxynode.identity import Identity
+from galaxynode.net.connection import AGENT, DEFAULT_SESSION_LIMITS, Connection, Handler, SessionLimits, establish
+from galaxynode.net.transport import open_channel, raise_single
+
+
+@asynccontextmanager
+async def connect(url: str, identity: Identity, *, network: str, role: str = "node",
+                  limits: SessionLimits = DEFAULT_SESSION_LIMITS, pinned_key: bytes | None = None,
+                  handler: Handler | None = None, ssl_context: ssl.SSLContext | None = None,
+                  connect_timeout: float = 10.0, listen: tuple[str, ...] = (),
+                  agent: str = AGENT) -> AsyncIterator[Connection]:
+    """`async with connect(url, identity, network=...) as conn:` an established Connection,
+    served (PING, replies, the handler) for the duration of the block and closed with GOODBYE
+    at its end. Failing to connect raises ChannelClosed; a refused handshake raises
+    ProtocolError (RemoteError when the server refused us)."""
+    async with open_channel(url, max_message_size=limits.codec.max_frame_size, connect_timeout=connect_timeout,
+                            ssl_context=ssl_context, close_timeout=limits.close_timeout) as channel:
+        session = await establish(channel, identity, opener=True, network=network, role=role, limits=limits,
+                                  pinned_key=pinned_key, listen=listen, agent=agent)
+        conn = Connection(channel, session, limits=limits, handler=handler)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run)
+                try:
+                    yield conn
+                finally:
+                    await conn.close()
+        except BaseExceptionGroup as group:
+            raise_single(group)

@@ -1,0 +1,538 @@
+"""One Gelato session over a Channel: handshake, then a reader, a writer, a dispatcher and a
+keepalive task, with every limit of "Limits and defences" enforced here.
+
+Outgoing frames go through one bounded queue and one writer task, which assigns `seq` as it
+encodes, so sequence order is wire order. `send()` waits when the queue is full (backpressure);
+`send_nowait()` is for pushes that may be lost (events): on a full queue it drops the frame,
+counts it in `stats.dropped` and returns False. Incoming requests are handed to the handler one
+at a time, in order, by a dispatcher task; the reader meanwhile keeps answering PING and
+resolving replies to our own `request()`s, so a handler may itself wait on a request.
+
+Session frames are not checked against the clock: sid and seq already make a replay impossible,
+and a clock step should not kill a live session (the handshake checks the time window).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Awaitable, Callable
+
+import attrs
+import trio
+
+from galaxynode import __version__
+from galaxynode.gelato import messages as m
+from galaxynode.gelato.codec import ID_LEN, Frame, Limits, decode_frame, encode_frame
+from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.gelato.handshake import Handshake, Session
+from galaxynode.identity import Identity
+from galaxynode.net.ratelimit import TokenBucket
+from galaxynode.net.transport import Channel, ChannelClosed
+
+log = logging.getLogger(__name__)
+
+AGENT = f"galaxynode/{__version__}"
+MiB = 1024 * 1024
+
+Handler = Callable[["Connection", Frame], Awaitable[Any]]
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+@attrs.frozen
+class SessionLimits:
+    """Per-session limits (seconds, frames, bytes); config section [limits]."""
+
+    codec: Limits = Limits()
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    idle_timeout: float = attrs.field(default=60.0, validator=_positive)    # nothing received -> close
+    ping_interval: float = attrs.field(default=20.0, validator=_positive)   # nothing received -> PING
+    write_timeout: float = attrs.field(default=30.0, validator=_positive)   # one frame stuck this long: peer is not reading
+    close_timeout: float = attrs.field(default=2.0, validator=_positive)    # flushing and the closing handshake
+    frame_rate: float = attrs.field(default=200.0, validator=_positive)     # frames/s, token bucket
+    frame_burst: int = attrs.field(default=400, validator=_positive)
+    byte_rate: float = attrs.field(default=1 * MiB, validator=_positive)    # bytes/s, token bucket
+    byte_burst: int = attrs.field(default=4 * MiB, validator=_positive)
+    send_queue: int = attrs.field(default=256, validator=_positive)         # frames waiting for the writer
+    recv_queue: int = attrs.field(default=16, validator=_positive)          # requests waiting for the handler
+
+    def __attrs_post_init__(self) -> None:
+        if self.byte_burst < self.codec.max_frame_size:
+            raise ValueError("byte_burst must be at least codec.max_frame_size, or a maximal frame is always refused")
+        if self.ping_interval >= self.idle_timeout:
+            raise ValueError("ping_interval must be shorter than idle_timeout")
+
+
+DEFAULT_SESSION_LIMITS = SessionLimits()
+
+# WebSocket close code sent after an ERROR (RFC 6455 7.4.1); anything else is 1008 policy violation.
+_WS_CLOSE = {ErrorCode.TEXT_FRAME: 1003, ErrorCode.FRAME_TOO_LARGE: 1009, ErrorCode.INTERNAL: 1011,
+             ErrorCode.SHUTTING_DOWN: 1001, ErrorCode.TOO_MANY_CONNECTIONS: 1013,
+             ErrorCode.TEMPORARILY_BANNED: 1013, ErrorCode.UNAVAILABLE: 1013}
+
+# Fatal codes that say nothing about the peer's conduct (ours, or ordinary life).
+_NOT_MISBEHAVIOUR = frozenset({ErrorCode.IDLE_TIMEOUT, ErrorCode.SHUTTING_DOWN, ErrorCode.DUPLICATE_SESSION,
+                               ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.TEMPORARILY_BANNED})
+
+
+def ws_close_code(error: ProtocolError | None) -> int:
+    return 1000 if error is None else _WS_CLOSE.get(error.code, 1008)
+
+
+def is_violation(error: ProtocolError | None) -> bool:
+    """Whether closing a session with this (our) error counts towards a temporary ban."""
+    return (error is not None and not isinstance(error, RemoteError) and error.fatal
+            and error.code not in _NOT_MISBEHAVIOUR)
+
+
+class RemoteError(ProtocolError):
+    """The peer sent an ERROR frame. `code` is our ErrorCode for it (INTERNAL for codes we do not
+    know); `remote_code` and `remote_name` are what the peer sent."""
+
+    def __init__(self, error: m.Error):
+        try:
+            code = ErrorCode(error.code)
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        super().__init__(code, error.message or error.name, error.re)
+        self.remote_code = error.code
+        self.remote_name = error.name
+
+
+class SessionClosed(Exception):
+    """The session is closed (or closing): nothing more can be sent or awaited on it. `error` is
+    why, when an ERROR ended it (ours, or the peer's as a RemoteError)."""
+
+    def __init__(self, code: int | None, reason: str = "", error: ProtocolError | None = None):
+        why = f"{error}" if error is not None else (reason or "closed")
+        super().__init__(f"session closed ({code}): {why}" if code is not None else f"session closed: {why}")
+        self.code = code
+        self.reason = reason
+        self.error = error
+
+
+# --- handshake ---------------------------------------------------------------------------------
+
+async def refuse(channel: Channel, identity: Identity, error: ProtocolError, *,
+                 limits: SessionLimits = DEFAULT_SESSION_LIMITS) -> None:
+    """Send ERROR outside a session (no sid or seq: there is none yet), then close the channel."""
+    frame = encode_frame(identity, m.Error.from_exc(error), limits=limits.codec)
+    with trio.move_on_after(limits.close_timeout):
+        try:
+            await channel.send(frame)
+        except ChannelClosed:
+            pass
+    await channel.close(ws_close_code(error), error.message)
+
+
+def _error_frame(data: Any, limits: Limits) -> RemoteError | None:
+    """If data is a valid ERROR frame, the error it carries (a peer refusing us mid-handshake)."""
+    try:
+        frame = decode_frame(data, limits)
+    except ProtocolError:
+        return None
+    return RemoteError(frame.msg) if frame.type == "ERROR" else None
+
+
+async def _send_handshake(channel: Channel, data: bytes) -> None:
+    # A peer that refuses us sends ERROR and closes; our send may then fail, but the ERROR is
+    # still waiting to be received, and the next receive reports it or the close.
+    try:
+        await channel.send(data)
+    except ChannelClosed:
+        pass
+
+
+async def establish(channel: Channel, identity: Identity, *, opener: bool, network: str, role: str,
+                    limits: SessionLimits = DEFAULT_SESSION_LIMITS, pinned_key: bytes | None = None,
+                    listen: tuple[str, ...] | list[str] = (), agent: str = AGENT) -> Session:
+    """Run the HELLO/HELLO/READY handshake within limits.handshake_timeout.
+
+    On our rejection the peer gets ERROR and the channel is closed, and the ProtocolError is
+    raised; a peer's ERROR is raised as RemoteError; a channel that closes raises ChannelClosed."""
+    hs = Handshake(identity, opener=opener, network=network, role=role, pinned_key=pinned_key,
+                   agent=agent, listen=tuple(listen), limits=limits.codec)
+    try:
+        with trio.fail_after(limits.handshake_timeout):
+            if opener:
+                await _send_handshake(channel, hs.initiate())
+            while not hs.established:
+                data = await channel.receive()
+                try:
+                    reply = hs.receive(data)
+                except ProtocolError as e:
+                    remote = _error_frame(data, limits.codec) if e.code is ErrorCode.UNEXPECTED_MESSAGE else None
+                    if remote is not None:
+                        raise remote from None
+                    raise
+                if reply is not None:
+                    await _send_handshake(channel, reply)
+    except RemoteError:
+        await channel.close()
+        raise
+    except ProtocolError as e:
+        await refuse(channel, identity, e, limits=limits)
+        raise
+    except trio.TooSlowError:
+        error = ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT,
+                              f"handshake not finished within {limits.handshake_timeout:g}s")
+        await refuse(channel, identity, error, limits=limits)
+        raise error from None
+    assert hs.session is not None
+    return hs.session
+
+
+# --- established session -----------------------------------------------------------------------
+
+@attrs.define
+class ConnectionStats:
+    frames_in: int = 0
+    bytes_in: int = 0
+    frames_out: int = 0
+    bytes_out: int = 0
+    dropped: int = 0        # send_nowait() on a full queue
+    unhandled: int = 0      # requests received without a handler
+    late_replies: int = 0   # replies to no pending request (timed out)
+    errors_sent: int = 0
+    pings_sent: int = 0
+
+
+@attrs.define
+class _Pending:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    frame: Frame | None = None
+    error: BaseException | None = None
+
+
+class Connection:
+    """An established session. Run it with `run()` (in a nursery you own); talk over it with
+    `send`, `send_nowait` and `request`; end it with `close`.
+
+    `handler(conn, frame)` gets every frame that is neither session housekeeping nor a reply
+    (a body with `re`: it completes our `request()`, or is dropped if that timed out); what it returns (a message or None) is sent back. A ProtocolError it raises is
+    answered with ERROR (re = the frame's id) and closes the session if fatal; any other
+    exception is logged and answered with ERROR internal. If the handler has an async
+    `run(conn)` method, that runs alongside the session (e.g. to push events)."""
+
+    def __init__(self, channel: Channel, session: Session, *,
+                 limits: SessionLimits = DEFAULT_SESSION_LIMITS, handler: Handler | None = None):
+        self.channel = channel
+        self.session = session
+        self.limits = limits
+        self.handler = handler
+        self.stats = ConnectionStats()
+        self.local_error: ProtocolError | None = None   # the fatal ERROR we closed the session with
+        self.remote_error: RemoteError | None = None    # an ERROR the peer sent that answered no request
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._send_tx, self._send_rx = trio.open_memory_channel[tuple[Any, bytes]](limits.send_queue)
+        self._dispatch_tx, self._dispatch_rx = trio.open_memory_channel[Frame](limits.recv_queue)
+        self._pending: dict[bytes, _Pending] = {}
+        self._closing = False
+        self._closed = trio.Event()
+        self._writer_done = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        now = trio.current_time()
+        self._frames = TokenBucket(limits.frame_rate, limits.frame_burst, now)
+        self._bytes = TokenBucket(limits.byte_rate, limits.byte_burst, now)
+        self._rx_wait_since: float | None = now   # None while the reader is busy with a frame
+        self._last_ping = now
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.session.peer_key.hex()[:16]} at {self.remote}>"
+
+    @property
+    def peer_key(self) -> bytes:
+        return self.session.peer_key
+
+    @property
+    def peer_hello(self) -> m.Hello:
+        return self.session.peer_hello
+
+    @property
+    def remote(self) -> str:
+        return self.channel.remote
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # --- sending ---------------------------------------------------------------------------
+    def _closed_error(self) -> SessionClosed:
+        return SessionClosed(self.close_code, self.close_reason, self.local_error or self.remote_error)
+
+    async def _enqueue(self, msg: Any, frame_id: bytes) -> None:
+        if self._closing:
+            raise self._closed_error()
+        try:
+            await self._send_tx.send((msg, frame_id))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise self._closed_error() from None
+
+    async def send(self, msg: Any) -> bytes:
+        """Queue a message (waits while the queue is full); returns its frame id."""
+        frame_id = os.urandom(ID_LEN)
+        await self._enqueue(msg, frame_id)
+        return frame_id
+
+    def send_nowait(self, msg: Any) -> bool:
+        """Queue a message if there is room; False (and counted as dropped) if not."""
+        if self._closing:
+            raise self._closed_error()
+        try:
+            self._send_tx.send_nowait((msg, os.urandom(ID_LEN)))
+        except trio.WouldBlock:
+            self.stats.dropped += 1
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise self._closed_error() from None
+        return True
+
+    async def request(self, msg: Any, *, timeout: float = 10.0) -> Frame:
+        """Send a request and wait for the frame whose body `re` is its id. An ERROR reply is
+        raised as RemoteError; trio.TooSlowError after timeout; SessionClosed if the session ends."""
+        frame_id = os.urandom(ID_LEN)
+        slot = self._pending[frame_id] = _Pending()
+        try:
+            with trio.fail_after(timeout):
+                await self._enqueue(msg, frame_id)
+                await slot.done.wait()
+        finally:
+            del self._pending[frame_id]
+        if slot.error is not None:
+            raise slot.error
+        assert slot.frame is not None
+        return slot.frame
+
+    async def _write(self, msg: Any, frame_id: bytes) -> None:
+        s = self.session
+        try:
+            data = encode_frame(s.identity, msg, sid=s.sid, seq=s.send_seq, frame_id=frame_id, limits=s.limits)
+        except ProtocolError as e:  # our own message does not fit the limits
+            log.warning("cannot send %s to %s: %s", msg.TYPE, self.remote, e)
+            slot = self._pending.get(frame_id)
+            if slot is not None:
+                slot.error = e
+                slot.done.set()
+            elif getattr(msg, "re", None) is not None:  # a reply: tell the requester
+                await self._write(m.Error(code=int(ErrorCode.INTERNAL), name="internal",
+                                          message="reply could not be encoded", re=msg.re), os.urandom(ID_LEN))
+            return
+        s.send_seq += 1
+        with trio.move_on_after(self.limits.write_timeout) as stalled:
+            await self.channel.send(data)
+        if stalled.cancelled_caught:
+            raise ChannelClosed(1008, "peer is not reading")
+        self.stats.frames_out += 1
+        self.stats.bytes_out += len(data)
+        if msg.TYPE == "ERROR":
+            self.stats.errors_sent += 1
+
+    async def _writer(self) -> None:
+        try:
+            async for msg, frame_id in self._send_rx:
+                await self._write(msg, frame_id)
+        except ChannelClosed as e:
+            self._lost(e)
+        finally:
+            self._writer_done.set()
+
+    # --- closing ---------------------------------------------------------------------------
+    async def close(self, error: ProtocolError | None = None, *, reason: str = "") -> None:
+        """End the session: flush what is queued, send ERROR (if error) or GOODBYE, close the
+        channel. Bounded by limits.close_timeout; idempotent."""
+        last = m.Error.from_exc(error) if error is not None else m.Goodbye(reason=reason)
+        await self._close(last, error, reason)
+
+    async def _close(self, last: Any, error: ProtocolError | None, reason: str) -> None:
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self.local_error = error
+        self.close_code = ws_close_code(error)
+        self.close_reason = error.message if error is not None else reason
+        self._send_tx.close()
+        try:
+            with trio.move_on_after(self.limits.close_timeout):
+                if self._scope is not None:
+                    await self._writer_done.wait()
+                if last is not None:
+                    await self._write(last, os.urandom(ID_LEN))
+        except ChannelClosed:
+            pass
+        finally:
+            try:
+                await self.channel.close(self.close_code, self.close_reason)
+            finally:
+                self._finish()
+
+    def _lost(self, e: ChannelClosed) -> None:
+        """The channel went away under us."""
+        if not self._closing:
+            self.close_code, self.close_reason = e.code, e.reason
+        self._finish()
+
+    def _finish(self) -> None:
+        self._closing = True
+        self._send_tx.close()
+        if not self._closed.is_set():
+            for slot in self._pending.values():
+                if not slot.done.is_set():
+                    slot.error = self._closed_error()
+                    slot.done.set()
+            self._closed.set()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # --- running -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve the session until either side closes it or the caller is cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                if self._closing:
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._keepalive)
+                if self.handler is not None:
+                    nursery.start_soon(self._dispatcher)
+                    run = getattr(self.handler, "run", None)
+                    if run is not None:
+                        nursery.start_soon(self._run_handler, run)
+        finally:
+            if self.close_code is None:
+                self.close_code, self.close_reason = 1001, "going away"
+            self._finish()
+            with trio.CancelScope(shield=True):
+                await self.channel.close(self.close_code, self.close_reason)
+
+    async def _reader(self) -> None:
+        lim = self.limits
+        while True:
+            self._rx_wait_since = trio.current_time()
+            try:
+                data = await self.channel.receive()
+            except ChannelClosed as e:
+                self._lost(e)
+                return
+            self._rx_wait_since = None
+            now = trio.current_time()
+            self.stats.frames_in += 1
+            self.stats.bytes_in += len(data)
+            if isinstance(data, str):
+                await self.close(ProtocolError(ErrorCode.TEXT_FRAME, "text messages are not Gelato frames"))
+                return
+            if not (self._frames.take(1, now) and self._bytes.take(len(data), now)):
+                await self.close(ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"over {lim.frame_rate:g} frames/s or {lim.byte_rate:g} bytes/s (bursts {lim.frame_burst}, {lim.byte_burst})"))
+                return
+            try:
+                frame = self.session.decode(data)
+            except ProtocolError as e:
+                if e.fatal:
+                    await self.close(e)
+                    return
+                await self._send_quietly(m.Error.from_exc(e))
+                continue
+            if not await self._receive(frame):
+                return
+
+    async def _receive(self, frame: Frame) -> bool:
+        """Session housekeeping for one verified frame; False once the session is over."""
+        kind = frame.type
+        if kind == "PING":
+            await self._send_quietly(m.Pong(data=frame.msg.data))
+        elif kind == "PONG":
+            pass
+        elif kind == "GOODBYE":
+            log.debug("%r said goodbye: %s", self, frame.msg.reason)
+            await self._close(None, None, frame.msg.reason)
+            return False
+        elif kind == "ERROR":
+            error = RemoteError(frame.msg)
+            slot = self._pending.get(error.ref) if error.ref is not None else None
+            if slot is not None:
+                slot.error = error
+                slot.done.set()
+            else:
+                self.remote_error = error
+                log.info("%r sent %s", self, error)
+        elif (re := getattr(frame.msg, "re", None)) is not None:  # a reply
+            slot = self._pending.get(re)
+            if slot is not None:
+                slot.frame = frame
+                slot.done.set()
+            else:
+                self.stats.late_replies += 1
+        elif self.handler is None:
+            self.stats.unhandled += 1
+        else:
+            await self._dispatch_tx.send(frame)
+        return True
+
+    async def _send_quietly(self, msg: Any) -> None:
+        try:
+            await self.send(msg)
+        except SessionClosed:
+            pass
+
+    async def _dispatcher(self) -> None:
+        assert self.handler is not None
+        async for frame in self._dispatch_rx:
+            try:
+                reply = await self.handler(self, frame)
+            except SessionClosed:
+                return
+            except ProtocolError as e:
+                if e.fatal:
+                    await self.close(ProtocolError(e.code, e.message, frame.id))
+                    return
+                reply = attrs.evolve(m.Error.from_exc(e), re=frame.id)
+            except Exception:
+                log.exception("handler failed on %s from %r", frame.type, self)
+                reply = m.Error(code=int(ErrorCode.INTERNAL), name="internal", message="internal error", re=frame.id)
+            if reply is not None:
+                try:
+                    await self.send(reply)
+                except SessionClosed:
+                    return
+
+    async def _run_handler(self, run: Callable[["Connection"], Awaitable[None]]) -> None:
+        try:
+            await run(self)
+        except SessionClosed:
+            pass
+        except Exception:
+            log.exception("handler task of %r failed", self)
+            await self.close(ProtocolError(ErrorCode.INTERNAL, "internal error"))
+
+    async def _keepalive(self) -> None:
+        lim = self.limits
+        try:
+            while True:
+                now = trio.current_time()
+                waiting = self._rx_wait_since
+                if waiting is None:  # busy with a frame: the peer is not idle
+                    await trio.sleep(lim.ping_interval)
+                    continue
+                if now - waiting >= lim.idle_timeout:
+                    await self.close(ProtocolError(ErrorCode.IDLE_TIMEOUT,
+                                                   f"nothing received for {lim.idle_timeout:g}s"))
+                    return
+                quiet = max(waiting, self._last_ping)
+                if now - quiet >= lim.ping_interval:
+                    self._last_ping = quiet = now
+                    if self.send_nowait(m.Ping()):
+                        self.stats.pings_sent += 1
+                await trio.sleep_until(min(quiet + lim.ping_interval, waiting + lim.idle_timeout))
+        except SessionClosed:
+            pass

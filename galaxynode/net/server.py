@@ -1,0 +1,166 @@
+"""Accepting side: listeners, admission (connection limit, temporary bans), one task per session.
+
+Every connection runs in its own task; whatever goes wrong in one (a bad peer, a handler bug) is
+contained there, logged, and never reaches the listener or the other sessions.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+from functools import partial
+from typing import Callable, Sequence
+
+import attrs
+import trio
+
+from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.identity import Identity
+from galaxynode.net.connection import (AGENT, DEFAULT_SESSION_LIMITS, Connection, Handler, SessionLimits,
+                                       establish, is_violation, refuse)
+from galaxynode.net.ratelimit import BanList
+from galaxynode.net.transport import Channel, ChannelClosed, format_address, parse_url, serve_channels
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class ServerStats:
+    accepted: int = 0            # WebSocket connections accepted
+    refused_full: int = 0        # over max_connections
+    refused_banned: int = 0      # from a temporarily banned host
+    handshake_failed: int = 0
+    established: int = 0
+    violations: int = 0          # sessions we closed for misbehaviour
+    bans: int = 0                # hosts banned
+
+
+class Server:
+    """Serves Gelato on `listen_urls` (ws:// or wss://host:port; port 0 picks a free port).
+
+    `handler_factory(conn)` returns the handler for one established session (see Connection).
+    At most `max_connections` sessions (including those still in the handshake); past that a
+    client gets ERROR too_many_connections, and past `max_connections + max_pending` open sockets
+    the socket is closed without a word. Hosts that misbehave repeatedly are refused with ERROR
+    temporarily_banned for a while (see BanList). A second session with the same key replaces
+    the first (ERROR duplicate_session on the old one)."""
+
+    def __init__(self, identity: Identity, *, network: str, role: str = "pool",
+                 limits: SessionLimits = DEFAULT_SESSION_LIMITS, max_connections: int = 1000,
+                 max_pending: int = 64, handler_factory: Callable[[Connection], Handler] | None = None,
+                 bans: BanList | None = None, listen_urls: Sequence[str] = ("ws://127.0.0.1:0",),
+                 ssl_context: ssl.SSLContext | None = None, agent: str = AGENT):
+        if max_connections < 1 or max_pending < 0:
+            raise ValueError("max_connections must be positive and max_pending not negative")
+        self._listen = []
+        for url in listen_urls:
+            secure, host, port, _ = parse_url(url)
+            if secure and ssl_context is None:
+                raise ValueError(f"{url}: wss needs an ssl_context (certificate and key)")
+            self._listen.append((secure, host, port))
+        self.identity = identity
+        self.network = network
+        self.role = role
+        self.limits = limits
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.handler_factory = handler_factory
+        self.bans = bans
+        self.ssl_context = ssl_context
+        self.agent = agent
+        self.connections: dict[bytes, Connection] = {}
+        self.stats = ServerStats()
+        self.bound_urls: list[str] = []
+        self._active = 0            # sessions admitted: in the handshake or established
+        self._shutting_down = False
+        self._scope: trio.CancelScope | None = None
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled (or shutdown()); reports the bound URLs once listening."""
+        with trio.CancelScope() as self._scope:
+            async with trio.open_nursery() as nursery:
+                urls = []
+                for secure, host, port in self._listen:
+                    bound = await nursery.start(partial(
+                        serve_channels, self._serve, host, port,
+                        max_message_size=self.limits.codec.max_frame_size,
+                        ssl_context=self.ssl_context if secure else None,
+                        handshake_timeout=self.limits.handshake_timeout, close_timeout=self.limits.close_timeout,
+                        max_streams=self.max_connections + self.max_pending))
+                    urls += [f"{'wss' if secure else 'ws'}://{format_address(h, p)}" for h, p in bound]
+                self.bound_urls = urls
+                log.info("listening on %s", ", ".join(urls))
+                task_status.started(urls)
+
+    async def shutdown(self) -> None:
+        """Close every session with ERROR shutting_down (each bounded by close_timeout), then stop."""
+        self._shutting_down = True
+        async with trio.open_nursery() as nursery:
+            for conn in list(self.connections.values()):
+                nursery.start_soon(conn.close, ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down"))
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _violation(self, host: str, error: ProtocolError | None) -> None:
+        if not is_violation(error):
+            return
+        self.stats.violations += 1
+        if self.bans is not None and self.bans.record_violation(host, trio.current_time()):
+            self.stats.bans += 1
+            log.warning("banned %s for %gs after repeated violations (last: %s)", host, self.bans.ban_seconds, error)
+
+    async def _serve(self, channel: Channel) -> None:
+        self.stats.accepted += 1
+        refusal = None
+        if self._shutting_down:
+            refusal = ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
+        elif self.bans is not None and self.bans.is_banned(channel.host, trio.current_time()):
+            self.stats.refused_banned += 1
+            refusal = ProtocolError(ErrorCode.TEMPORARILY_BANNED, "too many violations; try again later")
+        elif self._active >= self.max_connections:
+            self.stats.refused_full += 1
+            refusal = ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {self.max_connections} connections")
+        if refusal is not None:
+            await refuse(channel, self.identity, refusal, limits=self.limits)
+            return
+        self._active += 1
+        try:
+            await self._session(channel)
+        except ChannelClosed as e:
+            log.debug("%s went away: %s", channel.remote, e)
+        except Exception:
+            log.exception("session with %s failed", channel.remote)
+        finally:
+            self._active -= 1
+
+    async def _session(self, channel: Channel) -> None:
+        try:
+            session = await establish(channel, self.identity, opener=False, network=self.network, role=self.role,
+                                      limits=self.limits, listen=self.bound_urls, agent=self.agent)
+        except ProtocolError as e:
+            self.stats.handshake_failed += 1
+            log.info("handshake with %s failed: %s", channel.remote, e)
+            self._violation(channel.host, e)
+            return
+        conn = Connection(channel, session, limits=self.limits)
+        key = conn.peer_key
+        if self.handler_factory is not None:
+            conn.handler = self.handler_factory(conn)
+        old = self.connections.get(key)
+        self.connections[key] = conn
+        self.stats.established += 1
+        log.info("session with %s (%s, %s) established", key.hex()[:16], session.peer_hello.role, channel.remote)
+        try:
+            if old is not None:
+                await old.close(ProtocolError(ErrorCode.DUPLICATE_SESSION, "replaced by a newer session"))
+            await conn.run()
+        finally:
+            if self.connections.get(key) is conn:
+                del self.connections[key]
+            log.info("session with %s closed (%s %s)", key.hex()[:16], conn.close_code,
+                     conn.local_error or conn.remote_error or conn.close_reason)
+        self._violation(channel.host, conn.local_error)
+

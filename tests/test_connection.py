@@ -1,0 +1,365 @@
+"""Gelato sessions over real loopback sockets: handshake, requests, keepalive, errors, limits."""
+from __future__ import annotations
+
+import gc
+from contextlib import asynccontextmanager
+from functools import partial
+
+import attrs
+import msgpack
+import pytest
+import trio
+
+from galaxynode.gelato import messages as m
+from galaxynode.gelato.codec import Limits, decode_frame, now_ms, sign_payload
+from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.net.client import connect
+from galaxynode.net.connection import (Connection, RemoteError, SessionClosed, SessionLimits, establish,
+                                       is_violation)
+from galaxynode.net.ratelimit import TokenBucket
+from galaxynode.net.transport import ChannelClosed, open_channel, serve_channels
+
+NET = "test"
+FAST = SessionLimits(handshake_timeout=2, close_timeout=0.5)
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage():
+    yield
+    gc.collect()
+
+
+async def handler(conn, frame):
+    """STATUS -> ACK; QUERY -> non-fatal error; LEAVE -> fatal error; ADMIN -> handler bug;
+    HEARTBEAT -> reply too large to encode; LOOKUP -> slow; JOIN -> asks the peer a question first."""
+    if frame.type == "STATUS":
+        return m.Ack(re=frame.id)
+    if frame.type == "QUERY":
+        raise ProtocolError(ErrorCode.NOT_FOUND, "nothing here")
+    if frame.type == "LEAVE":
+        raise ProtocolError(ErrorCode.BANNED, "go away")
+    if frame.type == "ADMIN":
+        raise RuntimeError("handler bug")
+    if frame.type == "HEARTBEAT":
+        return m.AdminResult(re=frame.id, items=tuple({"x": "y" * 60_000} for _ in range(30)))
+    if frame.type == "LOOKUP":
+        await trio.sleep(0.2)
+        return m.Ack(re=frame.id)
+    if frame.type == "JOIN":
+        await conn.request(m.Status(), timeout=5)
+        return m.Ack(re=frame.id)
+    return None
+
+
+@asynccontextmanager
+async def session_server(identity, *, limits=FAST, handler=handler):
+    """Answering side built from the parts (no Server): yields (url, established connections)."""
+    conns: list[Connection] = []
+
+    async def serve(channel):
+        try:
+            session = await establish(channel, identity, opener=False, network=NET, role="pool", limits=limits)
+        except (ProtocolError, ChannelClosed):
+            return
+        conn = Connection(channel, session, limits=limits, handler=handler)
+        conns.append(conn)
+        await conn.run()
+
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(partial(serve_channels, serve, "127.0.0.1", 0,
+                                            max_message_size=limits.codec.max_frame_size,
+                                            handshake_timeout=limits.handshake_timeout))
+        yield f"ws://127.0.0.1:{bound[0][1]}", conns
+        nursery.cancel_scope.cancel()
+
+
+async def wait_for(predicate, timeout=5.0):
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+# --- sans-IO pieces ----------------------------------------------------------------------------
+
+def test_token_bucket():
+    b = TokenBucket(rate=10, burst=5, now=0.0)
+    assert all(b.take(1, 0.0) for _ in range(5))
+    assert not b.take(1, 0.0)
+    assert b.take(1, 0.1)          # 0.1 s refills one token
+    assert not b.take(1, 0.1)
+    assert not b.take(6, 100.0)    # never more than burst
+    assert b.take(5, 100.0)
+    assert not b.take(1, 50.0)     # the clock going backwards refills nothing
+    with pytest.raises(ValueError):
+        TokenBucket(0, 1, 0.0)
+
+
+def test_session_limits_are_validated():
+    with pytest.raises(ValueError):
+        SessionLimits(idle_timeout=0)
+    with pytest.raises(ValueError):
+        SessionLimits(ping_interval=10, idle_timeout=5)
+    with pytest.raises(ValueError):
+        SessionLimits(byte_burst=1000)  # below max_frame_size
+
+
+def test_violations():
+    assert is_violation(ProtocolError(ErrorCode.BAD_SIGNATURE))
+    assert is_violation(ProtocolError(ErrorCode.RATE_LIMITED))
+    assert not is_violation(ProtocolError(ErrorCode.IDLE_TIMEOUT))
+    assert not is_violation(ProtocolError(ErrorCode.NOT_FOUND))  # not fatal
+    assert not is_violation(RemoteError(m.Error(code=2000, name="bad_signature")))
+    assert not is_violation(None)
+
+
+# --- over the wire -----------------------------------------------------------------------------
+
+async def test_handshake_and_request_reply(identity_a, identity_b):
+    async with session_server(identity_a) as (url, conns):
+        async with connect(url, identity_b, network=NET, limits=FAST, pinned_key=identity_a.public,
+                           listen=("ws://node.example:1",)) as conn:
+            assert conn.peer_key == identity_a.public
+            assert conn.peer_hello.role == "pool"
+            reply = await conn.request(m.Status(), timeout=5)
+            assert reply.type == "ACK" and reply.msg.re != b""
+            server = conns[0]
+            assert server.peer_key == identity_b.public and server.session.sid == conn.session.sid
+            assert server.peer_hello.listen == ("ws://node.example:1",)
+            assert server.remote == f"127.0.0.1:{conn.channel._ws.local.port}"
+        await wait_for(lambda: server.closed)
+        assert server.close_code == 1000 and server.local_error is None
+
+
+async def test_many_concurrent_requests_keep_seq_order(identity_a, identity_b):
+    async with session_server(identity_a) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=FAST) as conn:
+        replies = []
+
+        async def ask():
+            replies.append(await conn.request(m.Status(), timeout=10))
+        async with trio.open_nursery() as nursery:
+            for _ in range(300):  # more than the send queue holds
+                nursery.start_soon(ask)
+        assert len(replies) == 300
+        assert conn.session.send_seq == 300 and conns[0].session.recv_seq == 300
+        assert conns[0].stats.errors_sent == 0
+
+
+async def test_handler_errors_become_error_frames(identity_a, identity_b):
+    async with session_server(identity_a) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=FAST) as conn:
+        with pytest.raises(RemoteError) as e:
+            await conn.request(m.Query(), timeout=5)
+        assert e.value.code is ErrorCode.NOT_FOUND and e.value.message == "nothing here"
+        with pytest.raises(RemoteError) as e:
+            await conn.request(m.Admin(action="peers"), timeout=5)  # handler bug: logged, ERROR internal
+        assert e.value.code is ErrorCode.INTERNAL
+        with pytest.raises(RemoteError) as e:
+            await conn.request(m.Heartbeat(), timeout=5)  # reply over the frame limit
+        assert e.value.code is ErrorCode.INTERNAL
+        assert (await conn.request(m.Status(), timeout=5)).type == "ACK"  # the session lives on
+        with pytest.raises(RemoteError) as e:
+            await conn.request(m.Leave(), timeout=5)  # fatal: ERROR, then the session closes
+        assert e.value.code is ErrorCode.BANNED
+        await wait_for(lambda: conn.closed)
+        with pytest.raises(SessionClosed) as closed:
+            await conn.send(m.Status())
+        assert closed.value.code == 1008
+
+
+async def test_handler_may_ask_the_peer_while_handling(identity_a, identity_b):
+    async def client_handler(conn, frame):
+        return m.Ack(re=frame.id)
+
+    async with session_server(identity_a) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=FAST, handler=client_handler) as conn:
+        assert (await conn.request(m.Join(), timeout=5)).type == "ACK"
+
+
+async def test_unknown_type_is_answered_and_not_fatal(identity_a, identity_b):
+    async with session_server(identity_a) as (url, conns), \
+            open_channel(url, max_message_size=2**20, connect_timeout=5) as ch:
+        session = await establish(ch, identity_b, opener=True, network=NET, role="probe", limits=FAST)
+        payload = msgpack.packb({"type": "FUTURE", "id": b"i" * 16, "ts": now_ms(), "from": identity_b.public,
+                                 "sid": session.sid, "seq": session.send_seq, "body": {}})
+        session.send_seq += 1
+        await ch.send(sign_payload(identity_b, payload))
+        with trio.fail_after(5):
+            error = session.decode(await ch.receive())
+            assert error.type == "ERROR" and error.msg.code == ErrorCode.UNKNOWN_TYPE and error.msg.re == b"i" * 16
+            await ch.send(session.encode(m.Status()))
+            assert session.decode(await ch.receive()).type == "ACK"
+
+
+async def test_ping_is_answered_and_keepalive_pings(identity_a, identity_b):
+    lively = attrs.evolve(FAST, ping_interval=0.05, idle_timeout=5)
+    async with session_server(identity_a) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=lively) as conn:
+        await trio.sleep(0.3)
+        assert conn.stats.pings_sent >= 2
+        assert not conn.closed and not conns[0].closed
+        assert conns[0].stats.frames_out >= 2  # its PONGs
+    async with session_server(identity_a) as (url, conns), \
+            open_channel(url, max_message_size=2**20, connect_timeout=5) as ch:
+        session = await establish(ch, identity_b, opener=True, network=NET, role="probe", limits=FAST)
+        await ch.send(session.encode(m.Ping(data=b"echo me")))
+        with trio.fail_after(5):
+            pong = session.decode(await ch.receive())
+        assert pong.type == "PONG" and pong.msg.data == b"echo me"
+
+
+async def test_idle_peer_is_pinged_then_closed(identity_a, identity_b):
+    short = attrs.evolve(FAST, ping_interval=0.1, idle_timeout=0.3)
+    async with session_server(identity_a, limits=short) as (url, conns), \
+            open_channel(url, max_message_size=2**20, connect_timeout=5) as ch:
+        session = await establish(ch, identity_b, opener=True, network=NET, role="probe", limits=FAST)
+        frames = []
+        with trio.fail_after(5), pytest.raises(ChannelClosed):
+            while True:
+                frames.append(session.decode(await ch.receive()))
+        assert [f.type for f in frames][:1] == ["PING"]
+        assert frames[-1].type == "ERROR" and frames[-1].msg.code == ErrorCode.IDLE_TIMEOUT
+        assert conns[0].local_error.code is ErrorCode.IDLE_TIMEOUT
+
+
+async def test_a_peer_answering_pings_stays_connected(identity_a, identity_b):
+    short = attrs.evolve(FAST, ping_interval=0.05, idle_timeout=0.2)
+    async with session_server(identity_a, limits=short) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=FAST) as conn:
+        await trio.sleep(0.6)
+        assert not conn.closed
+        assert (await conn.request(m.Status(), timeout=5)).type == "ACK"
+
+
+async def test_request_timeout_and_send_nowait_drops(identity_a, identity_b):
+    async def silent(conn, frame):
+        return None
+
+    async with session_server(identity_a, handler=silent) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=attrs.evolve(FAST, send_queue=2)) as conn:
+        with pytest.raises(trio.TooSlowError):
+            await conn.request(m.Status(), timeout=0.1)
+        results = [conn.send_nowait(m.Status()) for _ in range(10)]  # no checkpoint: the writer cannot drain
+        sent = results.count(True)  # the queue, plus one handed straight to the waiting writer
+        assert sent in (2, 3) and results == [True] * sent + [False] * (10 - sent)
+        assert conn.stats.dropped == 10 - sent
+
+
+async def test_late_reply_is_dropped_not_dispatched(identity_a, identity_b):
+    seen = []
+
+    async def client_handler(conn, frame):
+        seen.append(frame.type)
+
+    async with session_server(identity_a) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=FAST, handler=client_handler) as conn:
+        with pytest.raises(trio.TooSlowError):
+            await conn.request(m.Lookup(), timeout=0.05)
+        await wait_for(lambda: conn.stats.late_replies == 1)
+        assert seen == [] and not conn.closed
+
+
+async def test_closing_fails_pending_requests(identity_a, identity_b):
+    async def never(conn, frame):
+        await trio.sleep_forever()
+
+    async with session_server(identity_a, handler=never) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=FAST) as conn:
+        async with trio.open_nursery() as nursery:
+            async def ask():
+                with pytest.raises(SessionClosed):
+                    await conn.request(m.Status(), timeout=10)
+            nursery.start_soon(ask)
+            await wait_for(lambda: conns and conns[0].stats.frames_in)
+            await conns[0].close(ProtocolError(ErrorCode.SHUTTING_DOWN, "bye"))
+        assert conn.remote_error.code is ErrorCode.SHUTTING_DOWN
+
+
+async def test_handler_run_task_pushes_events(identity_a, identity_b):
+    class Pusher:
+        async def __call__(self, conn, frame):
+            return m.Ack(re=frame.id)
+
+        async def run(self, conn):
+            for i in range(3):
+                await conn.send(m.Event(topic="t", event_id=bytes(16), origin=identity_a.public, ts=i))
+
+    got = []
+
+    async def on_event(conn, frame):
+        got.append(frame.msg.ts)
+
+    async with session_server(identity_a, handler=Pusher()) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=FAST, handler=on_event):
+        await wait_for(lambda: len(got) == 3)
+    assert got == [0, 1, 2]
+
+
+async def test_handshake_failures_reach_both_sides(identity_a, identity_b, identity_c):
+    async with session_server(identity_a) as (url, conns):
+        with pytest.raises(RemoteError) as e:
+            async with connect(url, identity_b, network="other", limits=FAST):
+                pass
+        assert e.value.code is ErrorCode.NETWORK_MISMATCH
+        with pytest.raises(ProtocolError) as e:
+            async with connect(url, identity_b, network=NET, limits=FAST, pinned_key=identity_c.public):
+                pass
+        assert e.value.code is ErrorCode.PINNED_KEY_MISMATCH and not isinstance(e.value, RemoteError)
+        with pytest.raises(RemoteError) as e:
+            async with connect(url, identity_a, network=NET, limits=FAST):
+                pass
+        assert e.value.code is ErrorCode.SELF_CONNECTION
+        assert conns == []
+
+
+async def test_handshake_timeout_sends_error(identity_a):
+    async with session_server(identity_a, limits=attrs.evolve(FAST, handshake_timeout=0.2)) as (url, conns), \
+            open_channel(url, max_message_size=2**20, connect_timeout=5) as ch:
+        with trio.fail_after(5):
+            frame = decode_frame(await ch.receive())
+            assert frame.type == "ERROR" and frame.msg.code == ErrorCode.HANDSHAKE_TIMEOUT
+            assert frame.sid is None and frame.sender == identity_a.public
+            with pytest.raises(ChannelClosed) as e:
+                await ch.receive()
+            assert e.value.code == 1008
+
+
+async def test_establish_over_a_dead_channel_raises_channel_closed(identity_a, identity_b):
+    async def hang_up(channel):
+        await channel.close()
+
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(partial(serve_channels, hang_up, "127.0.0.1", 0, max_message_size=2**20))
+        with pytest.raises(ChannelClosed):
+            async with connect(f"ws://127.0.0.1:{bound[0][1]}", identity_b, network=NET, limits=FAST):
+                pass
+        nursery.cancel_scope.cancel()
+
+
+async def test_codec_limits_apply_to_the_session(identity_a, identity_b):
+    small = attrs.evolve(FAST, codec=Limits(max_frame_size=2048), byte_burst=4096)
+    async with session_server(identity_a, limits=small) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=small) as conn:
+        with pytest.raises(ProtocolError) as e:  # our own frame: refused before it is sent
+            await conn.request(m.Event(topic="t", event_id=bytes(16), origin=bytes(32), ts=0,
+                                       data={"x": "y" * 4000}), timeout=5)
+        assert e.value.code is ErrorCode.FRAME_TOO_LARGE
+        assert (await conn.request(m.Status(), timeout=5)).type == "ACK"
+
+
+async def test_peer_that_stops_reading_is_dropped(identity_a, identity_b):
+    async def bulky(conn, frame):
+        return m.AdminResult(re=frame.id, items=({"x": "y" * 60_000},))
+
+    stalling = attrs.evolve(FAST, write_timeout=0.3)
+    async with session_server(identity_a, limits=stalling, handler=bulky) as (url, conns), \
+            open_channel(url, max_message_size=2**20, connect_timeout=5) as ch:
+        session = await establish(ch, identity_b, opener=True, network=NET, role="probe", limits=FAST)
+        with trio.fail_after(10):
+            try:
+                for _ in range(380):  # ~23 MB of replies that are never read
+                    await ch.send(session.encode(m.Status()))
+            except ChannelClosed:
+                pass
+            await wait_for(lambda: conns[0].closed)
+        assert conns[0].close_code == 1008 and conns[0].close_reason == "peer is not reading"
