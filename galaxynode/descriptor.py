@@ -1,0 +1,362 @@
+"""Signed pool descriptors (sans-IO): a self-contained record a pool signs so anyone can relay it
+and anyone can verify it without trusting the relay.
+
+Wire form is `messages.SignedDescriptor`: ``record`` is a msgpack map with string keys, ``sig`` is
+Ed25519 over ``b"gelato/v1/descriptor\\0" + record`` by the key named inside the record. Signing
+the encoded bytes means no canonical encoding is needed, relays forward the bytes unaltered, and
+unknown record fields (from newer versions) are ignored yet still covered by the signature.
+A higher ``seq`` from the same key replaces a lower one.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+import attrs
+import msgpack
+
+from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.gelato.messages import (MAX_CAPABILITIES, MAX_DESCRIPTOR_RECORD, MAX_ENDPOINT, MAX_ENDPOINTS,
+                                        MAX_NAME, Body, SignedDescriptor, Spec, field)
+from galaxynode.identity import Identity, verify
+
+log = logging.getLogger(__name__)
+
+SIGN_PREFIX = b"gelato/v1/descriptor\0"
+DESCRIPTOR_ROLES = ("pool", "mainnet")
+MAX_LIFETIME_MS = 24 * 3600 * 1000
+MAX_SKEW_MS = 120_000
+MAX_RECORD_FIELDS = 64  # top-level entries, known plus future ones
+FILE_VERSION = 1
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_DESCRIPTOR, message)
+
+
+def _endpoint_error(url: str) -> str | None:
+    """Why `url` is not a usable ws:// or wss:// endpoint, or None."""
+    if not url.startswith(("ws://", "wss://")):
+        return "scheme must be ws:// or wss://"
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return "contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError as e:
+        return f"invalid URL ({e})"
+    if not parts.hostname:
+        return "missing host"
+    if parts.username is not None or parts.password is not None:
+        return "credentials are not allowed in a public endpoint"
+    if parts.fragment:
+        return "fragments are not allowed"
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class Descriptor(Body):
+    """The decoded record. Times are ms since the epoch."""
+
+    key: bytes = field("bin", min_len=32, max_len=32)
+    name: str = field("str", min_len=1, max_len=MAX_NAME)
+    network: str = field("str", min_len=1, max_len=MAX_NAME)
+    endpoints: tuple[str, ...] = field("list", max_len=MAX_ENDPOINTS,
+                                       item=Spec("str", min_len=1, max_len=MAX_ENDPOINT))
+    capabilities: tuple[str, ...] = field("list", max_len=MAX_CAPABILITIES,
+                                          item=Spec("str", min_len=1, max_len=MAX_NAME))
+    nodes: int = field("uint")
+    issued: int = field("uint")
+    expires: int = field("uint")
+    seq: int = field("uint")
+    role: str = field("str", choices=DESCRIPTOR_ROLES, default="pool")
+
+    def encode(self) -> bytes:
+        return msgpack.packb(self.to_body(), use_bin_type=True)
+
+
+def _pairs(pairs: list[tuple[Any, Any]]) -> dict:
+    """Every map in a record: string keys only and no duplicates (which implementations would
+    resolve differently, so the signer could mean two things at once)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate map key")
+    if any(type(k) is not str for k in out):
+        raise ValueError("map keys must be strings")
+    return out
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"extension type {code} not allowed")
+
+
+def decode_record(record: Any, *, max_record: int = MAX_DESCRIPTOR_RECORD) -> Descriptor:
+    """Strict, bounded decode and field validation; the signature is NOT checked here."""
+    if type(record) is not bytes or not record:
+        raise _bad("record must be non-empty bytes")
+    if len(record) > max_record:
+        raise _bad(f"record of {len(record)} bytes exceeds {max_record}")
+    try:
+        body = msgpack.unpackb(record, raw=False, use_list=True, object_pairs_hook=_pairs,
+                               max_str_len=max_record, max_bin_len=max_record, max_array_len=max_record,
+                               max_map_len=max_record, max_ext_len=0, ext_hook=_no_ext)
+    except Exception as e:  # msgpack raises a zoo of types; the hooks raise ValueError
+        raise _bad(f"undecodable record: {type(e).__name__}: {e}"[:200]) from None
+    if type(body) is not dict:
+        raise _bad("record must be a map")
+    if len(body) > MAX_RECORD_FIELDS:
+        raise _bad(f"record has more than {MAX_RECORD_FIELDS} fields")
+    try:
+        desc = Descriptor.from_body(body)
+    except ProtocolError as e:
+        raise _bad(e.message) from None
+    for i, url in enumerate(desc.endpoints):
+        why = _endpoint_error(url)
+        if why:
+            raise _bad(f"Descriptor.endpoints[{i}]: {why}")
+    return desc
+
+
+def _check_signature(desc: Descriptor, signed: SignedDescriptor) -> None:
+    if type(signed.sig) is not bytes or len(signed.sig) != 64:
+        raise _bad("signature must be 64 bytes")
+    if not verify(desc.key, signed.sig, SIGN_PREFIX + signed.record):
+        raise _bad(f"signature does not verify with the record's key {desc.key.hex()[:16]}")
+
+
+def _check_current(desc: Descriptor, *, now: int, network: str | None, max_lifetime_ms: int,
+                   max_skew_ms: int) -> None:
+    """The checks that depend on the verifier's clock and network, not on the bytes alone."""
+    if desc.expires <= desc.issued:
+        raise _bad("expires is not after issued")
+    if desc.expires - desc.issued > max_lifetime_ms:
+        raise _bad(f"lifetime of {desc.expires - desc.issued} ms exceeds {max_lifetime_ms}")
+    if desc.expires <= now:
+        raise _bad(f"expired {now - desc.expires} ms ago")
+    if desc.issued > now + max_skew_ms:
+        raise _bad(f"issued {desc.issued - now} ms in the future")
+    if network is not None and desc.network != network:
+        raise _bad(f"descriptor is for network {desc.network!r}, not {network!r}")
+
+
+def verify_descriptor(signed: SignedDescriptor, *, now: int, network: str | None = None,
+                      max_record: int = MAX_DESCRIPTOR_RECORD, max_lifetime_ms: int = MAX_LIFETIME_MS,
+                      max_skew_ms: int = MAX_SKEW_MS) -> Descriptor:
+    """Decode and verify a relayed descriptor; any defect is ProtocolError(BAD_DESCRIPTOR)."""
+    desc = decode_record(signed.record, max_record=max_record)
+    _check_signature(desc, signed)
+    _check_current(desc, now=now, network=network, max_lifetime_ms=max_lifetime_ms, max_skew_ms=max_skew_ms)
+    return desc
+
+
+def sign_descriptor(identity: Identity, descriptor: Descriptor, *,
+                    max_record: int = MAX_DESCRIPTOR_RECORD) -> SignedDescriptor:
+    """Sign our own descriptor. Refuses (ValueError) anything a verifier would refuse on its
+    bytes alone, so a pool never announces a descriptor nobody accepts."""
+    if descriptor.key != identity.public:
+        raise ValueError("descriptor key is not the signing identity's public key")
+    record = descriptor.encode()
+    try:
+        decode_record(record, max_record=max_record)
+    except ProtocolError as e:
+        raise ValueError(f"invalid descriptor: {e.message}") from None
+    return SignedDescriptor(record=record, sig=identity.sign(SIGN_PREFIX + record))
+
+
+@attrs.frozen
+class _Entry:
+    desc: Descriptor
+    signed: SignedDescriptor
+
+
+class DescriptorBook:
+    """The newest verified descriptor per pool key, bounded by max_entries.
+
+    When full (after dropping expired entries) new keys are refused with UNAVAILABLE rather than
+    evicting held ones: keys are free to mint, so eviction would let anyone flush the book, while
+    refusal heals by itself as entries expire (at most max_lifetime_ms later).
+    """
+
+    def __init__(self, *, max_entries: int = 10_000, max_record: int = MAX_DESCRIPTOR_RECORD,
+                 max_lifetime_ms: int = MAX_LIFETIME_MS, max_skew_ms: int = MAX_SKEW_MS):
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.max_record = max_record
+        self.max_lifetime_ms = max_lifetime_ms
+        self.max_skew_ms = max_skew_ms
+        self._entries: dict[bytes, _Entry] = {}
+        self._next_expiry: int | None = None  # lower bound of held expiries: prune only when useful
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def offer(self, signed: SignedDescriptor, *, now: int, network: str | None = None) -> Descriptor:
+        """Verify and keep if newer. Returns the descriptor now held for that key."""
+        desc = decode_record(signed.record, max_record=self.max_record)
+        held = self._entries.get(desc.key)
+        if held is None or held.signed != signed:  # the exact bytes already held were verified once
+            _check_signature(desc, signed)
+        _check_current(desc, now=now, network=network, max_lifetime_ms=self.max_lifetime_ms,
+                       max_skew_ms=self.max_skew_ms)
+        if held is not None:
+            if desc.seq == held.desc.seq and signed.record == held.signed.record:
+                return held.desc
+            if desc.seq <= held.desc.seq:
+                raise ProtocolError(ErrorCode.STALE_DESCRIPTOR,
+                                    f"seq {desc.seq} is not newer than held seq {held.desc.seq}")
+        elif len(self._entries) >= self.max_entries:
+            if self._next_expiry is not None and self._next_expiry <= now:
+                self.prune(now)
+            if len(self._entries) >= self.max_entries:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, f"descriptor book full ({self.max_entries} pools)")
+        self._entries[desc.key] = _Entry(desc, signed)
+        if self._next_expiry is None or desc.expires < self._next_expiry:
+            self._next_expiry = desc.expires
+        return desc
+
+    def get(self, key: bytes) -> Descriptor | None:
+        """The held descriptor, possibly expired until the next prune."""
+        entry = self._entries.get(key)
+        return entry.desc if entry else None
+
+    def signed(self, key: bytes) -> SignedDescriptor | None:
+        """The descriptor exactly as received, for relaying."""
+        entry = self._entries.get(key)
+        return entry.signed if entry else None
+
+    def all(self, now: int) -> list[Descriptor]:
+        return [e.desc for e in self._entries.values() if e.desc.expires > now]
+
+    def prune(self, now: int) -> list[Descriptor]:
+        expired = [k for k, e in self._entries.items() if e.desc.expires <= now]
+        removed = [self._entries.pop(k).desc for k in expired]
+        self._next_expiry = min((e.desc.expires for e in self._entries.values()), default=None)
+        return removed
+
+    # --- persistence (blocking file I/O: call through trio.to_thread from async code) ------
+
+    def to_disk(self, path: str | os.PathLike) -> None:
+        """Atomically replace `path` with the held descriptors as received. OSError propagates."""
+        path = Path(path)
+        data = msgpack.packb({"version": FILE_VERSION,
+                              "descriptors": [e.signed.to_body() for e in self._entries.values()]},
+                             use_bin_type=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(name, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dirfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+
+    @classmethod
+    def from_disk(cls, path: str | os.PathLike, now: int, *, network: str | None = None,
+                  **limits: Any) -> "DescriptorBook":
+        """Load a book saved by to_disk, re-verifying every entry. A missing, unreadable or corrupt
+        file gives an empty book (logged); bad or expired entries are skipped (logged)."""
+        book = cls(**limits)
+        path = Path(path)
+        max_size = book.max_entries * (book.max_record + 128) + 1024
+        try:
+            with open(path, "rb") as f:
+                data = f.read(max_size + 1)
+        except FileNotFoundError:
+            return book
+        except OSError as e:
+            log.warning("descriptor file %s unreadable (%s); starting with no known pools", path, e)
+            return book
+        items = _parse_file(data, max_size)
+        if isinstance(items, str):
+            log.warning("descriptor file %s is corrupt (%s); starting with no known pools", path, items)
+            return book
+        skipped: list[str] = []
+        for item in items:
+            try:
+                if not isinstance(item, dict):
+                    raise ProtocolError(ErrorCode.BAD_DESCRIPTOR, "entry is not a map")
+                book.offer(SignedDescriptor.from_body(item), now=now, network=network)
+            except ProtocolError as e:
+                skipped.append(e.message)
+        if skipped:
+            log.warning("descriptor file %s: skipped %d of %d entries (first: %s)",
+                        path, len(skipped), len(items), skipped[0])
+        return book
+
+
+def _parse_file(data: bytes, max_size: int) -> list | str:
+    """The entry list of a descriptor file, or why it is unusable."""
+    if len(data) > max_size:
+        return f"larger than {max_size} bytes"
+    try:
+        doc = msgpack.unpackb(data, raw=False, use_list=True, max_ext_len=0, ext_hook=_no_ext,
+                              max_str_len=max_size, max_bin_len=max_size,
+                              max_array_len=max_size, max_map_len=64)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"[:200]
+    if not isinstance(doc, dict) or doc.get("version") != FILE_VERSION:
+        return f"not a version {FILE_VERSION} descriptor file"
+    items = doc.get("descriptors")
+    if not isinstance(items, list):
+        return "no descriptor list"
+    return items
+
+
+class DescriptorIssuer:
+    """Keeps this pool's own signed descriptor current.
+
+    Sequence numbers are ``max(previous + 1, now_ms)``: strictly increasing within a run, and a
+    restarted pool starts above anything it issued before as long as the wall clock has not gone
+    backwards, so nothing needs persisting. (A clock stepped back makes peers answer
+    STALE_DESCRIPTOR until it catches up or their copy expires, at most ttl_ms later.)
+    """
+
+    def __init__(self, identity: Identity, *, name: str, network: str, endpoints: Iterable[str], ttl_ms: int,
+                 role: str = "pool", max_lifetime_ms: int = MAX_LIFETIME_MS):
+        if not 0 < ttl_ms <= max_lifetime_ms:
+            raise ValueError(f"ttl_ms must be in (0, {max_lifetime_ms}]")
+        self.identity = identity
+        self.ttl_ms = ttl_ms
+        self._template = Descriptor(key=identity.public, name=name, network=network, endpoints=tuple(endpoints),
+                                    capabilities=(), nodes=0, issued=0, expires=ttl_ms, seq=0, role=role)
+        try:  # fail at configuration time, not at the first announce
+            decode_record(self._template.encode())
+        except ProtocolError as e:
+            raise ValueError(f"invalid pool descriptor: {e.message}") from None
+        self._current: _Entry | None = None
+
+    @property
+    def descriptor(self) -> Descriptor | None:
+        return self._current.desc if self._current else None
+
+    def current(self, now: int, *, nodes: int, capabilities: Iterable[str]) -> SignedDescriptor:
+        """The descriptor to announce, re-signed when nodes or capabilities changed or it is past
+        half its lifetime. Capabilities are deduplicated in the order given (most relevant first)
+        and cut to the protocol limit."""
+        caps = tuple(dict.fromkeys(capabilities))[:MAX_CAPABILITIES]
+        cur = self._current
+        if (cur is not None and cur.desc.nodes == nodes and cur.desc.capabilities == caps
+                and now < cur.desc.issued + self.ttl_ms // 2):
+            return cur.signed
+        seq = max(cur.desc.seq + 1 if cur else 0, now)
+        desc = attrs.evolve(self._template, capabilities=caps, nodes=nodes, issued=now,
+                            expires=now + self.ttl_ms, seq=seq)
+        signed = sign_descriptor(self.identity, desc)
+        self._current = _Entry(desc, signed)
+        return signed
