@@ -241,30 +241,16 @@ class DescriptorBook:
 
     # --- persistence (blocking file I/O: call through trio.to_thread from async code) ------
 
-    def to_disk(self, path: str | os.PathLike) -> None:
-        """Atomically replace `path` with the held descriptors as received. OSError propagates."""
-        path = Path(path)
-        data = msgpack.packb({"version": FILE_VERSION,
+    def dump(self) -> bytes:
+        """The held descriptors as received, serialised (call from the owning task: it reads the book)."""
+        return msgpack.packb({"version": FILE_VERSION,
                               "descriptors": [e.signed.to_body() for e in self._entries.values()]},
                              use_bin_type=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(name, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-            raise
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            dirfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+
+    def to_disk(self, path: str | os.PathLike) -> None:
+        """Atomically replace `path` with dump(). OSError propagates."""
+        write_atomic(path, self.dump())
+
 
     @classmethod
     def from_disk(cls, path: str | os.PathLike, now: int, *, network: str | None = None,
@@ -360,3 +346,26 @@ class DescriptorIssuer:
         signed = sign_descriptor(self.identity, desc)
         self._current = _Entry(desc, signed)
         return signed
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Blocking durable replace (temp file, fsync, rename, fsync dir): safe to run in a worker thread."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dirfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
