@@ -1,0 +1,176 @@
+"""The pool's services on the wire: routes verified frames to the registry, event bus, peering
+and status, and checks authorization against the session key.
+
+A node can only act as itself: JOIN/HEARTBEAT/LEAVE always apply to the session's key, so
+"joining as someone else" is impossible by construction. Admin actions need an admin key.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import attrs
+import trio
+
+from galaxynode import __version__
+from galaxynode.gelato import messages as m
+from galaxynode.gelato.codec import Frame
+from galaxynode.gelato.errors import ErrorCode, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+def node_record(entry: Any, pool: bytes | None = None) -> m.NodeRecord:
+    return m.NodeRecord(key=entry.key, capabilities=tuple(entry.capabilities), meta=dict(entry.meta),
+                        expires=entry.expires, pool=pool)
+
+
+def event_message(ev: Any, origin: bytes) -> m.Event:
+    return m.Event(topic=ev.topic, event_id=ev.id, origin=ev.origin or origin, ts=ev.ts,
+                   data=dict(ev.data), hops=ev.hops)
+
+
+@attrs.define
+class PoolInfo:
+    """Public facts about this pool (STATUS, descriptors)."""
+
+    key: bytes
+    name: str
+    network: str
+    role: str = "pool"
+    started: float = attrs.field(factory=time.monotonic)
+
+
+class PoolServices:
+    """Shared by all sessions: the services a pool offers."""
+
+    def __init__(self, info: PoolInfo, registry: Any, bus: Any, *, peers: Any = None, event_queue: int = 256):
+        self.info = info
+        self.registry = registry
+        self.bus = bus
+        self.peers = peers
+        self.event_queue = event_queue
+
+    def handler(self) -> "SessionHandler":
+        return SessionHandler(self)
+
+    def status(self, re: bytes) -> m.StatusResult:
+        return m.StatusResult(re=re, key=self.info.key, name=self.info.name, network=self.info.network,
+                              role=self.info.role, version=__version__,
+                              uptime=int(time.monotonic() - self.info.started), nodes=len(self.registry.table),
+                              peers=len(self.peers.connected) if self.peers else 0)
+
+
+class SessionHandler:
+    """Per-session state (subscriptions) and request routing. Requests on one session are
+    handled in order; event pushes run in `run`, a task owned by the connection."""
+
+    def __init__(self, services: PoolServices):
+        self.s = services
+        self.patterns: set[str] = set()
+        self.include_peers = False
+        self._changed = trio.Event()
+        self.routes: dict[str, Callable[[Any, Frame], Awaitable[Any]]] = {
+            "JOIN": self.join, "HEARTBEAT": self.heartbeat, "LEAVE": self.leave, "QUERY": self.query,
+            "SUBSCRIBE": self.subscribe, "UNSUBSCRIBE": self.unsubscribe, "STATUS": self.status,
+            "ADMIN": self.admin,
+        }
+        if services.peers is not None:
+            self.routes.update(services.peers.routes())
+
+    async def __call__(self, conn: Any, frame: Frame) -> Any:
+        route = self.routes.get(frame.type)
+        if route is None:
+            raise ProtocolError(ErrorCode.NOT_SUPPORTED, f"{frame.type} is not served by this endpoint", frame.id)
+        return await route(conn, frame)
+
+    # registry -------------------------------------------------------------------------------
+    async def join(self, conn: Any, frame: Frame) -> m.Lease:
+        msg = frame.msg
+        e = await self.s.registry.join(conn.peer_key, capabilities=msg.capabilities, meta=msg.meta, ttl=msg.ttl)
+        return m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires)
+
+    async def heartbeat(self, conn: Any, frame: Frame) -> m.Lease:
+        e = await self.s.registry.renew(conn.peer_key, ttl=frame.msg.ttl)
+        return m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires)
+
+    async def leave(self, conn: Any, frame: Frame) -> m.Ack:
+        await self.s.registry.leave(conn.peer_key)
+        return m.Ack(re=frame.id)
+
+    async def query(self, conn: Any, frame: Frame) -> m.QueryResult:
+        q = frame.msg
+        if q.scope == "peers" and self.s.peers is not None:
+            return await self.s.peers.query(frame)
+        entries, cursor = self.s.registry.query(capabilities=q.capabilities, meta=q.meta, key=q.key,
+                                                limit=q.limit, cursor=q.cursor)
+        return m.QueryResult(re=frame.id, nodes=tuple(node_record(e) for e in entries), cursor=cursor)
+
+    # events ---------------------------------------------------------------------------------
+    async def subscribe(self, conn: Any, frame: Frame) -> m.Ack:
+        new = set(frame.msg.topics)
+        for p in new:
+            _validate_pattern(self.s.bus, p, frame.id)
+        self.patterns |= new
+        self.include_peers = self.include_peers or frame.msg.peers
+        self._changed.set()
+        return m.Ack(re=frame.id)
+
+    async def unsubscribe(self, conn: Any, frame: Frame) -> m.Ack:
+        self.patterns -= set(frame.msg.topics)
+        self._changed.set()
+        return m.Ack(re=frame.id)
+
+    async def run(self, conn: Any) -> None:
+        """Push events matching the current patterns; re-subscribes when the patterns change.
+        A subscriber that cannot keep up loses the oldest events (counted by the bus)."""
+        while True:
+            self._changed = trio.Event()
+            if not self.patterns:
+                await self._changed.wait()
+                continue
+            with self.s.bus.subscribe(sorted(self.patterns), queue_size=self.s.event_queue) as sub:
+                async with trio.open_nursery() as nursery:
+                    async def restart_on_change() -> None:
+                        await self._changed.wait()
+                        nursery.cancel_scope.cancel()
+                    nursery.start_soon(restart_on_change)
+                    async for ev in sub:
+                        if ev.origin is not None and ev.origin != self.s.info.key and not self.include_peers:
+                            continue
+                        await conn.send(event_message(ev, self.s.info.key))
+
+    # status and admin -----------------------------------------------------------------------
+    async def status(self, conn: Any, frame: Frame) -> m.StatusResult:
+        return self.s.status(frame.id)
+
+    async def admin(self, conn: Any, frame: Frame) -> Any:
+        a, reg, by = frame.msg, self.s.registry, conn.peer_key
+        if not reg.table.is_admin(by):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "admin actions need an admin key", frame.id)
+        if a.action in ("kick", "ban", "unban") and a.key is None:
+            raise ProtocolError(ErrorCode.INVALID_BODY, f"ADMIN {a.action} needs 'key'", frame.id)
+        if a.action == "kick":
+            if await reg.kick(a.key, by=by) is None:
+                raise ProtocolError(ErrorCode.NOT_FOUND, "no such node", frame.id)
+        elif a.action == "ban":
+            until = reg.clock() + a.duration * 1000 if a.duration else None
+            await reg.ban(a.key, until=until, by=by)
+        elif a.action == "unban":
+            await reg.unban(a.key, by=by)
+        elif a.action == "nodes":
+            entries, _ = reg.query(limit=reg.table.page_max)
+            return m.AdminResult(re=frame.id, items=tuple(node_record(e).to_body() for e in entries))
+        elif a.action == "peers":
+            items = self.s.peers.describe() if self.s.peers else ()
+            return m.AdminResult(re=frame.id, items=tuple(items))
+        log.info("admin %s by %s: %s", a.action, conn.peer_key.hex()[:16], a.key.hex() if a.key else "")
+        return m.Ack(re=frame.id)
+
+
+def _validate_pattern(bus: Any, pattern: str, ref: bytes) -> None:
+    try:
+        bus.validate_pattern(pattern)
+    except ValueError as e:
+        raise ProtocolError(ErrorCode.INVALID_BODY, f"bad topic pattern {pattern!r}: {e}", ref) from None
