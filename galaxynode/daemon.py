@@ -1,0 +1,226 @@
+"""The pool daemon: wires config into kernel modules and owns the process lifecycle.
+
+One trio root nursery; the kernel starts modules in dependency order (events -> registry ->
+plugins -> network) and stops them in reverse. SIGTERM/SIGINT stop gracefully within
+`daemon.stop_timeout`; SIGHUP reloads the reloadable keys; sd_notify keeps systemd informed.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+
+import attrs
+import trio
+
+from galaxynode import __version__
+from galaxynode.config import Config, ConfigError, apply_reloadable, diff_reloadable, load_config
+from galaxynode.events import EventBus
+from galaxynode.identity import Identity, load_or_create_key
+from galaxynode.logs import setup_logging
+from galaxynode.mainnet import MainnetServices, open_pool_registry
+from galaxynode.modules import Kernel, Module, ModuleContext
+from galaxynode.net.connection import SessionLimits
+from galaxynode.net.ratelimit import BanList
+from galaxynode.net.server import Server
+from galaxynode.plugins import PluginContext, PluginSupervisor
+from galaxynode.pool import PoolInfo, PoolServices
+from galaxynode.registry import Admission, LeaseTable, Registry
+from galaxynode.systemd import Notifier
+
+log = logging.getLogger("galaxynode.daemon")
+
+
+@attrs.define
+class Runtime:
+    """What every module may need: the effective config and the pool identity."""
+
+    config: Config
+    identity: Identity
+    started: float = attrs.field(factory=time.monotonic)
+
+
+def admission_from(config: Config) -> Admission:
+    a = config.admission
+    return Admission(mode=a.mode, allow=frozenset(a.allow), admins=frozenset(a.admins))
+
+
+class EventsModule(Module):
+    name = "events"
+    provides = ("bus",)
+
+    async def start(self, ctx: ModuleContext) -> None:
+        rt: Runtime = ctx.config
+        ctx.container.register("bus", EventBus(origin=rt.identity.public))
+
+
+class RegistryModule(Module):
+    """Pools register nodes; the main net registers pools (same lease logic, other table)."""
+
+    name = "registry"
+    requires = ("events",)
+    provides = ("registry",)
+
+    async def start(self, ctx: ModuleContext) -> None:
+        rt: Runtime = ctx.config
+        rc, bus = rt.config.registry, ctx.container.get("bus")
+        if rt.config.node.role == "mainnet":
+            registry = await open_pool_registry(rt.config.data_path("mainnet.sqlite"), bus,
+                                                expiry_interval=rc.expiry_interval)
+        else:
+            table = LeaseTable(min_ttl=rc.min_ttl, max_ttl=rc.max_ttl, default_ttl=rc.default_ttl,
+                               page_max=rc.page_max, admission=admission_from(rt.config))
+            registry = await Registry.open(rt.config.data_path("registry.sqlite"), table, bus,
+                                           expiry_interval=rc.expiry_interval)
+        ctx.container.register("registry", registry)
+        await ctx.nursery.start(registry.run)
+
+
+class ServicesModule(Module):
+    """What the sessions are dispatched to: pool services, or the main net's."""
+
+    name = "services"
+    requires = ("events", "registry")
+    provides = ("services",)
+
+    async def start(self, ctx: ModuleContext) -> None:
+        rt: Runtime = ctx.config
+        c = rt.config
+        info = PoolInfo(rt.identity.public, c.node.name, c.network.id, role=c.node.role)
+        cls = MainnetServices if c.node.role == "mainnet" else PoolServices
+        ctx.container.register("services", cls(info, ctx.container.get("registry"), ctx.container.get("bus")))
+
+
+class PluginsModule(Module):
+    name = "plugins"
+    requires = ("events", "registry")
+
+    async def start(self, ctx: ModuleContext) -> None:
+        rt: Runtime = ctx.config
+        pc = rt.config.plugins
+        if not pc.enabled:
+            return
+        container = ctx.container
+
+        def make_context(name: str) -> PluginContext:
+            section = dict(pc.section(name))
+            section.setdefault("data_dir", str(rt.config.data_path()))
+            return PluginContext(name=name, config=section, bus=container.get("bus"),
+                                 registry=container.get("registry"), container=container,
+                                 log=logging.getLogger(f"galaxynode.plugin.{name}"))
+
+        supervisor = PluginSupervisor(list(pc.enabled), make_context, max_restarts=pc.max_restarts,
+                                      backoff_base=pc.backoff_base, backoff_max=pc.backoff_max,
+                                      bus=container.get("bus"))
+        container.register("plugins", supervisor)
+        await ctx.nursery.start(supervisor.run)
+
+
+def session_limits(config: Config) -> SessionLimits:
+    lc = config.limits
+    return SessionLimits(codec=lc.codec_limits(), handshake_timeout=lc.handshake_timeout,
+                         idle_timeout=lc.idle_timeout, ping_interval=lc.ping_interval, frame_rate=lc.frame_rate,
+                         frame_burst=lc.frame_burst, byte_rate=lc.byte_rate, byte_burst=lc.byte_burst,
+                         send_queue=lc.send_queue)
+
+
+def ssl_context(config: Config):
+    if not config.server.tls_cert:
+        return None
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(config.server.tls_cert, config.server.tls_key)
+    return ctx
+
+
+class NetworkModule(Module):
+    """The Gelato server: sessions from nodes, peers and probes, dispatched to the pool services."""
+
+    name = "network"
+    requires = ("services",)
+    provides = ("server",)
+
+    async def start(self, ctx: ModuleContext) -> None:
+        rt: Runtime = ctx.config
+        c = rt.config
+        services = ctx.container.get("services")
+        self.server = Server(rt.identity, network=c.network.id, role=c.node.role, limits=session_limits(c),
+                             max_connections=c.server.max_connections,
+                             handler_factory=lambda conn: services.handler(),
+                             bans=BanList(c.limits.violations_before_ban, c.limits.ban_seconds),
+                             listen_urls=c.server.listen, ssl_context=ssl_context(c),
+                             agent=f"galaxynode/{__version__}")
+        ctx.container.register("server", self.server)
+        urls = await ctx.nursery.start(self.server.run)
+        ctx.log.info("serving Gelato on %s", " ".join(urls))
+
+    async def stop(self) -> None:
+        await self.server.shutdown()
+
+
+CORE_MODULES: tuple[type[Module], ...] = (EventsModule, RegistryModule, ServicesModule, PluginsModule, NetworkModule)
+
+
+def reload_config(rt: Runtime, container, path: str | None, overrides: dict) -> None:
+    """SIGHUP: apply reloadable keys, warn about the ones that need a restart. A bad file keeps
+    the running config."""
+    try:
+        new = load_config(path, overrides=overrides)
+        changed, restart = diff_reloadable(rt.config, new)
+        merged = apply_reloadable(rt.config, new)
+    except ConfigError as e:
+        log.error("reload failed, keeping the running config: %s", e)
+        return
+    if restart:
+        log.warning("changes to %s need a restart; not applied", ", ".join(sorted(restart)))
+    if not changed:
+        log.info("reload: nothing to change")
+        return
+    rt.config = merged
+    setup_logging(merged.logging.level, merged.logging.format)
+    container.get("registry").table.admission = admission_from(merged)
+    if "server" in container:  # new sessions get the new limits
+        container.get("server").limits = session_limits(merged)
+    log.info("reloaded: %s", ", ".join(sorted(changed)))
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    while True:
+        notifier.notify(WATCHDOG=1)
+        await trio.sleep(interval)
+
+
+async def run_daemon(config: Config, *, config_path: str | None = None, overrides: dict | None = None,
+                     modules: tuple[type[Module], ...] = CORE_MODULES) -> int:
+    Path(config.data.dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    identity, created = load_or_create_key(config.key_path)
+    if created:
+        log.info("generated pool key %s at %s", identity.public_text, config.key_path)
+    rt = Runtime(config, identity)
+    kernel = Kernel([m() for m in modules], config=rt, stop_timeout=config.daemon.stop_timeout)
+    with Notifier.from_env() as notifier, \
+            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as root:
+            interval = Notifier.watchdog_interval() if config.daemon.watchdog else None
+            if interval and notifier.enabled:
+                root.start_soon(_watchdog, notifier, interval)
+            async with kernel.run() as container:
+                registry = container.get("registry")
+                status = f"serving {len(registry.table)} nodes on network {config.network.id}"
+                notifier.notify(READY=1, STATUS=status)
+                log.info("ready: pool %s (%s), %s, version %s", config.node.name, identity.public_text,
+                         status, __version__)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
+                        reload_config(rt, container, config_path, overrides or {})
+                        notifier.notify(READY=1, STATUS=status)
+                        continue
+                    log.info("received %s, stopping (bound %.1fs)", signal.Signals(signum).name,
+                             config.daemon.stop_timeout)
+                    notifier.notify(STOPPING=1, STATUS="stopping")
+                    break
+            root.cancel_scope.cancel()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,528 @@
+"""Pool peering: sessions between pools, descriptor exchange, cross-pool QUERY and event relay.
+
+Sessions are symmetric. Whichever pool opened it (our outbound loop for a static peer, or the
+peer dialling our server with role "pool"), a peer session runs the same `PeerSession` handler:
+the pool's own SessionHandler serves the peer's requests, and alongside it we exchange
+DESCRIPTORS and SUBSCRIBE to the peer's `node.#`, `pool.#` and `peer.#` events.
+
+One session per peer key. When two exist (both pools dialled each other, or a peer redialled),
+both sides keep the same one: the session opened by the pool with the smaller key, or between
+two opened by the same pool, the newer. The loser gets ERROR duplicate_session. An outbound loop
+whose peer is already connected through another session waits for that session to end instead
+of redialling.
+
+Cross-pool QUERY (scope "peers") fans out to every peer but the asker with `hops - 1`. QUERY
+carries no list of visited pools, so loops are bounded by hops alone (each pool clamps them to
+`max_query_hops`) and the duplicates a loop produces are merged by node key. Paging works across
+pools because every registry pages in key order and its cursor is the last key returned: the
+cursor is forwarded unchanged, each pool answers with its first `limit` keys after it, and the
+merged page is again the first `limit` keys after it.
+
+Events: a relayed EVENT keeps its origin and event_id and gains a hop. It is dropped when its
+origin is us, when (origin, event_id) was seen recently (bounded LRU), or past `max_event_hops`;
+together these end loops in any topology (tested on a triangle).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Sequence
+
+import attrs
+import trio
+
+from galaxynode.descriptor import DescriptorBook, DescriptorIssuer, decode_record
+from galaxynode.gelato import messages as m
+from galaxynode.gelato.codec import Frame
+from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.identity import Identity
+from galaxynode.mainnet import node_summary
+from galaxynode.net.client import connect
+from galaxynode.net.connection import DEFAULT_SESSION_LIMITS, Connection, Handler, SessionClosed, SessionLimits
+from galaxynode.net.transport import ChannelClosed, parse_url
+from galaxynode.pool import node_record
+from galaxynode.registry.service import wall_clock_ms
+
+log = logging.getLogger(__name__)
+
+_SESSION_ENDED = (ChannelClosed, ProtocolError, SessionClosed, trio.TooSlowError)
+_VERIFY_CHUNK = 32  # descriptors verified between checkpoints (~150 us each)
+
+
+@attrs.define
+class PeerStats:
+    sessions: int = 0            # peer sessions that became the active one
+    duplicates_closed: int = 0   # sessions closed because another one to the same pool won
+    refused_full: int = 0        # refused past max_peers
+    queries_out: int = 0         # QUERY requests sent to peers
+    query_failures: int = 0      # of those: timed out, refused or session lost
+    events_relayed: int = 0      # peer events published on our bus
+    events_duplicate: int = 0    # seen before (another path)
+    events_looped: int = 0       # our own events coming back
+    events_too_far: int = 0      # past max_event_hops
+    events_refused: int = 0      # topic outside the relayed families, or not accepted by the bus
+    descriptors_accepted: int = 0
+    descriptors_refused: int = 0
+
+
+@attrs.define(eq=False)
+class StaticPeer:
+    """A configured peer and what its outbound loop is doing (for ADMIN peers)."""
+
+    url: str
+    pinned_key: bytes | None = None
+    learned_key: bytes | None = None  # from the last handshake, when not pinned
+    state: str = "idle"               # idle | connecting | connected | standby | backoff
+    last_error: str | None = None
+
+    @property
+    def key(self) -> bytes | None:
+        return self.pinned_key or self.learned_key
+
+
+class PeerSession:
+    """The handler of one pool-to-pool session, whichever side opened it: requests go to the
+    pool's handler; `run` registers the session with the manager and runs the peering tasks."""
+
+    def __init__(self, manager: "PeerManager", inner: Handler, *, direction: str, url: str | None = None):
+        self.manager = manager
+        self.inner = inner
+        self.direction = direction
+        self.url = url
+        self.conn: Connection | None = None
+        self.state = "new"                          # new -> active | refused -> ended
+        self.refusal: ProtocolError | None = None   # why we close it (lost to another session, full)
+        self.evict: Connection | None = None        # the session this one replaced, to be closed
+        self.since = 0                              # wall ms when it became active
+        self.events_in = 0
+
+    @property
+    def key(self) -> bytes:
+        assert self.conn is not None
+        return self.conn.peer_key
+
+    @property
+    def opener(self) -> bytes:
+        """Key of the pool that opened the session."""
+        assert self.conn is not None
+        return self.manager.identity.public if self.conn.session.opener else self.conn.peer_key
+
+    async def __call__(self, conn: Connection, frame: Frame) -> Any:
+        return await self.inner(conn, frame)
+
+    async def run(self, conn: Connection) -> None:
+        mgr = self.manager
+        mgr._attach(self, conn)
+        if self.refusal is not None:
+            await conn.close(self.refusal)
+            return
+        try:
+            if self.evict is not None:
+                old, self.evict = self.evict, None
+                await old.close(ProtocolError(ErrorCode.DUPLICATE_SESSION, "replaced by another session"))
+            async with trio.open_nursery() as nursery:
+                inner_run = getattr(self.inner, "run", None)
+                if inner_run is not None:
+                    nursery.start_soon(_until_closed, inner_run, conn)
+                nursery.start_soon(_until_closed, mgr._subscribe, self)
+                nursery.start_soon(_until_closed, mgr._send_descriptors, self)
+        finally:
+            mgr._detach(self)
+
+
+async def _until_closed(fn: Callable[[Any], Any], arg: Any) -> None:
+    """Run one task of a session; the session closing ends it quietly, also when the task
+    raised it from a nursery of its own (as an exception group)."""
+    try:
+        await fn(arg)
+    except* SessionClosed:
+        pass
+
+
+def _wins(new: PeerSession, old: PeerSession) -> bool:
+    """Whether `new` replaces `old` (same peer key). Both pools decide alike: the session opened
+    by the smaller key wins; of two opened by the same pool, the newer one."""
+    if new.opener != old.opener:
+        return new.opener < old.opener
+    return True
+
+
+class PeerManager:
+    """Keeps sessions with peer pools and offers cross-pool services to the pool's sessions.
+
+    Wiring: `pool_handler()` makes the pool's handler for one session (normally
+    `lambda: services.handler()`, where `services = PoolServices(..., peers=manager)`), the
+    server is built with `handler_factory=manager.handler_factory`, and `run` goes in a nursery.
+    Peers are `static` (url, pinned key or None) pairs dialled by us, plus any pool that dials
+    us with role "pool", up to `max_peers` in all. Times are seconds; `clock` is wall ms.
+    """
+
+    def __init__(self, identity: Identity, *, network: str, registry: Any, bus: Any,
+                 pool_handler: Callable[[], Handler], limits: SessionLimits = DEFAULT_SESSION_LIMITS,
+                 static: Iterable[tuple[str, bytes | None]] = (), max_peers: int = 32,
+                 reconnect_min: float = 1.0, reconnect_max: float = 60.0, query_timeout: float = 3.0,
+                 max_query_hops: int = 2, max_event_hops: int = 4, dedup_size: int = 4096,
+                 relay_families: Sequence[str] = ("node", "pool", "peer"), request_timeout: float = 10.0,
+                 issuer: DescriptorIssuer | None = None, book: DescriptorBook | None = None,
+                 descriptor_interval: float = 5.0, descriptor_batch: int = 64, connect_timeout: float = 10.0,
+                 listen: Sequence[str] = (), ssl_context: ssl.SSLContext | None = None,
+                 clock: Callable[[], int] = wall_clock_ms):
+        if max_peers < 1 or dedup_size < 1:
+            raise ValueError("max_peers and dedup_size must be at least 1")
+        if min(reconnect_min, query_timeout, request_timeout, descriptor_interval, connect_timeout) <= 0:
+            raise ValueError("reconnect_min, timeouts and descriptor_interval must be positive")
+        if reconnect_max < reconnect_min:
+            raise ValueError("reconnect_max must be at least reconnect_min")
+        if not 0 <= max_query_hops <= m.MAX_HOPS or not 0 <= max_event_hops <= m.MAX_HOPS:
+            raise ValueError(f"hop limits must be in 0..{m.MAX_HOPS}")
+        if not 1 <= descriptor_batch <= 256:
+            raise ValueError("descriptor_batch must be in 1..256 (the DESCRIPTORS limit)")
+        if any(not f or "." in f or f in ("*", "#", "**") for f in relay_families):
+            raise ValueError("relay_families are plain topic segments such as 'node'")
+        if issuer is not None and issuer.identity.public != identity.public:
+            raise ValueError("the issuer signs for another identity")
+        self.static: list[StaticPeer] = []
+        for url, key in static:
+            parse_url(url)  # ValueError now rather than at the first dial
+            if key is not None and len(key) != 32:
+                raise ValueError(f"{url}: pinned key must be 32 bytes")
+            self.static.append(StaticPeer(url, key))
+        self.identity = identity
+        self.network = network
+        self.registry = registry
+        self.bus = bus
+        self.pool_handler = pool_handler
+        self.limits = limits
+        self.max_peers = max_peers
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.query_timeout = query_timeout
+        self.max_query_hops = max_query_hops
+        self.max_event_hops = max_event_hops
+        self.dedup_size = dedup_size
+        self.relay_families = tuple(relay_families)
+        self.request_timeout = request_timeout
+        self.issuer = issuer
+        self.book = book
+        self.descriptor_interval = descriptor_interval
+        self.descriptor_batch = descriptor_batch
+        self.connect_timeout = connect_timeout
+        self.listen = tuple(listen)
+        self.ssl_context = ssl_context
+        self.clock = clock
+        self.stats = PeerStats()
+        self._peers: dict[bytes, PeerSession] = {}
+        self._changed = trio.Event()      # set (and replaced) whenever a peer comes or goes
+        self._own: m.SignedDescriptor | None = None
+        self._own_changed = trio.Event()  # set (and replaced) whenever our descriptor changes
+        self._seen: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+
+    # --- what the pool services use ------------------------------------------------------------
+
+    @property
+    def connected(self) -> dict[bytes, Connection]:
+        return {k: s.conn for k, s in self._peers.items() if s.conn is not None}
+
+    def routes(self) -> dict[str, Callable[[Connection, Frame], Any]]:
+        return {"DESCRIPTORS": self._on_descriptors, "EVENT": self._on_event}
+
+    def handler_factory(self, conn: Connection) -> Handler:
+        """For Server(handler_factory=...): pool sessions become peer sessions."""
+        inner = self.pool_handler()
+        if conn.peer_hello.role != "pool":
+            return inner
+        listen = conn.peer_hello.listen
+        return PeerSession(self, inner, direction="inbound", url=listen[0] if listen else None)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """ADMIN peers: connected peers, then static peers not connected."""
+        out = []
+        for key, s in sorted(self._peers.items()):
+            desc = self.book.get(key) if self.book is not None else None
+            out.append({"key": key.hex(), "state": "connected", "direction": s.direction,
+                        "url": s.url or "", "remote": s.conn.remote if s.conn else "", "since": s.since,
+                        "name": desc.name if desc else "", "events_in": s.events_in})
+        for p in self.static:
+            if p.key is None or p.key not in self._peers:
+                out.append({"key": p.key.hex() if p.key else "", "state": p.state, "direction": "outbound",
+                            "url": p.url, "last_error": p.last_error or ""})
+        return out
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Issue our descriptor, keep the static peers connected; until cancelled."""
+        async with trio.open_nursery() as nursery:
+            if self.issuer is not None:
+                await self._refresh_descriptor()
+                nursery.start_soon(self._descriptor_loop)
+            for peer in self.static:
+                nursery.start_soon(self._keep, peer)
+            task_status.started()
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _attach(self, s: PeerSession, conn: Connection) -> None:
+        """Decide, once, whether this session becomes the peer's active one (synchronous, so the
+        decision cannot interleave with another session's)."""
+        if s.state != "new":
+            return
+        s.conn = conn
+        key = conn.peer_key
+        old = self._peers.get(key)
+        if old is None and len(self._peers) >= self.max_peers:
+            self.stats.refused_full += 1
+            s.state, s.refusal = "refused", ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS,
+                                                          f"at most {self.max_peers} peers")
+            log.info("refused peer %s: %d peers already", key.hex()[:16], self.max_peers)
+            return
+        if old is not None and not _wins(s, old):
+            self.stats.duplicates_closed += 1
+            s.state, s.refusal = "refused", ProtocolError(ErrorCode.DUPLICATE_SESSION,
+                                                          "another session with this pool is kept")
+            log.info("peer %s: keeping the %s session, closing the new %s one", key.hex()[:16],
+                     old.direction, s.direction)
+            return
+        s.state, s.since = "active", self.clock()
+        self._peers[key] = s
+        self.stats.sessions += 1
+        if old is not None:
+            self.stats.duplicates_closed += 1
+            old.state = "ended"
+            s.evict = old.conn
+            log.info("peer %s: %s session replaces the %s one", key.hex()[:16], s.direction, old.direction)
+        else:
+            log.info("peer %s connected (%s, %s)", key.hex()[:16], s.direction, s.url or conn.remote)
+            self._publish_peer("peer.connected", s)
+        self._notify()
+
+    def _detach(self, s: PeerSession) -> None:
+        was_active = s.state == "active"
+        s.state = "ended"
+        if was_active and self._peers.get(s.key) is s:
+            del self._peers[s.key]
+            log.info("peer %s disconnected (%s)", s.key.hex()[:16], s.direction)
+            self._publish_peer("peer.disconnected", s)
+            self._notify()
+
+    def _publish_peer(self, topic: str, s: PeerSession) -> None:
+        self.bus.publish(topic, {"key": s.key.hex(), "url": s.url or "", "direction": s.direction})
+
+    def _active(self, conn: Connection, frame: Frame) -> PeerSession:
+        """The peer session of conn, if it is the active one; peering messages need one."""
+        s = conn.handler
+        if isinstance(s, PeerSession) and s.manager is self:
+            self._attach(s, conn)  # a peer may speak before our run task got going
+            if s.state == "active":
+                return s
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"{frame.type} is accepted on an active peer session only",
+                            frame.id)
+
+    async def _wait_until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            await self._changed.wait()
+
+    async def _keep(self, peer: StaticPeer) -> None:
+        """Keep a session with one static peer: redial with exponential backoff and full jitter,
+        stand by while the peer is connected through another session, never spin."""
+        backoff = self.reconnect_min
+        while True:
+            if peer.key is not None and peer.key in self._peers:
+                peer.state = "standby"
+                await self._wait_until(lambda: peer.key not in self._peers)
+                backoff = self.reconnect_min  # it was up; the peer may just be redialling us
+            await self._wait_until(lambda: len(self._peers) < self.max_peers or peer.key in self._peers)
+            if peer.key is not None and peer.key in self._peers:
+                continue
+            peer.state = "connecting"
+            session = PeerSession(self, self.pool_handler(), direction="outbound", url=peer.url)
+            try:
+                async with connect(peer.url, self.identity, network=self.network, role="pool", limits=self.limits,
+                                   pinned_key=peer.pinned_key, handler=session, ssl_context=self.ssl_context,
+                                   connect_timeout=self.connect_timeout, listen=self.listen) as conn:
+                    peer.learned_key = conn.peer_key
+                    peer.state = "connected"
+                    await conn.wait_closed()
+                error = conn.local_error or conn.remote_error or conn.close_reason or "closed"
+            except _SESSION_ENDED as e:
+                error = e
+            peer.last_error = str(error)
+            if session.since:  # it was the active session for a while: start over gently
+                backoff = self.reconnect_min
+            if peer.key is not None and peer.key in self._peers:
+                continue  # lost to another session: stand by
+            peer.state = "backoff"
+            delay = random.uniform(0, backoff)
+            log.info("peer %s: %s; redialling in %.2fs", peer.url, error, delay)
+            await trio.sleep(delay)
+            backoff = min(backoff * 2, self.reconnect_max)
+
+    # --- descriptors ---------------------------------------------------------------------------
+
+    async def _refresh_descriptor(self) -> None:
+        assert self.issuer is not None
+        nodes, caps = await node_summary(self.registry)
+        signed = self.issuer.current(self.clock(), nodes=nodes, capabilities=caps)
+        if signed != self._own:
+            self._own = signed
+            self._own_changed.set()
+            self._own_changed = trio.Event()
+
+    async def _descriptor_loop(self) -> None:
+        while True:
+            await trio.sleep(self.descriptor_interval)
+            await self._refresh_descriptor()
+
+    async def _send_descriptors(self, s: PeerSession) -> None:
+        """On connect: ours and every one we know; afterwards ours whenever it changes."""
+        assert s.conn is not None
+        batch: list[m.SignedDescriptor] = []
+        if self.book is not None:
+            for d in self.book.all(self.clock()):
+                signed = self.book.signed(d.key)
+                if d.key != s.key and signed is not None:
+                    batch.append(signed)
+        sent = None
+        while True:
+            changed, own = self._own_changed, self._own
+            if own is not None and own != sent:
+                batch.insert(0, own)
+                sent = own
+            for i in range(0, len(batch), self.descriptor_batch):
+                await s.conn.send(m.Descriptors(descriptors=tuple(batch[i:i + self.descriptor_batch])))
+            batch = []
+            await changed.wait()
+
+    async def _on_descriptors(self, conn: Connection, frame: Frame) -> None:
+        """Verify each into the book. Refusals are answered with one ERROR for the message
+        (non-fatal; the valid ones are kept)."""
+        self._active(conn, frame)
+        if self.book is None:
+            return None
+        now, refused, first = self.clock(), 0, None
+        for i, signed in enumerate(frame.msg.descriptors):
+            if i and i % _VERIFY_CHUNK == 0:
+                await trio.sleep(0)
+            try:
+                if decode_record(signed.record, max_record=self.book.max_record).key == self.identity.public:
+                    continue  # our own, relayed back: we know better
+                self.book.offer(signed, now=now, network=self.network)
+                self.stats.descriptors_accepted += 1
+            except ProtocolError as e:
+                refused += 1
+                first = first or e
+        if first is not None:
+            self.stats.descriptors_refused += refused
+            log.info("peer %s: refused %d of %d descriptors: %s", conn.peer_key.hex()[:16], refused,
+                     len(frame.msg.descriptors), first.message)
+            raise ProtocolError(first.code, f"{refused} of {len(frame.msg.descriptors)} descriptors refused; "
+                                            f"first: {first.message}", frame.id)
+        return None
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def _peer_timeout(self, hops: int) -> float:
+        """How long a pool asked with `hops` waits for its peers: further pools give up first, so
+        their partial answers still reach the pool that asked them."""
+        return self.query_timeout * hops / max(1, self.max_query_hops)
+
+    async def query(self, frame: Frame) -> m.QueryResult:
+        """QUERY scope "peers": our registry plus every peer's answer (but the asker's)."""
+        q, own = frame.msg, self.identity.public
+        entries, cursor = self.registry.query(capabilities=q.capabilities, meta=q.meta, key=q.key, limit=q.limit,
+                                              cursor=q.cursor)
+        limit = max(1, min(q.limit, self.registry.table.page_max))
+        found = {e.key: node_record(e, pool=own) for e in entries}
+        more, partial = cursor is not None, False
+        hops = min(q.hops, self.max_query_hops)
+        peers = [s for k, s in self._peers.items() if k != frame.sender] if hops > 0 else []
+        if peers:
+            ask = attrs.evolve(q, scope="peers", hops=hops - 1)
+            answers: dict[bytes, m.QueryResult] = {}
+            async with trio.open_nursery() as nursery:
+                for s in peers:
+                    nursery.start_soon(self._ask, s, ask, self._peer_timeout(hops), answers)
+            for s in peers:
+                r = answers.get(s.key)
+                if r is None:
+                    partial = True
+                    continue
+                partial |= r.partial
+                more |= r.cursor is not None
+                records = sorted((n for n in r.nodes if q.cursor is None or n.key > q.cursor), key=lambda n: n.key)
+                for n in records[:limit]:
+                    n = n if n.pool is not None else attrs.evolve(n, pool=s.key)
+                    held = found.get(n.key)
+                    if held is None or n.expires > held.expires:
+                        found[n.key] = n
+        nodes = sorted(found.values(), key=lambda n: n.key)
+        more |= len(nodes) > limit
+        nodes = nodes[:limit]
+        return m.QueryResult(re=frame.id, nodes=tuple(nodes), partial=partial,
+                             cursor=nodes[-1].key if more and nodes and q.key is None else None)
+
+    async def _ask(self, s: PeerSession, q: m.Query, timeout: float, answers: dict[bytes, m.QueryResult]) -> None:
+        assert s.conn is not None
+        self.stats.queries_out += 1
+        try:
+            reply = await s.conn.request(q, timeout=timeout)
+        except _SESSION_ENDED as e:
+            self.stats.query_failures += 1
+            log.info("peer %s did not answer a query: %s", s.key.hex()[:16], e or "timed out")
+            return
+        if reply.type != "QUERY_RESULT":
+            self.stats.query_failures += 1
+            return
+        answers[s.key] = reply.msg
+
+    # --- events --------------------------------------------------------------------------------
+
+    async def _subscribe(self, s: PeerSession) -> None:
+        """Ask the peer for its events (and those it relays)."""
+        assert s.conn is not None
+        if not self.relay_families:
+            return
+        topics = tuple(f"{f}.#" for f in self.relay_families)
+        try:
+            await s.conn.request(m.Subscribe(topics=topics, peers=True), timeout=self.request_timeout)
+        except (ProtocolError, trio.TooSlowError) as e:  # the session itself goes on
+            log.warning("peer %s refused our subscription: %s", s.key.hex()[:16], e or "timed out")
+
+    def _first_sight(self, origin: bytes, event_id: bytes) -> bool:
+        k = (origin, event_id)
+        if k in self._seen:
+            self._seen.move_to_end(k)
+            return False
+        self._seen[k] = None
+        if len(self._seen) > self.dedup_size:
+            self._seen.popitem(last=False)
+        return True
+
+    async def _on_event(self, conn: Connection, frame: Frame) -> None:
+        s = self._active(conn, frame)
+        ev, st = frame.msg, self.stats
+        if ev.origin == self.identity.public:
+            st.events_looped += 1
+            return None
+        if ev.topic.split(".", 1)[0] not in self.relay_families:
+            st.events_refused += 1
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"topic {ev.topic!r} is not relayed between pools", frame.id)
+        if ev.hops + 1 > self.max_event_hops:
+            st.events_too_far += 1
+            return None
+        if not self._first_sight(ev.origin, ev.event_id):
+            st.events_duplicate += 1
+            return None
+        try:
+            self.bus.publish(ev.topic, dict(ev.data), event_id=ev.event_id, origin=ev.origin, ts=ev.ts,
+                             hops=ev.hops + 1)
+        except ValueError as e:
+            st.events_refused += 1
+            raise ProtocolError(ErrorCode.INVALID_BODY, f"event not accepted: {e}", frame.id) from None
+        st.events_relayed += 1
+        s.events_in += 1
+        return None

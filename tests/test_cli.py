@@ -1,0 +1,64 @@
+import os
+import stat
+import subprocess
+import sys
+
+from galaxynode.identity import load_key, parse_public_key
+
+
+def gn(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "galaxynode", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=60)
+
+
+def test_keygen_writes_0600_and_prints_public_key(tmp_path):
+    path = tmp_path / "k.key"
+    r = gn("keygen", "--out", str(path))
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert parse_public_key(r.stdout.strip()) == load_key(path).public
+
+
+def test_keygen_refuses_overwrite_without_force(tmp_path):
+    path = tmp_path / "k.key"
+    assert gn("keygen", "--out", str(path)).returncode == 0
+    before = path.read_bytes()
+    r = gn("keygen", "--out", str(path))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "already exists" in r.stderr
+    assert path.read_bytes() == before
+    assert gn("keygen", "--out", str(path), "--force").returncode == 0
+    assert path.read_bytes() != before
+
+
+def test_config_check_reports_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits]\nmax_frame_size = 'huge'\n")
+    r = gn("config", "check", str(bad))
+    assert r.returncode == 2
+    assert "limits.max_frame_size" in r.stderr and r.stderr.count("\n") == 1
+    assert "Traceback" not in r.stderr
+
+
+def test_config_check_unknown_key_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nlisten_on = ['ws://127.0.0.1:1']\n")
+    r = gn("config", "check", str(bad))
+    assert r.returncode == 2 and "server.listen_on" in r.stderr
+    r = gn("config", "check", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_config_show_applies_flags(tmp_path):
+    r = gn("config", "show", "--network", "testnet-7", "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 0, r.stderr
+    assert 'id = "testnet-7"' in r.stdout
+
+
+def test_run_with_corrupt_key_is_one_line(tmp_path):
+    key = tmp_path / "bad.key"
+    key.write_text("not a key")
+    key.chmod(0o600)
+    r = gn("run", "--data-dir", str(tmp_path / "d"), "--key", str(key))
+    assert r.returncode == 2
+    assert "key file" in r.stderr and "Traceback" not in r.stderr
