@@ -19,11 +19,13 @@ from galaxynode.config import Config, ConfigError, apply_reloadable, diff_reload
 from galaxynode.events import EventBus
 from galaxynode.identity import Identity, load_or_create_key
 from galaxynode.logs import setup_logging
-from galaxynode.mainnet import MainnetServices, open_pool_registry
+from galaxynode.descriptor import DescriptorBook, DescriptorIssuer
+from galaxynode.mainnet import Announcer, MainnetServices, open_pool_registry
 from galaxynode.modules import Kernel, Module, ModuleContext
 from galaxynode.net.connection import SessionLimits
 from galaxynode.net.ratelimit import BanList
 from galaxynode.net.server import Server
+from galaxynode.peering import PeerManager
 from galaxynode.plugins import PluginContext, PluginSupervisor
 from galaxynode.pool import PoolInfo, PoolServices
 from galaxynode.registry import Admission, LeaseTable, Registry
@@ -144,10 +146,16 @@ class NetworkModule(Module):
     async def start(self, ctx: ModuleContext) -> None:
         rt: Runtime = ctx.config
         c = rt.config
-        services = ctx.container.get("services")
+        services, container = ctx.container.get("services"), ctx.container
+
+        def handler_factory(conn):
+            # Sessions from pools go to the peer manager once it runs (it starts after us).
+            if "peers" in container:
+                return container.get("peers").handler_factory(conn)
+            return services.handler()
+
         self.server = Server(rt.identity, network=c.network.id, role=c.node.role, limits=session_limits(c),
-                             max_connections=c.server.max_connections,
-                             handler_factory=lambda conn: services.handler(),
+                             max_connections=c.server.max_connections, handler_factory=handler_factory,
                              bans=BanList(c.limits.violations_before_ban, c.limits.ban_seconds),
                              listen_urls=c.server.listen, ssl_context=ssl_context(c),
                              agent=f"galaxynode/{__version__}")
@@ -159,7 +167,43 @@ class NetworkModule(Module):
         await self.server.shutdown()
 
 
+class PeeringModule(Module):
+    """Static and discovered peers, descriptor exchange, and (with [mainnet] url) the announcer."""
+
+    name = "peering"
+    requires = ("network",)
+    provides = ("peers",)  # and "announcer" when [mainnet] url is set
+
+    async def start(self, ctx: ModuleContext) -> None:
+        rt: Runtime = ctx.config
+        c = rt.config
+        services, server = ctx.container.get("services"), ctx.container.get("server")
+        registry, bus = ctx.container.get("registry"), ctx.container.get("bus")
+        issuer = DescriptorIssuer(rt.identity, name=c.node.name, network=c.network.id,
+                                  endpoints=server.bound_urls, ttl_ms=c.mainnet.descriptor_ttl * 1000)
+        book = DescriptorBook()
+        peers = PeerManager(rt.identity, network=c.network.id, registry=registry, bus=bus,
+                            pool_handler=services.handler, limits=session_limits(c),
+                            static=[(p.url, p.key) for p in c.peers.static], max_peers=c.limits.max_peers,
+                            reconnect_min=c.peers.reconnect_min, reconnect_max=c.peers.reconnect_max,
+                            issuer=issuer, book=book, listen=server.bound_urls, ssl_context=None,
+                            target=c.peers.target)
+        services.peers = peers
+        ctx.container.register("peers", peers)
+        await ctx.nursery.start(peers.run)
+        if c.mainnet.url:
+            announcer = Announcer(rt.identity, issuer, mainnet_url=c.mainnet.url, network=c.network.id,
+                                  limits=session_limits(c), registry=registry, book=book,
+                                  book_path=c.data_path("descriptors.bin"),
+                                  announce_interval=c.mainnet.announce_interval,
+                                  backoff_max=c.peers.reconnect_max, on_descriptors=peers.discover)
+            ctx.container.register("announcer", announcer)
+            await ctx.nursery.start(announcer.run)
+            ctx.log.info("announcing to main net %s", c.mainnet.url)
+
+
 CORE_MODULES: tuple[type[Module], ...] = (EventsModule, RegistryModule, ServicesModule, PluginsModule, NetworkModule)
+POOL_MODULES: tuple[type[Module], ...] = CORE_MODULES + (PeeringModule,)
 
 
 def reload_config(rt: Runtime, container, path: str | None, overrides: dict) -> None:
@@ -192,12 +236,14 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
 
 
 async def run_daemon(config: Config, *, config_path: str | None = None, overrides: dict | None = None,
-                     modules: tuple[type[Module], ...] = CORE_MODULES) -> int:
+                     modules: tuple[type[Module], ...] | None = None) -> int:
     Path(config.data.dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     identity, created = load_or_create_key(config.key_path)
     if created:
         log.info("generated pool key %s at %s", identity.public_text, config.key_path)
     rt = Runtime(config, identity)
+    if modules is None:
+        modules = CORE_MODULES if config.node.role == "mainnet" else POOL_MODULES
     kernel = Kernel([m() for m in modules], config=rt, stop_timeout=config.daemon.stop_timeout)
     with Notifier.from_env() as notifier, \
             trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

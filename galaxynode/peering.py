@@ -168,7 +168,7 @@ class PeerManager:
                  issuer: DescriptorIssuer | None = None, book: DescriptorBook | None = None,
                  descriptor_interval: float = 5.0, descriptor_batch: int = 64, connect_timeout: float = 10.0,
                  listen: Sequence[str] = (), ssl_context: ssl.SSLContext | None = None,
-                 clock: Callable[[], int] = wall_clock_ms):
+                 clock: Callable[[], int] = wall_clock_ms, target: int = 8, give_up_after: int = 3):
         if max_peers < 1 or dedup_size < 1:
             raise ValueError("max_peers and dedup_size must be at least 1")
         if min(reconnect_min, query_timeout, request_timeout, descriptor_interval, connect_timeout) <= 0:
@@ -213,6 +213,10 @@ class PeerManager:
         self.ssl_context = ssl_context
         self.clock = clock
         self.stats = PeerStats()
+        self.target = target                # pools dialled from discovery, beyond the static ones
+        self.give_up_after = give_up_after  # failed dials before a discovered pool yields its slot
+        self.discovered_peers: dict[bytes, StaticPeer] = {}
+        self._nursery: trio.Nursery | None = None
         self._peers: dict[bytes, PeerSession] = {}
         self._changed = trio.Event()      # set (and replaced) whenever a peer comes or goes
         self._own: m.SignedDescriptor | None = None
@@ -258,6 +262,7 @@ class PeerManager:
                 nursery.start_soon(self._descriptor_loop)
             for peer in self.static:
                 nursery.start_soon(self._keep, peer)
+            self._nursery = nursery
             task_status.started()
 
     # --- sessions ------------------------------------------------------------------------------
@@ -326,10 +331,34 @@ class PeerManager:
         while not ready():
             await self._changed.wait()
 
-    async def _keep(self, peer: StaticPeer) -> None:
-        """Keep a session with one static peer: redial with exponential backoff and full jitter,
+    def discover(self, descriptors: Iterable[Any]) -> None:
+        """Auto-peering: dial pools learned from the main net (verified descriptors), up to
+        `target` of them. One that cannot be reached `give_up_after` times in a row gives its
+        slot up, so the slots end up with pools we can reach."""
+        if self._nursery is None:
+            return
+        known = {p.key for p in self.static} | set(self.discovered_peers)
+        for d in descriptors:
+            if len(self.discovered_peers) >= self.target:
+                break
+            if d.key == self.identity.public or d.key in known or d.network != self.network or not d.endpoints:
+                continue
+            peer = StaticPeer(d.endpoints[0], d.key)
+            self.discovered_peers[d.key] = peer
+            known.add(d.key)
+            self._nursery.start_soon(self._keep_discovered, peer)
+
+    async def _keep_discovered(self, peer: StaticPeer) -> None:
+        try:
+            await self._keep(peer, give_up_after=self.give_up_after)
+        finally:
+            self.discovered_peers.pop(peer.key, None)
+
+    async def _keep(self, peer: StaticPeer, *, give_up_after: int | None = None) -> None:
+        """Keep a session with one peer: redial with exponential backoff and full jitter,
         stand by while the peer is connected through another session, never spin."""
         backoff = self.reconnect_min
+        failures = 0
         while True:
             if peer.key is not None and peer.key in self._peers:
                 peer.state = "standby"
@@ -351,8 +380,12 @@ class PeerManager:
             except _SESSION_ENDED as e:
                 error = e
             peer.last_error = str(error)
+            failures = 0 if session.since else failures + 1
             if session.since:  # it was the active session for a while: start over gently
                 backoff = self.reconnect_min
+            elif give_up_after is not None and failures >= give_up_after:
+                log.info("peer %s: unreachable %d times, giving its slot up", peer.url, failures)
+                return
             if peer.key is not None and peer.key in self._peers:
                 continue  # lost to another session: stand by
             peer.state = "backoff"

@@ -400,3 +400,24 @@ def test_session_fatal_codes():
              ErrorCode.STALE_TIMESTAMP, ErrorCode.HANDSHAKE_TIMEOUT]
     assert all(c.fatal for c in fatal)
     assert not ErrorCode.INVALID_BODY.fatal and not ErrorCode.UNKNOWN_TYPE.fatal
+
+
+def test_opener_sees_the_answerers_refusal_of_ready(identity_a, identity_b):
+    """Handshake §4.5: an answerer that refuses READY sends a sessionless ERROR; the opener, already
+    established, must read it as the refusal, not as wrong_sid."""
+    from galaxynode.gelato.codec import encode_frame
+    from galaxynode.gelato.errors import ErrorCode, ProtocolError
+    from galaxynode.gelato.handshake import Handshake
+    from galaxynode.gelato import messages as m
+    o = Handshake(identity_a, opener=True, network="n", role="node")
+    r = Handshake(identity_b, opener=False, network="n", role="pool")
+    o.receive(r.receive(o.initiate()))
+    assert o.established
+    refusal = encode_frame(identity_b, m.Error.from_exc(ProtocolError(ErrorCode.STALE_TIMESTAMP, "clock")))
+    frame = o.session.decode(refusal)
+    assert frame.type == "ERROR" and frame.msg.code == ErrorCode.STALE_TIMESTAMP
+    # only as the first frame: later, a frame without sid is wrong_sid as before
+    o.session.recv_seq = 1
+    with pytest.raises(ProtocolError) as e:
+        o.session.decode(refusal)
+    assert e.value.code == ErrorCode.WRONG_SID

@@ -58,6 +58,9 @@ class Session:
         """Verify and sequence a frame. Envelope errors are fatal; a bad body (unknown type,
         invalid fields) is not, and its seq is still consumed."""
         frame = decode_envelope(data, self.limits, expected_key=self.peer_key, now=now)
+        if frame.sid is None and frame.type == "ERROR" and self.recv_seq == 0:
+            # The answerer refused our READY: its sessionless ERROR (signed by the peer) is its last word.
+            return parse_message(frame)
         if frame.sid != self.sid:
             raise ProtocolError(ErrorCode.WRONG_SID, "frame does not belong to this session", frame.id)
         if frame.seq != self.recv_seq:

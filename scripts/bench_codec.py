@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Gelato codec throughput beside bare Ed25519, both measured in the same run.
+
+Bare: cryptography's Ed25519 sign and verify over the bytes a frame signs. Codec: encode_frame
+(payload map, msgpack, sign, frame array) and decode_frame / Session.decode (parse, verify, header,
+body schema) for a typical frame with a ~200-byte body. The signature dominates, so the ratio
+codec/bare says what the codec itself costs; the target is decode >= 0.80 of bare verify.
+
+Each figure is the median rate of several timed batches (time.perf_counter), interleaved across
+the operations so that drift (frequency scaling, a noisy neighbour) hits them alike.
+
+    .venv/bin/python scripts/bench_codec.py [--quick] [--reps N] [--batch N]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import msgpack  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
+
+from galaxynode.gelato import messages as m  # noqa: E402
+from galaxynode.gelato.codec import SIGN_PREFIX, decode_frame, encode_frame, now_ms  # noqa: E402
+from galaxynode.gelato.handshake import Session, derive_sid  # noqa: E402
+from galaxynode.identity import Identity  # noqa: E402
+
+TARGET = 0.80
+
+
+def typical_message() -> m.Join:
+    """A JOIN whose body encodes to about 200 bytes."""
+    return m.Join(ttl=60, capabilities=("gpu", "cuda-12", "fp16", "storage", "relay"),
+                  meta={"region": "eu-west-1", "zone": "b", "rack": "r12-07", "host": "worker-0042.example.net",
+                        "version": "galaxynode/0.1.0", "owner": "team-compute", "site": "amsterdam-3",
+                        "tier": "standard"})
+
+
+def median_rate(fn: Callable[[], None], n: int, samples: list[float]) -> None:
+    start = time.perf_counter()
+    fn()
+    elapsed = time.perf_counter() - start
+    samples.append(n / elapsed if elapsed > 0 else float("inf"))
+
+
+def run(reps: int, batch: int) -> dict[str, float]:
+    sender, receiver = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
+    msg = typical_message()
+    ts = now_ms()
+    frame = encode_frame(sender, msg, ts=ts)
+    _, payload, sig = msgpack.unpackb(frame)
+    signed = SIGN_PREFIX + payload
+    public = Ed25519PublicKey.from_public_bytes(sender.public)
+    sid = derive_sid(b"\x00" * 32, b"\x01" * 32, sender.public, receiver.public)
+    outgoing = Session(sender, receiver.public, None, sid, True)
+    incoming = Session(receiver, sender.public, None, sid, False)
+    stream = [outgoing.encode(msg, ts=ts) for _ in range(batch)]
+
+    def bare_sign() -> None:
+        for _ in range(batch):
+            sender.private.sign(signed)
+
+    def bare_verify() -> None:
+        for _ in range(batch):
+            public.verify(sig, signed)
+
+    def codec_encode() -> None:
+        for _ in range(batch):
+            encode_frame(sender, msg)
+
+    def codec_decode() -> None:
+        for _ in range(batch):
+            decode_frame(frame, now=ts)
+
+    def session_decode() -> None:
+        incoming.recv_seq = 0
+        for data in stream:
+            incoming.decode(data)
+
+    ops = {"bare_sign": bare_sign, "bare_verify": bare_verify, "encode": codec_encode,
+           "decode": codec_decode, "session": session_decode}
+    for fn in ops.values():  # warm-up: caches, allocator, branch predictors
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(reps):
+        for name, fn in ops.items():
+            median_rate(fn, batch, samples[name])
+    rates = {name: statistics.median(s) for name, s in samples.items()}
+    rates["frame_size"] = len(frame)
+    rates["body_size"] = len(msgpack.packb(msg.to_body(), use_bin_type=True))
+    return rates
+
+
+def report(r: dict[str, float], reps: int, batch: int) -> str:
+    rows = [("sign      | encode_frame", "bare_sign", "encode"),
+            ("verify    | decode_frame", "bare_verify", "decode"),
+            ("verify    | Session.decode", "bare_verify", "session")]
+    lines = [f"Gelato codec vs bare Ed25519 (cryptography): frame {r['frame_size']:.0f} bytes, "
+             f"body {r['body_size']:.0f} bytes; median of {reps} batches x {batch}",
+             "",
+             f"{'bare op   | codec op':<28} {'bare/s':>10} {'codec/s':>10} {'ratio':>7} {'overhead us':>12}",
+             "-" * 70]
+    for label, bare, codec in rows:
+        b, c = r[bare], r[codec]
+        lines.append(f"{label:<28} {b:>10,.0f} {c:>10,.0f} {c / b:>7.2f} {(1 / c - 1 / b) * 1e6:>12.1f}")
+    lines.append("")
+    for name, label in (("decode", "decode_frame"), ("session", "Session.decode")):
+        ratio = r[name] / r["bare_verify"]
+        verdict = "met" if ratio >= TARGET else "NOT met"
+        lines.append(f"target {label} >= {TARGET:.2f} x bare verify: {ratio:.2f} ({verdict})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a ~2 s run (fewer, smaller batches)")
+    ap.add_argument("--reps", type=int, help="timed batches per operation (default 7, quick 3)")
+    ap.add_argument("--batch", type=int, help="operations per batch (default 3000, quick 500)")
+    args = ap.parse_args(argv)
+    reps = args.reps or (3 if args.quick else 7)
+    batch = args.batch or (500 if args.quick else 3000)
+    if reps < 1 or batch < 1:
+        ap.error("--reps and --batch must be positive")
+    print(report(run(reps, batch), reps, batch))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,548 @@
+#!/usr/bin/env python3
+"""Write ``protocol/gelato.json`` and the generated tables in ``docs/gelato/`` from the code.
+
+The code is the reference: constants, limits, error codes and message schemas are read from
+galaxynode.gelato (and the descriptor and session-limit modules). What the code cannot say
+(one-line meanings of codes, limits and messages, the decoder's check order) is kept here, next
+to the export, and `build()` refuses to run when the code has something this file does not
+describe, so a new error code or message type cannot ship without its meaning.
+
+    .venv/bin/python scripts/gen_protocol.py           # rewrite the files
+    .venv/bin/python scripts/gen_protocol.py --check   # exit 1 if any file is stale
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from galaxynode import descriptor as d  # noqa: E402
+from galaxynode.gelato import codec, handshake  # noqa: E402
+from galaxynode.gelato import messages as m  # noqa: E402
+from galaxynode.gelato.errors import FATAL_CODES, GROUPS, ErrorCode  # noqa: E402
+from galaxynode.net.connection import SessionLimits  # noqa: E402
+from galaxynode.net.transport import SUBPROTOCOL  # noqa: E402
+
+JSON_PATH = ROOT / "protocol" / "gelato.json"
+DOCS = ROOT / "docs" / "gelato"
+
+E = ErrorCode
+
+ERROR_MEANINGS: dict[ErrorCode, str] = {
+    E.MALFORMED_FRAME: "The frame or its payload is not well-formed (msgpack structure, types or header fields).",
+    E.FRAME_TOO_LARGE: "The WebSocket message is longer than max_frame_size.",
+    E.UNSUPPORTED_VERSION: "The frame version (element 0 of the frame array) is not one the receiver speaks.",
+    E.TEXT_FRAME: "A WebSocket text message arrived; Gelato frames are binary messages.",
+    E.UNKNOWN_TYPE: "The payload names a message type the receiver does not know; in a session its seq is consumed.",
+    E.INVALID_BODY: "The body does not match its type's schema (missing field, wrong type, out of bounds).",
+    E.LIMIT_EXCEEDED: "The payload breaks a msgpack length limit or the body nesting limit.",
+    E.NOT_SUPPORTED: "A valid request this endpoint does not serve (e.g. ADMIN sent to a main net).",
+    E.BAD_SIGNATURE: "The Ed25519 signature does not verify with the sender's key.",
+    E.BAD_KEY: "'from' is absent or not a 32-byte public key.",
+    E.STALE_TIMESTAMP: "The frame's ts is outside the receiver's window around its own clock.",
+    E.PINNED_KEY_MISMATCH: "The answerer's key is not the key the opener pinned for that endpoint.",
+    E.WRONG_SENDER: "'from' is not the key the frame was expected from (the session peer's key).",
+    E.UNEXPECTED_MESSAGE: "A frame the handshake state does not allow (wrong type, sid during the handshake, "
+                          "anything after the handshake ended).",
+    E.BAD_NONCE: "A handshake nonce check failed (echo missing, wrong or misplaced; nonce reused).",
+    E.NETWORK_MISMATCH: "The peer's HELLO names a different network.",
+    E.SELF_CONNECTION: "The peer presents the receiver's own key.",
+    E.WRONG_SID: "A session frame without sid or with another session's sid.",
+    E.BAD_SEQUENCE: "A session frame whose seq is not the next expected one (replayed or skipped).",
+    E.HANDSHAKE_TIMEOUT: "The handshake did not complete within the handshake timeout.",
+    E.IDLE_TIMEOUT: "Nothing was received for the idle timeout, PINGs included.",
+    E.NO_COMMON_VERSION: "The two HELLO versions lists have no version in common.",
+    E.DUPLICATE_SESSION: "A newer session with the same peer key replaced this one.",
+    E.FORBIDDEN: "The session's key may not make this request (e.g. ADMIN without an admin key).",
+    E.NOT_ADMITTED: "The key is not on the pool's admission allowlist.",
+    E.BANNED: "The key is banned by an administrator.",
+    E.RATE_LIMITED: "The session exceeded its frame or byte rate.",
+    E.TOO_MANY_CONNECTIONS: "The receiver is at its connection limit.",
+    E.TEMPORARILY_BANNED: "The remote address is banned for a while after repeated misbehaviour.",
+    E.NOT_JOINED: "HEARTBEAT or LEAVE from a key that holds no lease.",
+    E.BAD_TTL: "The requested lease TTL is outside the pool's configured bounds.",
+    E.BAD_CURSOR: "The paging cursor was not issued by this receiver or is malformed.",
+    E.BAD_DESCRIPTOR: "A pool descriptor that does not decode, verify, or is not current.",
+    E.STALE_DESCRIPTOR: "A descriptor whose seq is not newer than the one held for its key.",
+    E.NOT_FOUND: "The request names something that does not exist (e.g. ADMIN kick of an unknown node).",
+    E.INTERNAL: "The receiver failed while handling a valid request.",
+    E.SHUTTING_DOWN: "The receiver is shutting down.",
+    E.UNAVAILABLE: "Temporarily unable to serve (a bounded table is full, a service is not ready); retry later.",
+}
+
+# (kind, replies, meaning). kind: handshake | request | reply | push | notice.
+MESSAGE_DOCS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "HELLO": ("handshake", ("HELLO", "READY"),
+              "Opens the handshake (opener) or answers it (answerer, with echo = the opener's nonce)."),
+    "READY": ("handshake", (), "Completes the handshake: the opener echoes the answerer's nonce."),
+    "PING": ("request", ("PONG",), "Liveness probe; answered with PONG carrying the same data."),
+    "PONG": ("reply", (), "Answer to PING; echoes its data (correlated by data, not by re)."),
+    "ERROR": ("reply", (), "Rejection of the frame whose id is re, or a notice before closing when re is absent."),
+    "GOODBYE": ("notice", (), "Orderly end of the session; the sender closes the WebSocket after it."),
+    "ACK": ("reply", (), "Success without data for the request whose id is re."),
+    "JOIN": ("request", ("LEASE",), "Register the session's own key with capabilities and metadata for ttl seconds."),
+    "HEARTBEAT": ("request", ("LEASE",), "Renew the session key's lease, optionally with a new ttl."),
+    "LEASE": ("reply", (), "The lease granted by JOIN, HEARTBEAT or ANNOUNCE: ttl in seconds and expiry in ms."),
+    "LEAVE": ("request", ("ACK",), "Remove the session key's registration."),
+    "QUERY": ("request", ("QUERY_RESULT",),
+              "Find nodes by capabilities (all must match), metadata (all entries equal) or key, "
+              "one page at a time; scope peers also asks peered pools, at most hops away."),
+    "QUERY_RESULT": ("reply", (), "One page of node records; cursor continues, partial means some peers missed the deadline."),
+    "SUBSCRIBE": ("request", ("ACK",),
+                  "Receive EVENTs whose topic matches any pattern (* one segment, # or ** the rest)."),
+    "UNSUBSCRIBE": ("request", ("ACK",), "Stop receiving the given patterns."),
+    "EVENT": ("push", (), "An event on a subscribed topic; origin is the pool where it happened."),
+    "ANNOUNCE": ("request", ("LEASE",), "Register a pool's own signed descriptor at the main net."),
+    "LOOKUP": ("request", ("LOOKUP_RESULT",), "Find pool descriptors by network, capability or name, one page at a time."),
+    "LOOKUP_RESULT": ("reply", (), "One page of signed descriptors, exactly as their pools signed them."),
+    "DESCRIPTORS": ("push", (), "Pool-to-pool exchange of signed descriptors (peering)."),
+    "STATUS": ("request", ("STATUS_RESULT",), "Ask for public information about the receiving pool."),
+    "STATUS_RESULT": ("reply", (), "Public facts about the pool: key, name, network, role, version, uptime, counts."),
+    "ADMIN": ("request", ("ACK", "ADMIN_RESULT"),
+              "Administrative action by an admin key: kick, ban, unban (ACK) or list nodes, peers (ADMIN_RESULT)."),
+    "ADMIN_RESULT": ("reply", (), "Items listed by an ADMIN nodes or peers action."),
+}
+
+STRUCT_DOCS = {
+    "NodeRecord": "A registered node: its key, capabilities, metadata and lease expiry (ms); "
+                  "pool is set on records relayed from another pool.",
+    "SignedDescriptor": "A pool descriptor record (msgpack bytes) and its Ed25519 signature (discovery).",
+}
+
+FAMILIES = ("session", "registry", "events", "discovery", "peering", "status", "admin")
+
+CODEC_LIMIT_DOCS = {
+    "max_frame_size": "Largest WebSocket message (whole frame) in bytes, checked before parsing.",
+    "max_str_len": "Longest msgpack str anywhere in the payload, in bytes of UTF-8.",
+    "max_bin_len": "Longest msgpack bin anywhere in the payload, in bytes.",
+    "max_array_len": "Most elements of any array in the payload.",
+    "max_map_len": "Most entries of any map in the payload (the payload map included).",
+    "max_depth": "Deepest nesting of maps and arrays within body; body itself is level 1.",
+    "ts_window_ms": "Largest accepted |ts - now| in ms for frames whose time is checked (the handshake).",
+}
+
+SESSION_LIMIT_DOCS = {
+    "handshake_timeout": "Seconds from the WebSocket opening to an established session; then HANDSHAKE_TIMEOUT.",
+    "idle_timeout": "Seconds without any received frame before closing with IDLE_TIMEOUT.",
+    "ping_interval": "Seconds without any received frame before sending PING.",
+    "write_timeout": "Seconds one outgoing frame may wait for the peer to read before the connection is dropped.",
+    "close_timeout": "Seconds allowed for flushing, the final ERROR or GOODBYE and the closing handshake.",
+    "frame_rate": "Received frames per second (token bucket rate); beyond it RATE_LIMITED.",
+    "frame_burst": "Received frames allowed in a burst (token bucket size).",
+    "byte_rate": "Received bytes per second (token bucket rate); beyond it RATE_LIMITED.",
+    "byte_burst": "Received bytes allowed in a burst; at least max_frame_size.",
+    "send_queue": "Outgoing frames queued per session; senders wait (or pushes are dropped) when full.",
+    "recv_queue": "Received requests queued for the handler per session.",
+}
+
+BOUNDS = {name: getattr(m, name) for name in (
+    "MAX_NAME", "MAX_CAPABILITIES", "MAX_META_ENTRIES", "MAX_META_VALUE", "MAX_TOPIC", "MAX_TOPICS",
+    "MAX_ENDPOINTS", "MAX_ENDPOINT", "MAX_PAGE", "MAX_CURSOR", "MAX_DESCRIPTOR_RECORD", "MAX_TTL_S", "MAX_HOPS")}
+
+BOUND_DOCS = {
+    "MAX_NAME": "Names: network, pool name, capability, metadata key (characters).",
+    "MAX_CAPABILITIES": "Capabilities per node, query or descriptor.",
+    "MAX_META_ENTRIES": "Metadata entries per node or query.",
+    "MAX_META_VALUE": "Characters per metadata value.",
+    "MAX_TOPIC": "Characters per event topic or pattern.",
+    "MAX_TOPICS": "Patterns per SUBSCRIBE or UNSUBSCRIBE.",
+    "MAX_ENDPOINTS": "Listen endpoints per HELLO or descriptor.",
+    "MAX_ENDPOINT": "Characters per endpoint URL.",
+    "MAX_PAGE": "Largest page size (limit) of QUERY and LOOKUP.",
+    "MAX_CURSOR": "Bytes per paging cursor.",
+    "MAX_DESCRIPTOR_RECORD": "Bytes per signed descriptor record.",
+    "MAX_TTL_S": "Largest lease TTL a message can carry, in seconds.",
+    "MAX_HOPS": "Largest hop count of a relayed QUERY or EVENT.",
+}
+
+# How each field kind of the message schema is checked (messages §1.2).
+KIND_DOCS = {
+    "str": "msgpack str (valid UTF-8); min_len/max_len count Unicode code points; choices lists the allowed values.",
+    "bin": "msgpack bin; min_len/max_len count bytes (equal values mean an exact length).",
+    "uint": "msgpack integer >= 0 (bool is not an integer); max is inclusive; no max means up to 2^64-1.",
+    "bool": "msgpack true or false.",
+    "list": "msgpack array of item; min_len/max_len count elements; items are checked in order.",
+    "strmap": f"msgpack map of str to str; max_len counts entries; keys 1..{m.MAX_NAME} code points, "
+              f"values 0..{m.MAX_META_VALUE} code points.",
+    "struct": "msgpack map checked against the named struct's schema (same rules as a body).",
+    "anymap": "msgpack map with any content (keys are strings, as everywhere in the body).",
+    "any": "any msgpack value the frame rules allow.",
+}
+
+# The receiver's checks, in the order they are made (framing §5, handshake §5). The first
+# failing check decides the error code, so every implementation rejects a frame the same way.
+# (id, stage, check, codes, whether the ERROR carries re = the frame's id)
+CHECKS: tuple[tuple[str, str, str, tuple[ErrorCode, ...], bool], ...] = (
+    ("H1", "handshake", "A frame arrives when the handshake expects none: at the opener before it sent HELLO, "
+     "or after the handshake succeeded or failed. Checked before F1.", (E.UNEXPECTED_MESSAGE,), False),
+    ("F1", "frame", "The WebSocket message is a text message.", (E.TEXT_FRAME,), False),
+    ("F2", "frame", "The message is longer than max_frame_size bytes.", (E.FRAME_TOO_LARGE,), False),
+    ("F3", "frame", "The message is not exactly one valid msgpack value (empty, truncated, trailing bytes, "
+     "nesting beyond the parser's stack), or it contains at any depth a str of 1 or more bytes, a map of 1 or "
+     "more entries, an array of more than 3 elements or an ext value.", (E.MALFORMED_FRAME,), False),
+    ("F4", "frame", "The value is not an array of exactly 3 elements.", (E.MALFORMED_FRAME,), False),
+    ("F5", "frame", "Element 0 (version) is not an integer.", (E.MALFORMED_FRAME,), False),
+    ("F6", "frame", "The version is not 1.", (E.UNSUPPORTED_VERSION,), False),
+    ("F7", "frame", "Element 1 (payload) is not a bin, or element 2 (signature) is not a bin of 64 bytes.",
+     (E.MALFORMED_FRAME,), False),
+    ("F8", "frame", "A verification key is already known (session frames; READY at the answerer) and the "
+     "signature does not verify with it over SIGN_PREFIX || payload.", (E.BAD_SIGNATURE,), False),
+    ("F9", "frame", "Parsing the payload, left to right, meets a defect. A str or bin longer than max_str_len "
+     "or max_bin_len (judged once its bytes are present), an array or map longer than max_array_len or "
+     "max_map_len (judged at its header), or nesting beyond the parser's stack: LIMIT_EXCEEDED. "
+     "Anything else (truncated, trailing bytes, invalid UTF-8, an ext value, an array or map as a map key): "
+     "MALFORMED_FRAME. The first defect met decides.", (E.LIMIT_EXCEEDED, E.MALFORMED_FRAME), False),
+    ("F10", "frame", "The payload is not a map.", (E.MALFORMED_FRAME,), False),
+    ("F11", "frame", "'from' is absent or not a bin of 32 bytes.", (E.BAD_KEY,), False),
+    ("F12", "frame", "No verification key is known and the signature does not verify with 'from' over "
+     "SIGN_PREFIX || payload (a 'from' that is no valid Ed25519 point fails here).", (E.BAD_SIGNATURE,), False),
+    ("F13", "frame", "A verification key is known and 'from' is not that key.", (E.WRONG_SENDER,), False),
+    ("F14", "frame", "'id' is absent or not a bin of 16 bytes.", (E.MALFORMED_FRAME,), False),
+    ("F15", "frame", "'type' is absent or not a non-empty str.", (E.MALFORMED_FRAME,), True),
+    ("F16", "frame", "'ts' is absent or not an integer >= 0.", (E.MALFORMED_FRAME,), True),
+    ("F17", "frame", "'sid' is present (not nil) and not a bin of 32 bytes.", (E.MALFORMED_FRAME,), True),
+    ("F18", "frame", "'seq' is present and not an integer >= 0, or exactly one of 'sid' and 'seq' is present.",
+     (E.MALFORMED_FRAME,), True),
+    ("F19", "frame", "'body' is absent or not a map.", (E.MALFORMED_FRAME,), True),
+    ("F20", "frame", "A key of the payload map is not a str.", (E.MALFORMED_FRAME,), True),
+    ("F21", "frame", "Walking body depth-first in encoding order: a map or array deeper than max_depth "
+     "(body is level 1) gives LIMIT_EXCEEDED, a map key that is not a str gives MALFORMED_FRAME; "
+     "the first met decides.", (E.LIMIT_EXCEEDED, E.MALFORMED_FRAME), True),
+    ("F22", "frame", "The time is checked (handshake frames) and |ts - now| > ts_window_ms.",
+     (E.STALE_TIMESTAMP,), True),
+    ("S1", "session", "'sid' is absent or not the session's sid (except a sessionless ERROR as the first frame after READY: the answerer refusing READY, handshake §4.5).", (E.WRONG_SID,), True),
+    ("S2", "session", "'seq' is not the next expected receive seq. Past this check the seq is consumed "
+     "(the expected seq increases by one) whatever M1 and M2 decide.", (E.BAD_SEQUENCE,), True),
+    ("H2", "handshake", "The frame is not the expected type (HELLO; READY at an answerer that has answered) "
+     "or it carries 'sid'. Checked after F22, before M1: an unknown type is UNEXPECTED_MESSAGE here.",
+     (E.UNEXPECTED_MESSAGE,), True),
+    ("M1", "message", "'type' is not a known message type.", (E.UNKNOWN_TYPE,), True),
+    ("M2", "message", "The body does not satisfy the type's schema; fields are checked in schema order.",
+     (E.INVALID_BODY,), True),
+    ("H3", "handshake", "READY at the answerer: echo is not the answerer's nonce.", (E.BAD_NONCE,), True),
+    ("H4", "handshake", "HELLO: network is not the receiver's network.", (E.NETWORK_MISMATCH,), True),
+    ("H5", "handshake", "HELLO: 'from' is the receiver's own key.", (E.SELF_CONNECTION,), True),
+    ("H6", "handshake", "HELLO: the receiver pinned a key for the peer and 'from' is another key.",
+     (E.PINNED_KEY_MISMATCH,), True),
+    ("H7", "handshake", "HELLO: versions has no element in common with the receiver's versions.",
+     (E.NO_COMMON_VERSION,), True),
+    ("H8", "handshake", "HELLO: nonce equals the receiver's own nonce.", (E.BAD_NONCE,), True),
+    ("H9", "handshake", "HELLO at the opener: echo is absent or not the opener's nonce. HELLO at the answerer: "
+     "echo is present.", (E.BAD_NONCE,), True),
+)
+
+PAYLOAD_FIELDS = (
+    ("type", "str", "required", "Message type name, non-empty (messages §3)."),
+    ("id", f"bin ({codec.ID_LEN} bytes)", "required",
+     "Random frame id, unique per sender; replies and errors cite it in body.re."),
+    ("ts", "uint", "required", "Sender's clock when the frame was made, in ms since the Unix epoch."),
+    ("from", f"bin ({codec.KEY_LEN} bytes)", "required", "Sender's Ed25519 public key."),
+    ("sid", f"bin ({codec.KEY_LEN} bytes)", "session frames",
+     "Session id (handshake §6); absent or nil during the handshake."),
+    ("seq", "uint", "session frames", "Per-direction frame counter, 0 for the first session frame."),
+    ("body", "map", "required", "Message fields, per type (messages §3)."),
+)
+
+
+def _check_documented(what: str, documented: set, actual: set) -> None:
+    missing, stale = sorted(map(str, actual - documented)), sorted(map(str, documented - actual))
+    if missing or stale:
+        raise SystemExit(f"gen_protocol: {what} out of date with the code: "
+                         f"undocumented {missing or 'none'}, documented but gone {stale or 'none'}")
+
+
+def _default(a: attrs.Attribute) -> Any:
+    value = a.default
+    if isinstance(value, attrs.Factory):  # type: ignore[arg-type]
+        value = value.factory()
+    if isinstance(value, tuple):
+        value = list(value)
+    return value
+
+
+def schema(cls: type) -> dict[str, Any]:
+    """cls.schema() plus the default of every optional field (null: absent)."""
+    out = cls.schema()
+    for a in attrs.fields(cls):
+        if not out[a.name]["required"]:
+            out[a.name]["default"] = _default(a)
+    return out
+
+
+def _limits(cls: type, docs: dict[str, str], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    fields = [a for a in attrs.fields(cls) if a.name not in skip]
+    _check_documented(f"{cls.__name__} meanings", set(docs), {a.name for a in fields})
+    return {a.name: {"default": a.default, "meaning": docs[a.name]} for a in fields}
+
+
+def build() -> dict[str, Any]:
+    _check_documented("error meanings", set(ERROR_MEANINGS), set(ErrorCode))
+    _check_documented("message docs", set(MESSAGE_DOCS), set(m.MESSAGES))
+    _check_documented("struct docs", set(STRUCT_DOCS), set(m.STRUCTS))
+    _check_documented("families", set(FAMILIES), {cls.FAMILY for cls in m.MESSAGES.values()})
+    used_kinds = {s["kind"] for cls in [*m.MESSAGES.values(), *m.STRUCTS.values()] for s in cls.schema().values()}
+    _check_documented("field kinds", set(KIND_DOCS), set(KIND_DOCS) | used_kinds)
+    _check_documented("bounds", set(BOUND_DOCS), set(BOUNDS))
+    for name, (_, replies, _) in MESSAGE_DOCS.items():
+        unknown = set(replies) - set(m.MESSAGES)
+        if unknown:
+            raise SystemExit(f"gen_protocol: {name} replies with unknown types {sorted(unknown)}")
+    return {
+        "protocol": "gelato",
+        "version": codec.VERSION,
+        "supported_versions": list(handshake.SUPPORTED_VERSIONS),
+        "generated_by": "scripts/gen_protocol.py",
+        "transport": {
+            "websocket_subprotocol": SUBPROTOCOL,
+            "frame_per_message": "one binary WebSocket message carries exactly one frame",
+            "text_message": ErrorCode.TEXT_FRAME.name.lower(),
+        },
+        "signing": {
+            "algorithm": "Ed25519 (RFC 8032, pure)",
+            "sign_prefix": codec.SIGN_PREFIX.decode("ascii"),
+            "sign_prefix_hex": codec.SIGN_PREFIX.hex(),
+            "signed_bytes": "sign_prefix || payload (the bytes inside the payload bin, as received)",
+            "signature_len": codec.SIG_LEN,
+            "key_len": codec.KEY_LEN,
+        },
+        "frame": {
+            "encoding": "msgpack array of exactly 3 elements",
+            "elements": [
+                {"index": 0, "name": "version", "type": "int", "value": codec.VERSION},
+                {"index": 1, "name": "payload", "type": "bin", "content": "msgpack map (payload)"},
+                {"index": 2, "name": "signature", "type": "bin", "len": codec.SIG_LEN},
+            ],
+        },
+        "payload": {
+            "encoding": "msgpack map with str keys; unknown keys are ignored",
+            "fields": [{"name": n, "type": t, "presence": p, "meaning": s} for n, t, p, s in PAYLOAD_FIELDS],
+        },
+        "session": {
+            "sid": "SHA-256(opener_nonce || answerer_nonce || opener_key || answerer_key)",
+            "nonce_len": 32,
+            "seq_first": 0,
+            "seq_rule": "per direction, +1 for every frame sent after the handshake; the receiver accepts "
+                        "exactly the next one",
+        },
+        "checks": [{"id": i, "stage": st, "check": text, "codes": [c.name.lower() for c in codes], "re": re_}
+                   for i, st, text, codes, re_ in CHECKS],
+        "limits": _limits(codec.Limits, CODEC_LIMIT_DOCS),
+        "session_limits": _limits(SessionLimits, SESSION_LIMIT_DOCS, skip=("codec",)),
+        "bounds": {k: {"value": v, "meaning": BOUND_DOCS[k]} for k, v in BOUNDS.items()},
+        "errors": {
+            "groups": {str(k * 1000): v for k, v in GROUPS.items()},
+            "codes": [{"code": int(c), "name": c.name.lower(), "group": c.group, "fatal": c in FATAL_CODES,
+                       "meaning": ERROR_MEANINGS[c]} for c in ErrorCode],
+        },
+        "field_kinds": KIND_DOCS,
+        "messages": {t: {"family": cls.FAMILY, "kind": MESSAGE_DOCS[t][0], "replies": list(MESSAGE_DOCS[t][1]),
+                         "meaning": MESSAGE_DOCS[t][2], "body": schema(cls)}
+                     for t, cls in m.MESSAGES.items()},
+        "structs": {n: {"meaning": STRUCT_DOCS[n], "fields": schema(cls)} for n, cls in m.STRUCTS.items()},
+        "descriptor": {
+            "specified_by": "discovery",
+            "sign_prefix": d.SIGN_PREFIX.decode("ascii"),
+            "sign_prefix_hex": d.SIGN_PREFIX.hex(),
+            "signed_bytes": "sign_prefix || record (the msgpack-encoded record bytes)",
+            "record": schema(d.Descriptor),
+            "max_record_fields": d.MAX_RECORD_FIELDS,
+            "max_lifetime_ms": d.MAX_LIFETIME_MS,
+            "max_skew_ms": d.MAX_SKEW_MS,
+        },
+    }
+
+
+def render_json(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, indent=2, ensure_ascii=True) + "\n"
+
+
+# --- markdown tables ---------------------------------------------------------------------------
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _code(name: str) -> str:
+    return f"`{name}`"
+
+
+def _bounds(f: dict[str, Any]) -> str:
+    k = f["kind"]
+    unit = {"str": " chars", "bin": " bytes", "list": " items", "strmap": " entries"}.get(k, "")
+    lo, hi = f.get("min_len"), f.get("max_len")
+    parts = []
+    if lo is not None and lo == hi:
+        parts.append(f"exactly {lo}{unit}")
+    elif lo or hi is not None:
+        parts.append(f"{lo or 0}..{hi}{unit}" if hi is not None else f">= {lo}{unit}")
+    if "max" in f:
+        parts.append(f"<= {f['max']}")
+    if "choices" in f:
+        parts.append("one of " + ", ".join(_code(c) for c in f["choices"]))
+    if "item" in f:
+        parts.append(f"each item: {_type(f['item'])}" + (f" {_bounds(f['item'])}" if _bounds(f["item"]) else ""))
+    return "; ".join(parts)
+
+
+def _type(f: dict[str, Any]) -> str:
+    k = f["kind"]
+    if k == "list":
+        return f"array of {_type(f['item'])}"
+    if k == "struct":
+        return f"[{f['struct']}](#{f['struct'].lower()})"
+    return {"strmap": "map str->str", "anymap": "map", "uint": "uint"}.get(k, k)
+
+
+def _default_text(f: dict[str, Any]) -> str:
+    if f["required"]:
+        return "required"
+    v = f["default"]
+    return "absent" if v is None else "`" + json.dumps(v) + "`"
+
+
+def _field_table(fields: dict[str, Any]) -> list[str]:
+    if not fields:
+        return ["Empty body: `{}` (unknown keys are ignored)."]
+    rows = ["| field | type | bounds | default |", "|---|---|---|---|"]
+    for name, f in fields.items():
+        rows.append(f"| `{name}` | {_type(f)} | {_bounds(f)} | {_default_text(f)} |")
+    return rows
+
+
+def md_messages(spec: dict[str, Any]) -> str:
+    out: list[str] = []
+    families = [f for f in FAMILIES if any(v["family"] == f for v in spec["messages"].values())]
+    for i, fam in enumerate(families, 1):
+        out += [f"### 3.{i} Family `{fam}`", ""]
+        types = [t for t, v in spec["messages"].items() if v["family"] == fam]
+        for j, t in enumerate(types, 1):
+            v = spec["messages"][t]
+            replies = ", ".join(f"`{r}`" for r in v["replies"]) or "none"
+            out += [f"#### 3.{i}.{j} {t}", "", f"{v['meaning']}", "",
+                    f"Kind: {v['kind']}. Answered by: {replies}" + (" (or ERROR)." if v["kind"] == "request" else "."),
+                    "", *_field_table(v["body"]), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def md_structs(spec: dict[str, Any]) -> str:
+    out: list[str] = []
+    for i, (n, s) in enumerate(spec["structs"].items(), 1):
+        out += [f'### <a id="{n.lower()}"></a>4.{i} {n}', "", s["meaning"], "", *_field_table(s["fields"]), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def md_kinds(spec: dict[str, Any]) -> str:
+    rows = ["| kind | rule |", "|---|---|"] + [f"| `{k}` | {_cell(v)} |" for k, v in spec["field_kinds"].items()]
+    return "\n".join(rows) + "\n"
+
+
+def md_errors(spec: dict[str, Any]) -> str:
+    rows = ["| code | name | group | fatal | meaning |", "|---|---|---|---|---|"]
+    for c in spec["errors"]["codes"]:
+        rows.append(f"| {c['code']} | `{c['name']}` | {c['group']} | {'yes' if c['fatal'] else 'no'} | {_cell(c['meaning'])} |")
+    return "\n".join(rows) + "\n"
+
+
+def _number(v: Any) -> str:
+    return f"{v:_}" if isinstance(v, int) else f"{v:g}"
+
+
+def _limit_table(entries: dict[str, Any]) -> list[str]:
+    rows = ["| name | default | meaning |", "|---|---|---|"]
+    return rows + [f"| `{k}` | {_number(v['default'])} | {_cell(v['meaning'])} |" for k, v in entries.items()]
+
+
+def md_codec_limits(spec: dict[str, Any]) -> str:
+    return "\n".join(_limit_table(spec["limits"])) + "\n"
+
+
+def md_session_limits(spec: dict[str, Any]) -> str:
+    return "\n".join(_limit_table(spec["session_limits"])) + "\n"
+
+
+def md_bounds(spec: dict[str, Any]) -> str:
+    rows = ["| name | value | applies to |", "|---|---|---|"]
+    rows += [f"| `{k}` | {v['value']} | {_cell(v['meaning'])} |" for k, v in spec["bounds"].items()]
+    return "\n".join(rows) + "\n"
+
+
+def _checks_table(spec: dict[str, Any], stages: tuple[str, ...]) -> str:
+    rows = ["| step | check (fails when) | error | re |", "|---|---|---|---|"]
+    for c in spec["checks"]:
+        if c["stage"] in stages:
+            codes = " / ".join(f"`{x}`" for x in c["codes"])
+            rows.append(f"| {c['id']} | {_cell(c['check'])} | {codes} | {'frame id' if c['re'] else 'absent'} |")
+    return "\n".join(rows) + "\n"
+
+
+def md_decode_order(spec: dict[str, Any]) -> str:
+    return _checks_table(spec, ("frame", "session", "message"))
+
+
+def md_handshake_checks(spec: dict[str, Any]) -> str:
+    return _checks_table(spec, ("handshake",))
+
+
+# file -> {block name: renderer}
+BLOCKS = {
+    "messages.md": {"kinds": md_kinds, "messages": md_messages, "structs": md_structs},
+    "errors.md": {"codes": md_errors},
+    "limits.md": {"codec-limits": md_codec_limits, "session-limits": md_session_limits, "bounds": md_bounds},
+    "framing.md": {"decode-order": md_decode_order},
+    "handshake.md": {"handshake-checks": md_handshake_checks},
+}
+
+
+def fill(text: str, name: str, content: str, where: str) -> str:
+    begin = f"<!-- BEGIN GENERATED {name}: scripts/gen_protocol.py, do not edit -->\n"
+    end = f"<!-- END GENERATED {name} -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if len(pattern.findall(text)) != 1:
+        raise SystemExit(f"gen_protocol: {where} needs exactly one block:\n{begin}{end}")
+    return pattern.sub(lambda _: begin + "\n" + content + "\n" + end, text)
+
+
+def outputs() -> dict[Path, str]:
+    """Every generated file with its expected content."""
+    spec = build()
+    out = {JSON_PATH: render_json(spec)}
+    for fname, blocks in BLOCKS.items():
+        path = DOCS / fname
+        text = path.read_text(encoding="utf-8")
+        for name, render in blocks.items():
+            text = fill(text, name, render(spec), str(path))
+        out[path] = text
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
+    args = ap.parse_args(argv)
+    stale = []
+    for path, text in outputs().items():
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path.relative_to(ROOT))
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if args.check and stale:
+        print("stale (run scripts/gen_protocol.py):", *stale, sep="\n  ", file=sys.stderr)
+        return 1
+    for p in stale:
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
