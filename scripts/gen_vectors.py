@@ -441,6 +441,11 @@ def invalid_vectors() -> list[dict]:
     add("order/limit-before-utf8", "an over-long str, then invalid UTF-8: the first defect decides",
         signed("a", payload("order/limit-before-utf8", body=Raw(pmap([("b", long_str), ("a", bad_utf8)])))),
         E.LIMIT_EXCEEDED, "F9", context=frame_ctx(max_str_len=8))
+    add("payload-duplicate-key", "'type' twice in the payload map (PING, then JOIN)",
+        signed("a", payload("payload-duplicate-key", extra=[("type", "JOIN")])), E.MALFORMED_FRAME, "F9")
+    add("body-duplicate-key", "'ttl' twice in a JOIN body",
+        signed("a", payload("body-duplicate-key", type="JOIN", body=Raw(pmap([("ttl", 10), ("ttl", 20)])))),
+        E.MALFORMED_FRAME, "F9")
     add("payload-empty", "an empty payload bin", signed("a", b""), E.MALFORMED_FRAME, "F9")
     add("payload-truncated", "the payload map is cut short (signed as is)", signed("a", ping_pl[:-1]),
         E.MALFORMED_FRAME, "F9")

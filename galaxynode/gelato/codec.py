@@ -64,6 +64,14 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(ErrorCode.MALFORMED_FRAME, f"extension type {code} not allowed")
 
 
+def _no_duplicates(pairs: list) -> dict:
+    """Two decoders could disagree on which of two equal keys wins; a signed frame must mean one thing."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "duplicate map key")
+    return d
+
+
 def _unpack_error(exc: Exception, *, limits_apply: bool = True) -> ProtocolError:
     """Map msgpack's zoo of exceptions to a code. Only the payload has configurable limits; the
     outer array is fixed-shape, so anything msgpack rejects there is simply malformed."""
@@ -151,7 +159,7 @@ def decode_envelope(data: Any, limits: Limits = DEFAULT_LIMITS, *, expected_key:
         p = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=False,
                             max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
                             max_array_len=limits.max_array_len, max_map_len=limits.max_map_len,
-                            max_ext_len=0, ext_hook=_no_ext)
+                            max_ext_len=0, ext_hook=_no_ext, object_pairs_hook=_no_duplicates)
     except Exception as e:
         raise _unpack_error(e) from None
     if type(p) is not dict:
