@@ -1,0 +1,584 @@
+#!/usr/bin/env python3
+"""Gelato session throughput, handshake latency and concurrent sessions, with the baselines measured
+in the same run: bare trio-websocket and the asyncio `websockets` library, same message sizes.
+
+Each server runs in a process of its own (this script with --serve KIND), the clients in this one;
+loopback only. A server process (in a session of its own) answers each line on its stdin with one
+JSON line and exits at EOF, so it goes away with us whatever happens to us, Ctrl-C and kill -9 included.
+
+  one-way    signed PONG frames node -> pool, pipelined through one session; the pool's reader
+             verifies and drops unsolicited PONGs. Each repetition ends with a HEARTBEAT request,
+             whose reply shows that every earlier frame was verified; the server's frame counter
+             confirms the count. Baselines: same-size binary messages, then a text marker that the
+             server answers with its count.
+  req/rep    HEARTBEAT -> LEASE through the pool's handler and the in-memory registry, `window`
+             requests in flight. Baselines: echo of same-size messages, same window.
+  handshake  connect + HELLO/HELLO/READY over sequential connections; baselines: TCP + WebSocket upgrade.
+  sessions   K sessions held against one fresh pool process; its VmRSS delta per session.
+
+Throughputs are medians over repetitions. websockets runs without compression (Gelato frames are not
+compressed either); trio-websocket runs with the carrier settings galaxynode's transport uses.
+
+    .venv/bin/python scripts/bench_session.py [--quick] [--sessions K] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from galaxynode.gelato import messages as m  # noqa: E402
+from galaxynode.gelato.codec import encode_frame  # noqa: E402
+from galaxynode.gelato.errors import ProtocolError  # noqa: E402
+from galaxynode.identity import Identity, verify  # noqa: E402
+from galaxynode.net import ChannelClosed, Server, SessionLimits, connect  # noqa: E402
+from galaxynode.net.transport import _MESSAGE_QUEUE, _RECEIVE_BYTES  # noqa: E402
+from galaxynode.pool import PoolInfo, PoolServices  # noqa: E402
+from galaxynode.registry import LeaseTable, Registry  # noqa: E402
+
+NETWORK = "bench"
+TARGET_RATIO = 0.60       # signed session / bare trio-websocket, throughput
+FRAME_SIZE = 250          # aimed size of a one-way frame in bytes (the WebSocket message)
+MAX_MESSAGE = 1024 * 1024
+FD_HEADROOM = 256
+# The default per-session rate limit (200 frames/s) would measure the limiter, not the session.
+LIMITS = SessionLimits(frame_rate=1e9, frame_burst=10**9, byte_rate=1e12, byte_burst=10**12)
+
+
+@attrs.frozen
+class Config:
+    n: int              # messages per repetition
+    warmup: int         # messages before the first repetition (not measured)
+    reps: int
+    window: int         # requests in flight for req/rep and echo
+    handshakes: int     # sequential connections for handshake latency
+    sessions: int       # concurrent sessions held
+    hold: float         # seconds the sessions are held before they are counted
+    parallel: int       # handshakes in flight while opening the sessions
+
+
+FULL = Config(n=10_000, warmup=1_000, reps=5, window=64, handshakes=300, sessions=1000, hold=3.0, parallel=32)
+QUICK = Config(n=2_000, warmup=200, reps=3, window=64, handshakes=50, sessions=100, hold=0.5, parallel=32)
+
+
+def raise_fd_limit(need: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards `need` (never past the hard limit); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        soft = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def percentile(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))]
+
+
+async def rates(run: Callable[[int], Awaitable[float]], cfg: Config) -> list[float]:
+    """messages/s of `run(n)` (which returns seconds) per repetition, after one warm-up run.
+    Loop-agnostic: used under trio and asyncio alike."""
+    await run(cfg.warmup)
+    return [cfg.n / await run(cfg.n) for _ in range(cfg.reps)]
+
+
+def shares(n: int, parts: int) -> list[int]:
+    return [n // parts + (i < n % parts) for i in range(parts)]
+
+
+# --- server processes -----------------------------------------------------------------------------
+
+def _reply(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def _trio_control(stats: Callable[[], dict]) -> None:
+    """Answer each line on stdin with stats() until EOF."""
+    buf = b""
+    async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
+        while chunk := await stdin.receive_some():
+            *lines, buf = (buf + chunk).split(b"\n")
+            for _ in lines:
+                _reply(stats())
+
+
+async def serve_pool(max_sessions: int) -> None:
+    identity = Identity.generate()
+    registry = Registry(LeaseTable(), None, bus=None)
+    services = PoolServices(PoolInfo(identity.public, "bench", NETWORK), registry, None)
+    server = Server(identity, network=NETWORK, limits=LIMITS, max_connections=max_sessions,
+                    handler_factory=lambda conn: services.handler())
+
+    def stats() -> dict:
+        conns = list(server.connections.values())
+        return {"sessions": len(conns), "frames_in": sum(c.stats.frames_in for c in conns),
+                **attrs.asdict(server.stats)}
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(registry.run)
+        urls = await nursery.start(server.run)
+        _reply({"url": urls[0]})
+        await _trio_control(stats)
+        await server.shutdown()
+        nursery.cancel_scope.cancel()
+
+
+async def _count_or_echo(receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]],
+                         echo: bool) -> None:
+    """Baseline server loop: echo binary messages, or count them and answer a text marker with the count."""
+    count = 0
+    while True:
+        msg = await receive()
+        if isinstance(msg, str):
+            await send(str(count))
+            count = 0
+        elif echo:
+            await send(msg)
+        else:
+            count += 1
+
+
+async def serve_trio_websocket() -> None:
+    async def handler(request: Any) -> None:
+        try:
+            ws = await request.accept()
+            await _count_or_echo(ws.get_message, ws.send_message, request.path == "/echo")
+        except ConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(
+            serve_websocket, handler, "127.0.0.1", 0, None, message_queue_size=_MESSAGE_QUEUE,
+            max_message_size=MAX_MESSAGE, receive_buffer_size=_RECEIVE_BYTES))
+        _reply({"url": f"ws://127.0.0.1:{server.port}"})
+        await _trio_control(dict)
+        nursery.cancel_scope.cancel()
+
+
+async def serve_websockets() -> None:
+    from websockets.asyncio.server import serve
+    from websockets.exceptions import ConnectionClosed as Closed  # websockets is a test extra: import late
+
+    async def handler(ws: Any) -> None:
+        try:
+            await _count_or_echo(ws.recv, ws.send, ws.request.path == "/echo")
+        except Closed:
+            pass
+
+    async with serve(handler, "127.0.0.1", 0, compression=None, max_size=MAX_MESSAGE) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        _reply({"url": f"ws://127.0.0.1:{port}"})
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        try:
+            while await reader.readline():
+                _reply({})
+        finally:
+            transport.close()
+
+
+SERVERS = ("pool", "trio-websocket", "websockets")
+
+
+def run_server(kind: str, max_sessions: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # we stop at EOF on stdin, whoever is interrupted
+    raise_fd_limit(max_sessions + FD_HEADROOM)
+    if kind == "pool":
+        trio.run(serve_pool, max_sessions)
+    elif kind == "trio-websocket":
+        trio.run(serve_trio_websocket)
+    else:
+        asyncio.run(serve_websockets())
+
+
+class ServerProcess:
+    """A --serve child: `url` once it listens, `stats()` on demand; closing its stdin ends it."""
+
+    def __init__(self, kind: str, *, max_sessions: int = 64, stop_timeout: float = 20.0):
+        self.kind = kind
+        self.stop_timeout = stop_timeout
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--sessions", str(max_sessions)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            start_new_session=True)  # Ctrl-C is for us alone; we end the child by closing its stdin
+        try:
+            self.url: str = self._read()["url"]
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.kind} server exited (status {self.proc.poll()})")
+        return json.loads(line)
+
+    def stats(self) -> dict:
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            try:
+                self.proc.stdin.close()
+            except OSError:  # the child is gone already
+                pass
+            self.proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{self.kind} server did not stop; killing it", file=sys.stderr)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- clients ----------------------------------------------------------------------------------------
+
+@attrs.frozen
+class Sizes:
+    one_way: int        # PONG frame
+    request: int        # HEARTBEAT frame
+    pong: m.Pong        # padded to make one_way about FRAME_SIZE
+
+
+def verify_rates(cfg: Config) -> list[float]:
+    """Ed25519 verifications/s on one core, with the codec's own verify(): the ceiling for signed
+    frames/s that one receiving process can reach, whatever the rest of the stack costs."""
+    identity = Identity.generate()
+    data = os.urandom(FRAME_SIZE)
+    sig = identity.sign(data)
+    out = []
+    for _ in range(cfg.reps):
+        start = time.perf_counter()
+        for _ in range(cfg.n // 4):
+            verify(identity.public, sig, data)
+        out.append(cfg.n // 4 / (time.perf_counter() - start))
+    return out
+
+
+def frame_sizes() -> Sizes:
+    identity = Identity.generate()
+
+    def size(msg: Any) -> int:  # a mid-session seq (uint32) for a representative size
+        return len(encode_frame(identity, msg, sid=bytes(32), seq=1 << 20))
+    pad = max(0, min(64, FRAME_SIZE - size(m.Pong(data=b""))))  # PONG data is at most 64 bytes
+    pong = m.Pong(data=os.urandom(pad))
+    return Sizes(size(pong), size(m.Heartbeat()), pong)
+
+
+async def bench_pool(srv: ServerProcess, cfg: Config, sizes: Sizes) -> dict:
+    verified: list[tuple[int, int]] = []   # (frames sent, frames the server counted)
+    async with connect(srv.url, Identity.generate(), network=NETWORK, limits=LIMITS) as conn:
+        await conn.request(m.Join(ttl=3600))
+
+        async def one_way(n: int) -> float:
+            before = (await trio.to_thread.run_sync(srv.stats))["frames_in"]
+            start = time.perf_counter()
+            for _ in range(n):
+                await conn.send(sizes.pong)
+            await conn.request(m.Heartbeat())   # answered only after all n were verified
+            elapsed = time.perf_counter() - start
+            after = (await trio.to_thread.run_sync(srv.stats))["frames_in"]
+            verified.append((n, after - before - 1))
+            return elapsed
+
+        async def req_rep(n: int) -> float:
+            async def requester(count: int) -> None:
+                for _ in range(count):
+                    await conn.request(m.Heartbeat())
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for count in shares(n, cfg.window):
+                    nursery.start_soon(requester, count)
+            return time.perf_counter() - start
+
+        one = await rates(one_way, cfg)
+        rr = await rates(req_rep, cfg)
+    idents = [Identity.generate() for _ in range(cfg.handshakes + 5)]
+    latencies = []
+    for ident in idents:
+        start = time.perf_counter()
+        async with connect(srv.url, ident, network=NETWORK, limits=LIMITS):
+            latencies.append(time.perf_counter() - start)
+    stats = await trio.to_thread.run_sync(srv.stats)
+    return {"one_way": one, "req_rep": rr, "handshake": latencies[5:], "verified": verified,
+            "server_violations": stats["violations"], "server_handshake_failed": stats["handshake_failed"]}
+
+
+async def bench_trio_websocket(url: str, cfg: Config, sizes: Sizes) -> dict:
+    ws_open = partial(open_websocket_url, message_queue_size=_MESSAGE_QUEUE, max_message_size=MAX_MESSAGE,
+                      receive_buffer_size=_RECEIVE_BYTES)
+    one, req = os.urandom(sizes.one_way), os.urandom(sizes.request)
+    async with ws_open(url + "/sink") as ws:
+        async def one_way(n: int) -> float:
+            start = time.perf_counter()
+            for _ in range(n):
+                await ws.send_message(one)
+            await ws.send_message("done")
+            counted = int(await ws.get_message())
+            elapsed = time.perf_counter() - start
+            assert counted == n, (counted, n)
+            return elapsed
+        sink = await rates(one_way, cfg)
+    async with ws_open(url + "/echo") as ws:
+        async def echo(n: int) -> float:
+            window = trio.Semaphore(cfg.window)
+
+            async def sender() -> None:
+                for _ in range(n):
+                    await window.acquire()
+                    await ws.send_message(req)
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender)
+                for _ in range(n):
+                    await ws.get_message()
+                    window.release()
+            return time.perf_counter() - start
+        echoes = await rates(echo, cfg)
+    latencies = []
+    for _ in range(cfg.handshakes + 5):
+        start = time.perf_counter()
+        async with ws_open(url + "/echo"):
+            latencies.append(time.perf_counter() - start)
+    return {"one_way": sink, "req_rep": echoes, "handshake": latencies[5:]}
+
+
+async def bench_websockets(url: str, cfg: Config, sizes: Sizes) -> dict:
+    from websockets.asyncio.client import connect as ws_connect
+    ws_open = partial(ws_connect, compression=None, max_size=MAX_MESSAGE, proxy=None)
+    one, req = os.urandom(sizes.one_way), os.urandom(sizes.request)
+    async with ws_open(url + "/sink") as ws:
+        async def one_way(n: int) -> float:
+            start = time.perf_counter()
+            for _ in range(n):
+                await ws.send(one)
+            await ws.send("done")
+            counted = int(await ws.recv())
+            elapsed = time.perf_counter() - start
+            assert counted == n, (counted, n)
+            return elapsed
+        sink = await rates(one_way, cfg)
+    async with ws_open(url + "/echo") as ws:
+        async def echo(n: int) -> float:
+            window = asyncio.Semaphore(cfg.window)
+
+            async def sender() -> None:
+                for _ in range(n):
+                    await window.acquire()
+                    await ws.send(req)
+            start = time.perf_counter()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(sender())
+                for _ in range(n):
+                    await ws.recv()
+                    window.release()
+            return time.perf_counter() - start
+        echoes = await rates(echo, cfg)
+    latencies = []
+    for _ in range(cfg.handshakes + 5):
+        start = time.perf_counter()
+        async with ws_open(url + "/echo"):
+            latencies.append(time.perf_counter() - start)
+    return {"one_way": sink, "req_rep": echoes, "handshake": latencies[5:]}
+
+
+async def hold_sessions(srv: ServerProcess, cfg: Config) -> dict:
+    """Open cfg.sessions sessions (cfg.parallel handshakes at a time), hold them, count and measure."""
+    for ident in [Identity.generate() for _ in range(8)]:  # warm the server's code paths first
+        async with connect(srv.url, ident, network=NETWORK, limits=LIMITS):
+            pass
+    await trio.sleep(0.3)
+    idents = [Identity.generate() for _ in range(cfg.sessions)]
+    server_before, client_before = rss_kib(srv.pid), rss_kib(os.getpid())
+    gate = trio.Semaphore(cfg.parallel)
+    conns: list[Any] = []
+    failures: list[str] = []
+    settled, release = trio.Event(), trio.Event()
+
+    def count(failure: str | None = None) -> None:
+        if failure is not None:
+            failures.append(failure)
+        if len(conns) + len(failures) == cfg.sessions:
+            settled.set()
+
+    async def hold_one(ident: Identity) -> None:
+        await gate.acquire()
+        opening = True
+        try:
+            async with connect(srv.url, ident, network=NETWORK, limits=LIMITS) as conn:
+                gate.release()
+                opening = False
+                conns.append(conn)
+                count()
+                await release.wait()
+        except (ChannelClosed, ProtocolError) as e:
+            if opening:
+                count(str(e))
+        finally:
+            if opening:
+                gate.release()
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for ident in idents:
+            nursery.start_soon(hold_one, ident)
+        await settled.wait()
+        open_seconds = time.perf_counter() - start
+        await trio.sleep(cfg.hold)
+        stats = await trio.to_thread.run_sync(srv.stats)
+        server_after, client_after = rss_kib(srv.pid), rss_kib(os.getpid())
+        alive = sum(not c.closed for c in conns)
+        release.set()
+    k = cfg.sessions
+    return {"sessions": k, "opened": len(conns), "alive_client": alive, "alive_server": stats["sessions"],
+            "failures": failures[:5], "open_seconds": open_seconds, "hold_seconds": cfg.hold,
+            "server_rss_kib": [server_before, server_after], "client_rss_kib": [client_before, client_after],
+            "server_kib_per_session": (server_after - server_before) / k,
+            "client_kib_per_session": (client_after - client_before) / k}
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+def summarize(res: dict, sizes: Sizes) -> list[tuple[str, str, str, str]]:
+    pool, rows = res["pool"], []
+    med = statistics.median
+    for key, label, size in (("one_way", "one-way msg/s", sizes.one_way), ("req_rep", "req/rep msg/s", sizes.request)):
+        ours = med(pool[key])
+        for base, name in (("trio_websocket", "trio-websocket"), ("websockets", "websockets")):
+            theirs = med(res[base][key])
+            ratio = ours / theirs
+            verdict = (" PASS" if ratio >= TARGET_RATIO else " BELOW") if base == "trio_websocket" else ""
+            what = "signed" if key == "one_way" else "HEARTBEAT/LEASE"
+            rows.append((f"{label} ({what} {size} B) vs {name}" + (" echo" if key == "req_rep" else ""),
+                         f"{ours:,.0f}", f"{theirs:,.0f}", f"{ratio:.2f}{verdict}"))
+    ours, ceiling = med(pool["one_way"]), med(res["verify_only"])
+    rows.append(("one-way msg/s vs Ed25519 verify-only ceiling (1 core)", f"{ours:,.0f}", f"{ceiling:,.0f}",
+                 f"{ours / ceiling:.2f}"))
+    for p in (50, 99):
+        ours = percentile(pool["handshake"], p) * 1000
+        for base, name in (("trio_websocket", "trio-websocket"), ("websockets", "websockets")):
+            theirs = percentile(res[base]["handshake"], p) * 1000
+            rows.append((f"handshake p{p} ms vs {name} connect", f"{ours:.2f}", f"{theirs:.2f}",
+                         f"{ours / theirs:.2f}x"))
+    s = res["sessions"]
+    held = s["alive_client"] == s["alive_server"] == s["sessions"]
+    rows.append((f"sessions established and held {s['hold_seconds']:g}s", f"{s['alive_server']}/{s['sessions']}",
+                 "-", "OK" if held else "FAIL"))
+    rows.append(("pool server RSS KiB per session", f"{s['server_kib_per_session']:.1f}", "-", "-"))
+    rows.append(("client RSS KiB per session", f"{s['client_kib_per_session']:.1f}", "-", "-"))
+    rows.append((f"opening {s['sessions']} sessions ({s['opened'] / s['open_seconds']:.0f}/s)",
+                 f"{s['open_seconds']:.2f} s", "-", "-"))
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    header = ("metric", "ours", "baseline", "ratio")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
+    line = " | ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    print(line.format(*header))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(line.format(*r))
+
+
+def run(cfg: Config, json_path: str | None) -> int:
+    limit = raise_fd_limit(cfg.sessions + FD_HEADROOM)
+    if limit < cfg.sessions + FD_HEADROOM:
+        cfg = attrs.evolve(cfg, sessions=max(1, limit - FD_HEADROOM))
+        print(f"fd limit {limit}: holding only {cfg.sessions} sessions", file=sys.stderr)
+    sizes = frame_sizes()
+    started = time.perf_counter()
+    res: dict[str, Any] = {"verify_only": verify_rates(cfg)}
+    with ServerProcess("pool") as srv:
+        res["pool"] = trio.run(bench_pool, srv, cfg, sizes)
+    with ServerProcess("trio-websocket") as srv:
+        res["trio_websocket"] = trio.run(bench_trio_websocket, srv.url, cfg, sizes)
+    with ServerProcess("websockets") as srv:
+        res["websockets"] = asyncio.run(bench_websockets(srv.url, cfg, sizes))
+    with ServerProcess("pool", max_sessions=cfg.sessions + cfg.parallel) as srv:
+        res["sessions"] = trio.run(hold_sessions, srv, cfg)
+    rows = summarize(res, sizes)
+    bad = [v for v in res["pool"]["verified"] if v[0] != v[1]]
+    print(f"\nGelato session benchmark: {cfg.n} msgs x {cfg.reps} reps (medians), window {cfg.window}, "
+          f"{cfg.handshakes} handshakes, {cfg.sessions} sessions; server and client in separate processes, "
+          f"127.0.0.1; target signed/trio-websocket >= {TARGET_RATIO}\n")
+    print_table(rows)
+    print(f"\nserver-verified one-way frames: {sum(v[1] for v in res['pool']['verified'])} of "
+          f"{sum(v[0] for v in res['pool']['verified'])} sent"
+          f"{'' if not bad else ' MISMATCH ' + str(bad)}; total {time.perf_counter() - started:.1f} s")
+    if json_path:
+        out = {"config": attrs.asdict(cfg), "frame_bytes": {"one_way": sizes.one_way, "request": sizes.request},
+               "results": res, "table": [dict(zip(("metric", "ours", "baseline", "ratio"), r)) for r in rows]}
+        Path(json_path).write_text(json.dumps(out, indent=2) + "\n")
+    held = res["sessions"]
+    return 0 if not bad and held["alive_server"] == held["alive_client"] == held["sessions"] else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small run, under ~15 s")
+    ap.add_argument("--sessions", type=int, help="concurrent sessions to hold (default 1000; --quick 100)")
+    ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    ap.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)  # internal: run one server
+    args = ap.parse_args()
+    if args.sessions is not None and args.sessions < 1:
+        ap.error("--sessions must be positive")
+    if args.serve:
+        run_server(args.serve, args.sessions or 64)
+        return 0
+    cfg = QUICK if args.quick else FULL
+    if args.sessions:
+        cfg = attrs.evolve(cfg, sessions=args.sessions)
+    try:
+        return run(cfg, args.json)
+    except BaseException as e:
+        # Ctrl-C lands in whichever trio task runs, so it may arrive inside an exception group.
+        if not isinstance(e, KeyboardInterrupt) and not (
+                isinstance(e, BaseExceptionGroup) and e.subgroup(KeyboardInterrupt) is not None):
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
