@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from galaxynode import __version__
 
@@ -89,9 +89,6 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=("plain", "json"))
 
 
-COMMANDS: list[Callable[[Any], None]] = []
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galaxynode", description="Galaxy Node Pool daemon and tools (Gelato protocol)")
     parser.add_argument("--version", action="version", version=f"galaxynode {__version__}")
@@ -122,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(c)
     c.set_defaults(func=cmd_config_show)
 
-    for add in COMMANDS:
-        add(sub)
+    from galaxynode import cli_client
+    cli_client.add_commands(sub)
     return parser
 
 

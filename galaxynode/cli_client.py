@@ -1,0 +1,403 @@
+"""Client subcommands of `galaxynode`: node join, query, status, watch, admin.
+
+Heavy imports (trio, the network stack) happen inside the commands, so `galaxynode --help` stays
+fast. Every failure to reach or talk to a pool becomes one CliError line, exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Sequence
+
+DEFAULT_NETWORK = "galaxy-dev"  # = nodeclient.DEFAULT_NETWORK (not imported: keeps --help light)
+EXIT_USAGE = 2
+
+
+def _cli_error(message: str, code: int = 1) -> Exception:
+    from galaxynode.cli import CliError
+    return CliError(" ".join(message.split("\n")), code)
+
+
+# --- argument types ----------------------------------------------------------------------------
+
+def _url(text: str) -> str:
+    from galaxynode.net.transport import parse_url
+    try:
+        parse_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _node_key(text: str) -> bytes:
+    from galaxynode.identity import parse_public_key
+    try:
+        return parse_public_key(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _meta_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
+    return name, value
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", type=_url, metavar="URL", help="pool endpoint, e.g. ws://127.0.0.1:7447")
+    p.add_argument("--network", default=DEFAULT_NETWORK, metavar="ID", help=f"network id (default {DEFAULT_NETWORK})")
+    p.add_argument("--timeout", type=_positive(float), default=10.0, metavar="S",
+                   help="connect and reply timeout in seconds (default 10)")
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--capability", action="append", default=[], metavar="X", help="capability (repeatable)")
+    p.add_argument("--meta", action="append", default=[], type=_meta_pair, metavar="K=V",
+                   help="metadata pair (repeatable)")
+
+
+def add_commands(sub: Any) -> None:
+    """Add node/query/status/watch/admin to the `galaxynode` subcommand parser."""
+    p = sub.add_parser("node", help="act as a node of a pool")
+    nsub = p.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    j = nsub.add_parser("join", help="join a pool and stay joined (heartbeats, reconnects) until Ctrl-C")
+    _add_common(j)
+    j.add_argument("--key", required=True, metavar="PATH", help="the node's private key file")
+    _add_filters(j)
+    j.add_argument("--ttl", type=_positive(int), metavar="S", help="lease time in seconds (default: the pool's)")
+    j.set_defaults(func=cmd_node_join)
+
+    p = sub.add_parser("query", help="list nodes registered at a pool")
+    _add_common(p)
+    _add_filters(p)
+    p.add_argument("--scope", choices=("local", "peers"), default="local", help="also ask peered pools (peers)")
+    p.add_argument("--limit", type=_positive(int), default=100, metavar="N", help="at most N nodes (default 100)")
+    p.add_argument("--key", metavar="PATH", help="key file to connect with (default: a fresh key)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("status", help="show a pool's public status")
+    _add_common(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("watch", help="print a pool's events as they happen, until Ctrl-C")
+    _add_common(p)
+    p.add_argument("topics", nargs="*", metavar="TOPIC", help="topic patterns: * one segment, # the rest (default #)")
+    p.add_argument("--peers", action="store_true", help="include events relayed from peered pools")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("admin", help="administer a pool (needs an admin key)")
+    _add_common(p)
+    p.add_argument("--key", required=True, metavar="PATH", help="admin private key file")
+    p.add_argument("action", choices=("kick", "ban", "unban", "peers", "nodes"))
+    p.add_argument("node", nargs="?", type=_node_key, metavar="NODE_KEY", help="ed25519:<hex> (kick, ban, unban)")
+    p.add_argument("--duration", type=_positive(int), metavar="S", help="ban for S seconds (default: permanently)")
+    p.add_argument("--json", action="store_true", help="print JSON (peers, nodes)")
+    p.set_defaults(func=cmd_admin)
+
+
+# --- running -----------------------------------------------------------------------------------
+
+def _describe(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a failure to reach or talk to the pool; None for anything else (a bug)."""
+    import trio
+
+    from galaxynode.gelato.errors import ProtocolError
+    from galaxynode.net import ChannelClosed, RemoteError, SessionClosed
+    url = args.url
+    if isinstance(exc, RemoteError):
+        return f"{url}: refused: {exc.remote_name} ({exc.remote_code}): {exc.message}"
+    if isinstance(exc, ProtocolError):
+        return f"{url}: protocol error: {exc}"
+    if isinstance(exc, ChannelClosed):
+        return f"{url}: {exc.reason or exc}"
+    if isinstance(exc, SessionClosed):
+        return f"{url}: {exc}"
+    if isinstance(exc, trio.TooSlowError):
+        return f"{url}: no reply within {args.timeout:g}s"
+    return None
+
+
+def _run(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) -> int:
+    import trio
+    try:
+        return trio.run(main)
+    except BaseExceptionGroup as group:  # a lone failure inside a nursery
+        leaves = list(_leaves(group))
+        line = _describe(leaves[0], args) if len(leaves) == 1 else None
+        if line is None:
+            raise
+        raise _cli_error(line) from None
+    except Exception as e:
+        line = _describe(e, args)
+        if line is None:
+            raise
+        raise _cli_error(line) from None
+
+
+def _leaves(exc: BaseException):
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from _leaves(e)
+    else:
+        yield exc
+
+
+async def _until_signalled(main: Callable[[], Awaitable[None]],
+                           stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Run main until it returns or SIGINT/SIGTERM arrives: a clean exit, by `stop()` (which
+    must make main return) or else by cancelling main."""
+    import signal
+
+    import trio
+
+    from galaxynode.net.transport import raise_single
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                async def on_signal() -> None:
+                    async for _ in signals:
+                        if stop is None:
+                            nursery.cancel_scope.cancel()
+                        else:
+                            await stop()
+                        return
+                nursery.start_soon(on_signal)
+                await main()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise_single(group)
+
+
+def _connect(args: argparse.Namespace, key: Any, role: str = "node"):
+    from galaxynode.nodeclient import connect
+    return connect(args.url, key, network=args.network, role=role, timeout=args.timeout)
+
+
+def _ephemeral_or(path: str | None):
+    from galaxynode.identity import Identity, load_key
+    return load_key(path) if path else Identity.generate()
+
+
+# --- output ------------------------------------------------------------------------------------
+
+def _pub(raw: bytes | None) -> str | None:
+    from galaxynode.identity import format_public_key
+    return None if raw is None else format_public_key(raw)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _print_json(value: Any, *, indent: int | None = 2) -> None:
+    print(json.dumps(value, default=_json_default, indent=indent), flush=True)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def node_json(rec: Any) -> dict:
+    return {"key": _pub(rec.key), "capabilities": list(rec.capabilities), "meta": dict(rec.meta),
+            "expires": rec.expires, "pool": _pub(rec.pool)}
+
+
+def format_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None = None) -> str:
+    rows = [headers, *rows] if headers is not None else list(rows)
+    widths = [max(len(str(c)) for c in col) for col in zip(*rows)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def nodes_table(records: Sequence[Any], now_ms: int) -> str:
+    with_pool = any(r.pool is not None for r in records)
+    headers = ["KEY", "CAPABILITIES", "META", "EXPIRES"] + (["POOL"] if with_pool else [])
+    rows = []
+    for r in records:
+        left = (r.expires - now_ms) / 1000
+        row = [_pub(r.key), ",".join(r.capabilities) or "-",
+               ",".join(f"{k}={v}" for k, v in sorted(r.meta.items())) or "-",
+               f"in {_duration(left)}" if left > 0 else "expired"]
+        if with_pool:
+            row.append(_pub(r.pool) or "(this pool)")
+        rows.append(row)
+    return format_table(rows, headers)
+
+
+def event_line(ev: Any, pool_key: bytes, *, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"topic": ev.topic, "event_id": ev.event_id.hex(), "origin": _pub(ev.origin),
+                           "ts": ev.ts, "data": ev.data, "hops": ev.hops}, default=_json_default)
+    line = f"{_iso(ev.ts)} {ev.topic} {json.dumps(ev.data, default=_json_default, sort_keys=True)}"
+    return line if ev.origin == pool_key else f"{line} (from {_pub(ev.origin)})"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+def cmd_node_join(args: argparse.Namespace) -> int:
+    from galaxynode.identity import load_key
+    from galaxynode.nodeclient import JoinState, keep_joined
+    identity = load_key(args.key)
+
+    def report(st: JoinState) -> None:
+        if st.kind == "disconnected":
+            why = _describe(st.error, args) or f"{args.url}: {st.error}"
+            print(f"galaxynode: {why}; retrying in {st.retry_in:.1f}s", file=sys.stderr, flush=True)
+        else:
+            print(f"{st.kind} {args.url} as {identity.public_text} (pool {_pub(st.pool_key)}, lease {st.lease.ttl}s)",
+                  flush=True)
+
+    async def main() -> int:
+        await _until_signalled(lambda: keep_joined(
+            args.url, identity, capabilities=args.capability, meta=dict(args.meta), ttl=args.ttl,
+            network=args.network, on_event=report, timeout=args.timeout))
+        return 0
+    return _run(args, main)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from galaxynode.gelato.messages import MAX_PAGE
+    from galaxynode.nodeclient import gather
+    identity = _ephemeral_or(args.key)
+
+    async def main() -> int:
+        async with _connect(args, identity) as pool:
+            pages = pool.query_pages(capabilities=args.capability, meta=dict(args.meta),
+                                     limit=min(args.limit, MAX_PAGE), scope=args.scope)
+            nodes, partial = await gather(pages, args.limit)
+        if partial:
+            print("galaxynode: warning: some peered pools did not answer; the list may be incomplete",
+                  file=sys.stderr)
+        if args.json:
+            _print_json([node_json(r) for r in nodes])
+        elif nodes:
+            print(nodes_table(nodes, _now_ms()))
+        else:
+            print("no matching nodes")
+        return 0
+    return _run(args, main)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from galaxynode.identity import Identity
+
+    async def main() -> int:
+        async with _connect(args, Identity.generate(), role="probe") as pool:
+            st = await pool.status()
+        out = {"key": _pub(st.key), "name": st.name, "network": st.network, "role": st.role,
+               "version": st.version, "uptime": st.uptime, "nodes": st.nodes, "peers": st.peers}
+        if args.json:
+            _print_json(out)
+        else:
+            out["uptime"] = _duration(st.uptime)
+            print(format_table([(f"{k}:", str(v)) for k, v in out.items()]))
+        return 0
+    return _run(args, main)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from galaxynode.identity import Identity
+
+    async def print_events(pool: Any) -> None:
+        reported = 0
+        async for ev in pool.events():  # ends when pool.close() is called
+            print(event_line(ev, pool.peer_key, as_json=args.json), flush=True)
+            if pool.events_dropped > reported:
+                print(f"galaxynode: warning: {pool.events_dropped - reported} events dropped (output too slow)",
+                      file=sys.stderr, flush=True)
+                reported = pool.events_dropped
+
+    async def main() -> int:
+        async with _connect(args, Identity.generate(), role="probe") as pool:
+            await pool.subscribe(args.topics or ["#"], peers=args.peers)
+            await _until_signalled(lambda: print_events(pool), stop=pool.close)
+        return 0
+    return _run(args, main)
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from galaxynode.gelato.errors import ProtocolError
+    from galaxynode.gelato.messages import NodeRecord
+    from galaxynode.identity import load_key
+    targeted = args.action in ("kick", "ban", "unban")
+    if targeted and args.node is None:
+        raise _cli_error(f"admin {args.action} needs NODE_KEY", EXIT_USAGE)
+    if not targeted and args.node is not None:
+        raise _cli_error(f"admin {args.action} takes no NODE_KEY", EXIT_USAGE)
+    if args.duration is not None and args.action != "ban":
+        raise _cli_error("--duration only applies to ban", EXIT_USAGE)
+    identity = load_key(args.key)
+
+    async def main() -> int:
+        async with _connect(args, identity) as pool:
+            items = await pool.admin(args.action, key=args.node, duration=args.duration)
+        if targeted:
+            what = {"kick": "kicked", "ban": "banned", "unban": "unbanned"}[args.action]
+            until = f" for {args.duration}s" if args.duration else " permanently" if args.action == "ban" else ""
+            print(f"{what} {_pub(args.node)}{until}")
+        elif args.action == "nodes":
+            try:
+                nodes = [NodeRecord.from_body(item) for item in items]
+            except ProtocolError as e:  # the pool sent records that do not fit the schema
+                raise _cli_error(f"{args.url}: bad ADMIN nodes reply: {e}") from None
+            if args.json:
+                _print_json([node_json(r) for r in nodes])
+            else:
+                print(nodes_table(nodes, _now_ms()) if nodes else "no nodes")
+        else:
+            peers = [{**item, "key": _peer_key(item.get("key"))} for item in items]
+            if args.json:
+                _print_json(peers)
+            elif peers:
+                cols = ("key", "state", "direction", "url", "name")
+                print(format_table([[str(p.get(c) or "-") for c in cols] for p in peers], [c.upper() for c in cols]))
+            else:
+                print("no peers")
+        return 0
+    return _run(args, main)
+
+
+def _peer_key(value: Any) -> Any:
+    """Peer items carry keys as hex (or bytes); show them like every other key."""
+    if isinstance(value, bytes) and len(value) == 32:
+        return _pub(value)
+    if isinstance(value, str) and len(value) == 64:
+        try:
+            return _pub(bytes.fromhex(value))
+        except ValueError:
+            pass
+    return value or None
