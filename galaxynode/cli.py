@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(c)
     c.set_defaults(func=cmd_config_show)
 
-    from galaxynode import cli_client
-    cli_client.add_commands(sub)
+    from galaxynode import cli_client, conformance, devnet
+    for module in (cli_client, devnet, conformance):
+        module.add_commands(sub)
     return parser
 
 

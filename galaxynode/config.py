@@ -466,6 +466,8 @@ class LimitsConfig(_Section):
     ping_interval: float = _setting(Float(0.1, 3600, " seconds"), 20.0)
     frame_rate: float = _setting(Float(1, 1_000_000, " frames/s"), 200.0)
     frame_burst: int = _setting(Int(1, 10_000_000), 400)
+    pool_frame_rate: float = _setting(Float(1, 1_000_000, " frames/s"), 5000.0)
+    pool_frame_burst: int = _setting(Int(1, 10_000_000), 20000)
     byte_rate: float = _setting(Float(1024, 1024 * MiB, " bytes/s"), float(MiB))
     byte_burst: int = _setting(Int(1024, 1024 * MiB), 4 * MiB)
     violations_before_ban: int = _setting(Int(1, 1000), 3)
@@ -650,7 +652,7 @@ SECTIONS: dict[str, type[_Section]] = {a.name: a.default.factory for a in attrs.
 RELOADABLE = frozenset({
     "logging.level", "logging.format",
     "admission.mode", "admission.allow", "admission.admins",
-    "limits.frame_rate", "limits.frame_burst", "limits.byte_rate", "limits.byte_burst",
+    "limits.frame_rate", "limits.frame_burst", "limits.pool_frame_rate", "limits.pool_frame_burst", "limits.byte_rate", "limits.byte_burst",
     "limits.idle_timeout", "limits.ping_interval", "limits.send_queue",
 })
 

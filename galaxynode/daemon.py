@@ -123,7 +123,8 @@ def session_limits(config: Config) -> SessionLimits:
     lc = config.limits
     return SessionLimits(codec=lc.codec_limits(), handshake_timeout=lc.handshake_timeout,
                          idle_timeout=lc.idle_timeout, ping_interval=lc.ping_interval, frame_rate=lc.frame_rate,
-                         frame_burst=lc.frame_burst, byte_rate=lc.byte_rate, byte_burst=lc.byte_burst,
+                         frame_burst=lc.frame_burst, pool_frame_rate=lc.pool_frame_rate,
+                         pool_frame_burst=lc.pool_frame_burst, byte_rate=lc.byte_rate, byte_burst=lc.byte_burst,
                          send_queue=lc.send_queue)
 
 

@@ -137,6 +137,8 @@ SESSION_LIMIT_DOCS = {
     "close_timeout": "Seconds allowed for flushing, the final ERROR or GOODBYE and the closing handshake.",
     "frame_rate": "Received frames per second (token bucket rate); beyond it RATE_LIMITED.",
     "frame_burst": "Received frames allowed in a burst (token bucket size).",
+    "pool_frame_rate": "frame_rate for sessions whose peer's HELLO role is pool or mainnet (peers relay whole pools' events).",
+    "pool_frame_burst": "frame_burst for sessions whose peer's HELLO role is pool or mainnet.",
     "byte_rate": "Received bytes per second (token bucket rate); beyond it RATE_LIMITED.",
     "byte_burst": "Received bytes allowed in a burst; at least max_frame_size.",
     "send_queue": "Outgoing frames queued per session; senders wait (or pushes are dropped) when full.",

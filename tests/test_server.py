@@ -17,6 +17,7 @@ from galaxynode.net import (BanList, ChannelClosed, RemoteError, Server, Session
 
 NET = "test"
 SERVER_LIMITS = SessionLimits(handshake_timeout=0.3, close_timeout=0.5, frame_rate=100, frame_burst=20,
+                              pool_frame_rate=100, pool_frame_burst=300,
                               codec=Limits(max_frame_size=8192), byte_rate=20_000, byte_burst=16_384)
 CLIENT_LIMITS = SessionLimits(close_timeout=0.5, codec=Limits(max_frame_size=8192), byte_burst=16_384)
 
@@ -62,12 +63,12 @@ async def pool(identity, good_identity, **kw):
 
 
 @asynccontextmanager
-async def raw(url, identity=None):
+async def raw(url, identity=None, role="probe"):
     """A bare channel, after a real handshake when identity is given: yields (channel, session)."""
     async with open_channel(url, max_message_size=2**22, connect_timeout=5) as ch:
         session = None
         if identity is not None:
-            session = await establish(ch, identity, opener=True, network=NET, role="probe", limits=CLIENT_LIMITS)
+            session = await establish(ch, identity, opener=True, network=NET, role=role, limits=CLIENT_LIMITS)
         yield ch, session
 
 
@@ -191,6 +192,24 @@ async def test_flooding_is_rate_limited_then_banned(identity_a, identity_b, iden
                 pass
         assert e.value.code is ErrorCode.TEMPORARILY_BANNED
         assert server.stats.refused_banned == 1
+
+
+async def test_pool_sessions_get_the_pool_frame_bucket(identity_a, identity_b, identity_c):
+    async with pool(identity_a, identity_b) as (server, url):
+        async with raw(url, identity_c, role="pool") as (ch, session):
+            for _ in range(60):  # over frame_burst 20, within pool_frame_burst 300 (and the byte burst)
+                await ch.send(session.encode(m.Status()))
+            with trio.fail_after(5):
+                for _ in range(60):
+                    assert session.decode(await ch.receive()).type == "ACK"
+        async with raw(url, identity_c, role="pool") as (ch, session):
+            try:
+                for _ in range(400):
+                    await ch.send(session.encode(m.Status()))
+            except ChannelClosed:
+                pass
+            frames, code = await drain(ch, session)
+            assert errors(frames) == [ErrorCode.RATE_LIMITED]
 
 
 async def test_byte_flood_is_rate_limited(identity_a, identity_b, identity_c):

@@ -54,6 +54,10 @@ class SessionLimits:
     close_timeout: float = attrs.field(default=2.0, validator=_positive)    # flushing and the closing handshake
     frame_rate: float = attrs.field(default=200.0, validator=_positive)     # frames/s, token bucket
     frame_burst: int = attrs.field(default=400, validator=_positive)
+    # Peered pools relay event bursts of a whole pool: sessions whose peer says role pool or
+    # mainnet get this frame bucket instead (still bounded; their number is bounded by max_peers).
+    pool_frame_rate: float = attrs.field(default=5000.0, validator=_positive)
+    pool_frame_burst: int = attrs.field(default=20000, validator=_positive)
     byte_rate: float = attrs.field(default=1 * MiB, validator=_positive)    # bytes/s, token bucket
     byte_burst: int = attrs.field(default=4 * MiB, validator=_positive)
     send_queue: int = attrs.field(default=256, validator=_positive)         # frames waiting for the writer
@@ -236,7 +240,10 @@ class Connection:
         self._writer_done = trio.Event()
         self._scope: trio.CancelScope | None = None
         now = trio.current_time()
-        self._frames = TokenBucket(limits.frame_rate, limits.frame_burst, now)
+        if session.peer_hello.role in ("pool", "mainnet"):
+            self._frames = TokenBucket(limits.pool_frame_rate, limits.pool_frame_burst, now)
+        else:
+            self._frames = TokenBucket(limits.frame_rate, limits.frame_burst, now)
         self._bytes = TokenBucket(limits.byte_rate, limits.byte_burst, now)
         self._rx_wait_since: float | None = now   # None while the reader is busy with a frame
         self._last_ping = now
@@ -433,7 +440,8 @@ class Connection:
             if not (self._frames.take(1, now) and self._bytes.take(len(data), now)):
                 await self.close(ProtocolError(
                     ErrorCode.RATE_LIMITED,
-                    f"over {lim.frame_rate:g} frames/s or {lim.byte_rate:g} bytes/s (bursts {lim.frame_burst}, {lim.byte_burst})"))
+                    f"over {self._frames.rate:g} frames/s or {lim.byte_rate:g} bytes/s "
+                    f"(bursts {self._frames.burst:g}, {lim.byte_burst})"))
                 return
             try:
                 frame = self.session.decode(data)
@@ -511,6 +519,10 @@ class Connection:
             await run(self)
         except SessionClosed:
             pass
+        except ExceptionGroup as group:  # the handler's own nursery saw the session end
+            if group.split(SessionClosed)[1] is not None:
+                log.exception("handler task of %r failed", self)
+                await self.close(ProtocolError(ErrorCode.INTERNAL, "internal error"))
         except Exception:
             log.exception("handler task of %r failed", self)
             await self.close(ProtocolError(ErrorCode.INTERNAL, "internal error"))
