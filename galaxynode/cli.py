@@ -125,9 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse leaves positionals that follow an option behind (`watch URL --json node.*`);
+    # they belong to a trailing TOPIC... list, anything else is an error as usual.
+    if extra and (not hasattr(args, "topics") or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.topics = [*args.topics, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     from galaxynode.identity import KeyFileError
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="galaxynode: %(levelname)s: %(message)s")
     try:

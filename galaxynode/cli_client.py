@@ -343,7 +343,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with _connect(args, Identity.generate(), role="probe") as pool:
-            await pool.subscribe(args.topics or ["#"], peers=args.peers)
+            topics = args.topics or ["#"]
+            await pool.subscribe(topics, peers=args.peers)
+            print(f"galaxynode: watching {' '.join(topics)} on {args.url}{' and its peers' if args.peers else ''}"
+                  " (Ctrl-C to stop)", file=sys.stderr, flush=True)
             await _until_signalled(lambda: print_events(pool), stop=pool.close)
         return 0
     return _run(args, main)

@@ -3,6 +3,10 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
+from galaxynode import cli
+
 from galaxynode.identity import load_key, parse_public_key
 
 
@@ -62,3 +66,12 @@ def test_run_with_corrupt_key_is_one_line(tmp_path):
     r = gn("run", "--data-dir", str(tmp_path / "d"), "--key", str(key))
     assert r.returncode == 2
     assert "key file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_topics_may_follow_options():
+    args = cli.parse_args(["watch", "ws://127.0.0.1:1", "--json", "node.*", "pool.#"])
+    assert args.topics == ["node.*", "pool.#"] and args.json
+    with pytest.raises(SystemExit):
+        cli.parse_args(["status", "ws://127.0.0.1:1", "--json", "extra"])
+    with pytest.raises(SystemExit):
+        cli.parse_args(["watch", "ws://127.0.0.1:1", "--json", "node.*", "--bogus"])
