@@ -39,7 +39,7 @@ def _bad(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_DESCRIPTOR, message)
 
 
-def _endpoint_error(url: str) -> str | None:
+def endpoint_error(url: str) -> str | None:
     """Why `url` is not a usable ws:// or wss:// endpoint, or None."""
     if not url.startswith(("ws://", "wss://")):
         return "scheme must be ws:// or wss://"
@@ -116,7 +116,7 @@ def decode_record(record: Any, *, max_record: int = MAX_DESCRIPTOR_RECORD) -> De
     except ProtocolError as e:
         raise _bad(e.message) from None
     for i, url in enumerate(desc.endpoints):
-        why = _endpoint_error(url)
+        why = endpoint_error(url)
         if why:
             raise _bad(f"Descriptor.endpoints[{i}]: {why}")
     return desc

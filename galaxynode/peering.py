@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import attrs
 import trio
 
-from galaxynode.descriptor import DescriptorBook, DescriptorIssuer, decode_record
+from galaxynode.descriptor import DescriptorBook, DescriptorIssuer, decode_record, endpoint_error
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
@@ -237,8 +237,9 @@ class PeerManager:
         inner = self.pool_handler()
         if conn.peer_hello.role != "pool":
             return inner
-        listen = conn.peer_hello.listen
-        return PeerSession(self, inner, direction="inbound", url=listen[0] if listen else None)
+        # The peer's claimed listen URLs are only shown to operators: keep the first well-formed one.
+        url = next((u for u in conn.peer_hello.listen if endpoint_error(u) is None), None)
+        return PeerSession(self, inner, direction="inbound", url=url)
 
     def describe(self) -> list[dict[str, Any]]:
         """ADMIN peers: connected peers, then static peers not connected."""
