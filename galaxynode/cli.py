@@ -139,6 +139,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     from galaxynode.identity import KeyFileError
+    from galaxynode.modules import StartupError
     args = parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="galaxynode: %(levelname)s: %(message)s")
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     except CliError as e:
         print(f"galaxynode: {e}", file=sys.stderr)
         code = e.code
+    except StartupError as e:  # e.g. the listen port is taken
+        print(f"galaxynode: {e}", file=sys.stderr)
+        code = 1
     except KeyFileError as e:
         print(f"galaxynode: key file: {e}", file=sys.stderr)
         code = EXIT_USAGE

@@ -10,6 +10,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -21,7 +22,7 @@ from galaxynode.identity import Identity, load_or_create_key
 from galaxynode.logs import setup_logging
 from galaxynode.descriptor import DescriptorBook, DescriptorIssuer
 from galaxynode.mainnet import Announcer, MainnetServices, open_pool_registry
-from galaxynode.modules import Kernel, Module, ModuleContext
+from galaxynode.modules import Kernel, Module, ModuleContext, StartupError, single_leaf
 from galaxynode.net.connection import SessionLimits
 from galaxynode.net.ratelimit import BanList
 from galaxynode.net.server import Server
@@ -161,7 +162,13 @@ class NetworkModule(Module):
                              listen_urls=c.server.listen, ssl_context=ssl_context(c),
                              agent=f"galaxynode/{__version__}")
         ctx.container.register("server", self.server)
-        urls = await ctx.nursery.start(self.server.run)
+        try:
+            urls = await ctx.nursery.start(self.server.run)
+        except BaseExceptionGroup as group:
+            leaf = single_leaf(group)
+            if not isinstance(leaf, OSError):
+                raise
+            raise OSError(f"cannot listen on {' '.join(c.server.listen)}: {leaf.strerror}") from None
         ctx.log.info("serving Gelato on %s", " ".join(urls))
 
     async def stop(self) -> None:
@@ -248,26 +255,37 @@ async def run_daemon(config: Config, *, config_path: str | None = None, override
     kernel = Kernel([m() for m in modules], config=rt, stop_timeout=config.daemon.stop_timeout)
     with Notifier.from_env() as notifier, \
             trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with trio.open_nursery() as root:
-            interval = Notifier.watchdog_interval() if config.daemon.watchdog else None
-            if interval and notifier.enabled:
-                root.start_soon(_watchdog, notifier, interval)
-            async with kernel.run() as container:
-                registry = container.get("registry")
-                status = f"serving {len(registry.table)} nodes on network {config.network.id}"
-                notifier.notify(READY=1, STATUS=status)
-                log.info("ready: pool %s (%s), %s, version %s", config.node.name, identity.public_text,
-                         status, __version__)
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
-                        reload_config(rt, container, config_path, overrides or {})
-                        notifier.notify(READY=1, STATUS=status)
-                        continue
-                    log.info("received %s, stopping (bound %.1fs)", signal.Signals(signum).name,
-                             config.daemon.stop_timeout)
-                    notifier.notify(STOPPING=1, STATUS="stopping")
-                    break
-            root.cancel_scope.cancel()
+        try:
+            await _serve(config, rt, identity, kernel, notifier, signals, config_path, overrides)
+        except BaseExceptionGroup as group:  # the root nursery wraps a start-up failure
+            leaf = single_leaf(group)
+            if isinstance(leaf, StartupError):
+                raise leaf from None
+            raise
     log.info("stopped")
     return 0
+
+
+async def _serve(config: Config, rt: Runtime, identity: Identity, kernel: Kernel, notifier: Notifier, signals: Any,
+                 config_path: str | None, overrides: dict | None) -> None:
+    async with trio.open_nursery() as root:
+        interval = Notifier.watchdog_interval() if config.daemon.watchdog else None
+        if interval and notifier.enabled:
+            root.start_soon(_watchdog, notifier, interval)
+        async with kernel.run() as container:
+            registry = container.get("registry")
+            status = f"serving {len(registry.table)} nodes on network {config.network.id}"
+            notifier.notify(READY=1, STATUS=status)
+            log.info("ready: pool %s (%s), %s, version %s", config.node.name, identity.public_text,
+                     status, __version__)
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
+                    reload_config(rt, container, config_path, overrides or {})
+                    notifier.notify(READY=1, STATUS=status)
+                    continue
+                log.info("received %s, stopping (bound %.1fs)", signal.Signals(signum).name,
+                         config.daemon.stop_timeout)
+                notifier.notify(STOPPING=1, STATUS="stopping")
+                break
+        root.cancel_scope.cancel()

@@ -75,7 +75,7 @@ def resolve_order(modules: Iterable[Module]) -> list[Module]:
     return order
 
 
-def _single_leaf(group: BaseExceptionGroup) -> BaseException | None:
+def single_leaf(group: BaseExceptionGroup) -> BaseException | None:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         if len(exc.exceptions) != 1:
@@ -110,13 +110,14 @@ class Kernel:
                     try:
                         await module.start(ctx)
                     except Exception as e:
-                        raise StartupError(f"module {module.name!r} failed to start: {e}") from e
+                        cause = (single_leaf(e) or e) if isinstance(e, BaseExceptionGroup) else e
+                        raise StartupError(f"module {module.name!r} failed to start: {cause}") from e
                     self.started.append(module.name)
                     log.debug("started module %s", module.name)
                 yield self.container
         except BaseExceptionGroup as group:
             # The nested nurseries wrap one failure in several groups; give callers the failure.
-            leaf = _single_leaf(group)
+            leaf = single_leaf(group)
             if isinstance(leaf, Exception):
                 raise leaf from None
             raise

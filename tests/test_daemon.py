@@ -54,3 +54,16 @@ def test_invalid_config_exits_2_with_one_line(tmp_path):
         assert d.wait() == 2
         assert "limits.handshake_timeout" in d.output
         assert d.output.strip().count("\n") == 0
+
+
+def test_port_in_use_is_one_line_and_exit_1(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with Proc("run", "--listen", f"ws://127.0.0.1:{port}", "--data-dir", str(tmp_path / "d"),
+                  "--log-level", "warning") as d:
+            assert d.wait() == 1
+            assert "Traceback" not in d.output
+            assert d.output.strip().count("\n") == 0
+            assert f"failed to start: cannot listen on ws://127.0.0.1:{port}: Address already in use" in d.output
