@@ -14,6 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from galaxynode.gelato import messages as m
+from galaxynode.identity import Identity
+from galaxynode.net import Server, connect
 from galaxynode.net.transport import (ChannelClosed, open_channel, parse_url, raise_single,
                                       serve_channels)
 
@@ -247,3 +250,22 @@ async def test_wss_roundtrip(tls):
         with pytest.raises(ChannelClosed, match="failed"):  # default context: self-signed is refused
             async with channel(port, scheme="wss"):
                 pass
+
+
+async def test_gelato_session_over_wss(tls, identity_a, identity_b):
+    """The whole stack over TLS; a client that does not trust the certificate gets a typed error."""
+    async def ack(conn, frame):
+        return m.Ack(re=frame.id)
+    server_ctx, client_ctx = tls
+    server = Server(identity_a, network="t", listen_urls=("wss://127.0.0.1:0",), ssl_context=server_ctx,
+                    handler_factory=lambda conn: ack)
+    async with trio.open_nursery() as nursery:
+        (url,) = await nursery.start(server.run)
+        assert url.startswith("wss://127.0.0.1:")
+        async with connect(url, identity_b, network="t", ssl_context=client_ctx) as conn:
+            assert conn.peer_key == identity_a.public
+            assert (await conn.request(m.Status(), timeout=5)).type == "ACK"
+        with pytest.raises(ChannelClosed):
+            async with connect(url, Identity.generate(), network="t", connect_timeout=5):
+                pass
+        nursery.cancel_scope.cancel()
