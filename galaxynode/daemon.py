@@ -1,7 +1,7 @@
 """The pool daemon: wires config into kernel modules and owns the process lifecycle.
 
 One trio root nursery; the kernel starts modules in dependency order (events -> registry ->
-plugins -> network) and stops them in reverse. SIGTERM/SIGINT stop gracefully within
+plugins -> network -> metrics) and stops them in reverse. SIGTERM/SIGINT stop gracefully within
 `daemon.stop_timeout`; SIGHUP reloads the reloadable keys; sd_notify keeps systemd informed.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from galaxynode.identity import Identity, load_or_create_key
 from galaxynode.logs import setup_logging
 from galaxynode.descriptor import DescriptorBook, DescriptorIssuer
 from galaxynode.mainnet import Announcer, MainnetServices, open_pool_registry
+from galaxynode.metrics import MetricsServer, daemon_registry
 from galaxynode.modules import Kernel, Module, ModuleContext, StartupError, single_leaf
 from galaxynode.net.connection import SessionLimits
 from galaxynode.net.ratelimit import BanList
@@ -210,7 +211,32 @@ class PeeringModule(Module):
             ctx.log.info("announcing to main net %s", c.mainnet.url)
 
 
-CORE_MODULES: tuple[type[Module], ...] = (EventsModule, RegistryModule, ServicesModule, PluginsModule, NetworkModule)
+class MetricsModule(Module):
+    """Prometheus /metrics on [metrics] listen (nothing listens when it is empty); read at scrape
+    time from the other modules' services, so it needs none of them to start first but the server."""
+
+    name = "metrics"
+    requires = ("network",)
+    provides = ("metrics",)
+
+    async def start(self, ctx: ModuleContext) -> None:
+        rt: Runtime = ctx.config
+        c = rt.config
+        if not c.metrics.listen:
+            return
+        registry = daemon_registry(ctx.container, network=c.network.id, role=c.node.role, name=c.node.name,
+                                   key=rt.identity.public_text)
+        server = MetricsServer(registry, c.metrics.listen)
+        ctx.container.register("metrics", server)
+        try:
+            urls = await ctx.nursery.start(server.run)
+        except OSError as e:
+            raise OSError(f"cannot listen on {c.metrics.listen} for metrics: {e.strerror}") from None
+        ctx.log.info("serving metrics on %s", " ".join(urls))
+
+
+CORE_MODULES: tuple[type[Module], ...] = (EventsModule, RegistryModule, ServicesModule, PluginsModule, NetworkModule,
+                                          MetricsModule)
 POOL_MODULES: tuple[type[Module], ...] = CORE_MODULES + (PeeringModule,)
 
 

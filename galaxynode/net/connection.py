@@ -202,6 +202,21 @@ class ConnectionStats:
     late_replies: int = 0   # replies to no pending request (timed out)
     errors_sent: int = 0
     pings_sent: int = 0
+    # Plain-int counters for the metrics (read at scrape time, so the frame path pays one dict update).
+    frames_in_by_type: dict[str, int] = attrs.Factory(dict)     # decoded frames only
+    frames_out_by_type: dict[str, int] = attrs.Factory(dict)
+    errors_sent_by_code: dict[int, int] = attrs.Factory(dict)
+    errors_received_by_code: dict[int, int] = attrs.Factory(dict)  # codes we do not know count as -1
+
+    def add(self, other: "ConnectionStats") -> None:
+        """Fold another session's counters into these (the server keeps ended sessions' totals)."""
+        for a in attrs.fields(ConnectionStats):
+            mine, theirs = getattr(self, a.name), getattr(other, a.name)
+            if isinstance(mine, dict):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0) + v
+            else:
+                setattr(self, a.name, mine + theirs)
 
 
 @attrs.define
@@ -336,10 +351,13 @@ class Connection:
             await self.channel.send(data)
         if stalled.cancelled_caught:
             raise ChannelClosed(1008, "peer is not reading")
-        self.stats.frames_out += 1
-        self.stats.bytes_out += len(data)
+        st = self.stats
+        st.frames_out += 1
+        st.bytes_out += len(data)
+        st.frames_out_by_type[msg.TYPE] = st.frames_out_by_type.get(msg.TYPE, 0) + 1
         if msg.TYPE == "ERROR":
-            self.stats.errors_sent += 1
+            st.errors_sent += 1
+            st.errors_sent_by_code[msg.code] = st.errors_sent_by_code.get(msg.code, 0) + 1
 
     async def _writer(self) -> None:
         try:
@@ -457,6 +475,8 @@ class Connection:
     async def _receive(self, frame: Frame) -> bool:
         """Session housekeeping for one verified frame; False once the session is over."""
         kind = frame.type
+        by_type = self.stats.frames_in_by_type
+        by_type[kind] = by_type.get(kind, 0) + 1
         if kind == "PING":
             await self._send_quietly(m.Pong(data=frame.msg.data))
         elif kind == "PONG":
@@ -467,6 +487,8 @@ class Connection:
             return False
         elif kind == "ERROR":
             error = RemoteError(frame.msg)
+            code = error.remote_code if error.remote_code == error.code else -1
+            self.stats.errors_received_by_code[code] = self.stats.errors_received_by_code.get(code, 0) + 1
             slot = self._pending.get(error.ref) if error.ref is not None else None
             if slot is not None:
                 slot.error = error

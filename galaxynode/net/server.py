@@ -5,6 +5,7 @@ contained there, logged, and never reaches the listener or the other sessions.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import ssl
 from functools import partial
@@ -15,12 +16,15 @@ import trio
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import Identity
-from galaxynode.net.connection import (AGENT, DEFAULT_SESSION_LIMITS, Connection, Handler, SessionLimits,
-                                       establish, is_violation, refuse)
+from galaxynode.net.connection import (AGENT, DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler,
+                                       RemoteError, SessionLimits, establish, is_violation, refuse)
 from galaxynode.net.ratelimit import BanList
 from galaxynode.net.transport import Channel, ChannelClosed, format_address, parse_url, serve_channels
 
 log = logging.getLogger(__name__)
+
+# Upper bounds (seconds) of the handshake latency histogram; loopback handshakes take ~2 ms.
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @attrs.define
@@ -32,6 +36,21 @@ class ServerStats:
     established: int = 0
     violations: int = 0          # sessions we closed for misbehaviour
     bans: int = 0                # hosts banned
+    # Counters of the sessions that ended, plus ERRORs exchanged before a session existed
+    # (refusals, failed handshakes); Server.session_stats() adds the live sessions.
+    ended: ConnectionStats = attrs.Factory(ConnectionStats)
+    # Established handshakes by duration: count per HANDSHAKE_BUCKETS bound (not cumulative), last is +Inf.
+    handshake_buckets: list[int] = attrs.Factory(lambda: [0] * (len(HANDSHAKE_BUCKETS) + 1))
+    handshake_seconds: float = 0.0
+
+    def error_outside_session(self, error: ProtocolError) -> None:
+        st = self.ended
+        if isinstance(error, RemoteError):
+            code = error.remote_code if error.remote_code == error.code else -1
+            st.errors_received_by_code[code] = st.errors_received_by_code.get(code, 0) + 1
+        else:
+            st.errors_sent += 1
+            st.errors_sent_by_code[int(error.code)] = st.errors_sent_by_code.get(int(error.code), 0) + 1
 
 
 class Server:
@@ -69,6 +88,7 @@ class Server:
         self.agent = agent
         self.connections: dict[bytes, Connection] = {}
         self.stats = ServerStats()
+        self._live: set[Connection] = set()  # established sessions still running (even if replaced)
         self.bound_urls: list[str] = []
         self._active = 0            # sessions admitted: in the handshake or established
         self._shutting_down = False
@@ -77,6 +97,14 @@ class Server:
     @property
     def active(self) -> int:
         return self._active
+
+    def session_stats(self) -> ConnectionStats:
+        """Counters of every session so far, the live ones included (for a metrics scrape)."""
+        total = ConnectionStats()
+        total.add(self.stats.ended)
+        for conn in self._live:
+            total.add(conn.stats)
+        return total
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled (or shutdown()); reports the bound URLs once listening."""
@@ -124,6 +152,7 @@ class Server:
             self.stats.refused_full += 1
             refusal = ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {self.max_connections} connections")
         if refusal is not None:
+            self.stats.error_outside_session(refusal)
             await refuse(channel, self.identity, refusal, limits=self.limits)
             return
         self._active += 1
@@ -137,11 +166,13 @@ class Server:
             self._active -= 1
 
     async def _session(self, channel: Channel) -> None:
+        started = trio.current_time()
         try:
             session = await establish(channel, self.identity, opener=False, network=self.network, role=self.role,
                                       limits=self.limits, listen=self.bound_urls, agent=self.agent)
         except ProtocolError as e:
             self.stats.handshake_failed += 1
+            self.stats.error_outside_session(e)
             log.info("handshake with %s failed: %s", channel.remote, e)
             self._violation(channel.host, e)
             return
@@ -151,7 +182,11 @@ class Server:
             conn.handler = self.handler_factory(conn)
         old = self.connections.get(key)
         self.connections[key] = conn
+        self._live.add(conn)
         self.stats.established += 1
+        took = trio.current_time() - started
+        self.stats.handshake_buckets[bisect.bisect_left(HANDSHAKE_BUCKETS, took)] += 1
+        self.stats.handshake_seconds += took
         log.info("session with %s (%s, %s) established", key.hex()[:16], session.peer_hello.role, channel.remote)
         try:
             if old is not None:
@@ -160,6 +195,8 @@ class Server:
         finally:
             if self.connections.get(key) is conn:
                 del self.connections[key]
+            self._live.discard(conn)
+            self.stats.ended.add(conn.stats)
             log.info("session with %s closed (%s %s)", key.hex()[:16], conn.close_code,
                      conn.local_error or conn.remote_error or conn.close_reason)
         self._violation(channel.host, conn.local_error)

@@ -59,6 +59,7 @@ class Registry:
         self._dirty = trio.Event()
         self._state = "new"  # new -> running -> stopped
         self.commits = 0  # transactions committed (for metrics)
+        self.expired = 0  # leases that ran out, here or while we were down (for metrics)
 
     @classmethod
     async def open(cls, path: str | os.PathLike | None, table: LeaseTable | None = None, bus=None, *,
@@ -81,6 +82,7 @@ class Registry:
         except BaseException:
             store.close()
             raise
+        reg.expired += len(dropped)
         for e in dropped:
             reg._publish("node.expired", e)
         log.info("registry loaded from %s: %d leases, %d expired while down", store.path, len(table), len(dropped))
@@ -153,6 +155,7 @@ class Registry:
     def expire(self) -> list[Entry]:
         """Drop leases that ran out (their deletion is written with the next batch)."""
         expired = self.table.expire(self.clock())
+        self.expired += len(expired)
         for e in expired:
             self._write(Delete(e.key))
             self._publish("node.expired", e)

@@ -1,0 +1,275 @@
+"""Prometheus metrics: a collector that reads the daemon's own counters at scrape time, served by a
+small trio HTTP endpoint (GET /metrics). Every metric is described in docs/metrics.md.
+
+The collector, not prometheus_client Counter objects, because the frame path then only bumps the plain
+ints and dicts the sessions keep anyway: building the metric families costs once per scrape, not once
+per frame. prometheus_client is used for the exposition formats (text and OpenMetrics, by Accept).
+Our own HTTP handler, not prometheus_client.start_http_server, because that runs a thread outside the
+daemon's nursery; this is one more task, cancelled with the daemon like the others.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Iterator
+
+import trio
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                    InfoMetricFamily, Metric)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
+
+from galaxynode import __version__
+from galaxynode.container import Container
+from galaxynode.gelato.errors import ErrorCode
+from galaxynode.gelato.messages import ROLES
+from galaxynode.net.server import HANDSHAKE_BUCKETS
+from galaxynode.net.transport import format_address
+
+log = logging.getLogger(__name__)
+
+PLUGIN_STATES = ("pending", "running", "backoff", "finished", "failed", "stopped")
+ANNOUNCE_STATES = ("connecting", "announced", "backoff")
+
+
+def _error_labels(code: int) -> list[str]:
+    try:
+        return [str(code), ErrorCode(code).name.lower()]
+    except ValueError:  # a peer's code we do not know (counted as -1)
+        return ["unknown", "unknown"]
+
+
+class DaemonCollector:
+    """Reads the running daemon's services from its container at every scrape; services that are
+    not there (no plugins, no [mainnet] url, a main net without peering) give no metrics."""
+
+    def __init__(self, container: Container, *, network: str, role: str, name: str, key: str):
+        self.container = container
+        self.info = {"version": __version__, "network": network, "role": role, "name": name, "key": key}
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.container
+        yield InfoMetricFamily("galaxynode", "Pool identity and software version.", value=self.info)
+        if "server" in c:
+            yield from self._server(c.get("server"))
+        if "peers" in c:
+            peers = c.get("peers").connected.values()
+            directions = Counter(getattr(conn.handler, "direction", "inbound") for conn in peers)
+            g = GaugeMetricFamily("galaxynode_peers_connected", "Peer pools with an active session.",
+                                  labels=["direction"])
+            for d in ("inbound", "outbound"):
+                g.add_metric([d], directions[d])
+            yield g
+        if "registry" in c:
+            registry = c.get("registry")
+            yield GaugeMetricFamily("galaxynode_registry_nodes", "Leases held (nodes; pools on a main net).",
+                                    value=len(registry.table))
+            yield CounterMetricFamily("galaxynode_leases_expired", "Leases that ran out without renewal.",
+                                      value=registry.expired)
+        if "bus" in c:
+            bus = c.get("bus")
+            yield CounterMetricFamily("galaxynode_events_published", "Events published on the bus.",
+                                      value=bus.published)
+            yield CounterMetricFamily("galaxynode_events_dropped", "Events lost by subscribers that fell behind.",
+                                      value=bus.dropped)
+        if "plugins" in c:
+            yield from self._plugins(c.get("plugins"))
+        if "announcer" in c:
+            yield from self._announcer(c.get("announcer"))
+        refused = getattr(c.get("services"), "refused", None) if "services" in c else None
+        if refused is not None:  # main net role
+            yield CounterMetricFamily("galaxynode_mainnet_announces_refused", "ANNOUNCEs this main net refused.",
+                                      value=refused)
+
+    def _server(self, server: Any) -> Iterator[Metric]:
+        st, total = server.stats, server.session_stats()
+        frames_in = CounterMetricFamily("galaxynode_frames_received", "Session frames received, by type.",
+                                        labels=["type"])
+        for kind, n in sorted(total.frames_in_by_type.items()):
+            frames_in.add_metric([kind], n)
+        frames_in.add_metric(["undecoded"], total.frames_in - sum(total.frames_in_by_type.values()))
+        yield frames_in
+        frames_out = CounterMetricFamily("galaxynode_frames_sent", "Session frames sent, by type.", labels=["type"])
+        for kind, n in sorted(total.frames_out_by_type.items()):
+            frames_out.add_metric([kind], n)
+        yield frames_out
+        yield CounterMetricFamily("galaxynode_bytes_received", "Bytes of session frames received.",
+                                  value=total.bytes_in)
+        yield CounterMetricFamily("galaxynode_bytes_sent", "Bytes of session frames sent.", value=total.bytes_out)
+        for direction, counts in (("sent", total.errors_sent_by_code), ("received", total.errors_received_by_code)):
+            errors = CounterMetricFamily(f"galaxynode_errors_{direction}", f"ERROR frames {direction}, by code.",
+                                         labels=["code", "name"])
+            for code, n in sorted(counts.items()):
+                errors.add_metric(_error_labels(code), n)
+            yield errors
+        handshakes = CounterMetricFamily("galaxynode_handshakes", "Gelato handshakes with clients, by result.",
+                                         labels=["result"])
+        handshakes.add_metric(["ok"], st.established)
+        handshakes.add_metric(["failed"], st.handshake_failed)
+        yield handshakes
+        cumulative, buckets = 0, []
+        for bound, n in zip((*HANDSHAKE_BUCKETS, float("inf")), st.handshake_buckets):
+            cumulative += n
+            buckets.append((floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily("galaxynode_handshake_duration_seconds",
+                                    "Time from accepting a connection to an established session.",
+                                    buckets=buckets, sum_value=st.handshake_seconds)
+        roles = Counter(conn.peer_hello.role for conn in server.connections.values())
+        sessions = GaugeMetricFamily("galaxynode_sessions_connected", "Established sessions, by the peer's role.",
+                                     labels=["role"])
+        for role in ROLES:
+            sessions.add_metric([role], roles[role])
+        yield sessions
+        yield CounterMetricFamily("galaxynode_connections_accepted", "WebSocket connections accepted.",
+                                  value=st.accepted)
+        refused = CounterMetricFamily("galaxynode_connections_refused", "Connections refused before the handshake.",
+                                      labels=["reason"])
+        refused.add_metric(["full"], st.refused_full)
+        refused.add_metric(["banned"], st.refused_banned)
+        yield refused
+        yield CounterMetricFamily("galaxynode_violations", "Sessions closed for misbehaviour.", value=st.violations)
+        yield CounterMetricFamily("galaxynode_bans", "Hosts temporarily banned.", value=st.bans)
+
+    def _plugins(self, supervisor: Any) -> Iterator[Metric]:
+        restarts = CounterMetricFamily("galaxynode_plugin_restarts", "Plugin restarts after a crash.",
+                                       labels=["plugin"])
+        crashes = CounterMetricFamily("galaxynode_plugin_crashes", "Plugin crashes.", labels=["plugin"])
+        state = GaugeMetricFamily("galaxynode_plugin_state", "1 for the state each plugin is in.",
+                                  labels=["plugin", "state"])
+        for name, st in sorted(supervisor.stats.items()):
+            restarts.add_metric([name], st.restarts)
+            crashes.add_metric([name], st.crashes)
+            for s in PLUGIN_STATES:
+                state.add_metric([name, s], float(st.state == s))
+        yield from (restarts, crashes, state)
+
+    def _announcer(self, a: Any) -> Iterator[Metric]:
+        state = GaugeMetricFamily("galaxynode_mainnet_announce_state", "1 for the state of the main net session.",
+                                  labels=["state"])
+        for s in ANNOUNCE_STATES:
+            state.add_metric([s], float(a.state == s))
+        yield state
+        yield GaugeMetricFamily("galaxynode_mainnet_last_announce_timestamp_seconds",
+                                "When the main net last granted our descriptor a lease (0: never).",
+                                value=(a.last_announced or 0) / 1000)
+        yield GaugeMetricFamily("galaxynode_mainnet_lease_expiry_timestamp_seconds",
+                                "When our descriptor's lease at the main net ends (0: no lease).",
+                                value=(a.lease_expires or 0) / 1000)
+        yield CounterMetricFamily("galaxynode_mainnet_announces", "Leases granted by the main net.", value=a.announces)
+        yield CounterMetricFamily("galaxynode_mainnet_failures", "Main net sessions that failed or could not open.",
+                                  value=a.failures)
+
+
+def daemon_registry(container: Container, **info: str) -> CollectorRegistry:
+    """A registry of its own per daemon (not prometheus_client's global one), so that several daemons
+    in one process, as in the tests, do not collide."""
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(container, **info))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9477' or '[::1]:9477' (as config.HostPort checked it) -> (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+
+
+class MetricsServer:
+    """HTTP/1.x on `listen`: GET (or HEAD) /metrics gives the registry's exposition, anything else a
+    short error; one request per connection. Bounded: request head size, the time a client may take
+    (read and write together), and the number of clients at once (past it a connection is closed
+    unanswered). Nothing a client sends can raise out of the handler."""
+
+    def __init__(self, registry: CollectorRegistry, listen: str, *, max_request: int = 8192,
+                 timeout: float = 5.0, max_clients: int = 16):
+        self.registry = registry
+        self.host, self.port = split_host_port(listen)
+        self.max_request = max_request
+        self.timeout = timeout
+        self.max_clients = max_clients
+        self.urls: list[str] = []
+        self.served = 0
+        self._clients = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen (port 0 picks a free port), report the bound URLs, serve until cancelled."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.urls = [f"http://{format_address(*lst.socket.getsockname()[:2])}/metrics" for lst in listeners]
+        task_status.started(self.urls)
+        await trio.serve_listeners(self._handle, listeners)  # closes the listeners when it ends
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        if self._clients >= self.max_clients:
+            await trio.aclose_forcefully(stream)
+            return
+        self._clients += 1
+        try:
+            async with stream:
+                with trio.move_on_after(self.timeout):
+                    head = await self._read_head(stream)
+                    if head is not None:
+                        await stream.send_all(self._respond(head))
+                        await self._linger(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        except Exception:
+            log.exception("metrics request failed")
+        finally:
+            self._clients -= 1
+
+    async def _read_head(self, stream: trio.SocketStream) -> bytes | None:
+        """The request line and headers; b"" if too long; None if the client went away first."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            if len(data) > self.max_request:
+                return b""
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return None
+            data += chunk
+        return data.split(b"\r\n\r\n", 1)[0]
+
+    async def _linger(self, stream: trio.SocketStream) -> None:
+        """Half-close, then read what the client still sends (a bounded amount) until it closes:
+        closing with unread input resets the connection, and the client may lose our answer."""
+        await stream.send_eof()
+        left = 4 * self.max_request
+        while left > 0 and (chunk := await stream.receive_some(4096)):
+            left -= len(chunk)
+
+    def _respond(self, head: bytes) -> bytes:
+        if not head:
+            return _response(431, b"request too large\n")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return _response(400, b"bad request\n")
+        method, target = parts[0], parts[1]
+        if target.split("?", 1)[0] != "/metrics":
+            return _response(404, b"not found; metrics are at /metrics\n")
+        if method not in ("GET", "HEAD"):
+            return _response(405, b"method not allowed\n", extra="Allow: GET, HEAD\r\n")
+        accept = next((v for k, _, v in (line.partition(":") for line in lines[1:])
+                       if k.strip().lower() == "accept"), "")
+        encoder, content_type = choose_encoder(accept.strip())
+        try:
+            body = encoder(self.registry)
+        except Exception:
+            log.exception("collecting metrics failed")
+            return _response(500, b"collecting metrics failed\n")
+        self.served += 1
+        return _response(200, body, content_type=content_type, head_only=method == "HEAD")
+
+
+def _response(status: int, body: bytes, *, content_type: str = "text/plain; charset=utf-8", extra: str = "",
+              head_only: bool = False) -> bytes:
+    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
+    return head.encode("latin-1") + (b"" if head_only else body)
