@@ -492,8 +492,16 @@ async def test_descriptor_exchange_and_refusals():
             with pytest.raises(RemoteError) as info:
                 await conn.request(m.Descriptors(descriptors=(expired,)), timeout=5)
             assert info.value.code == ErrorCode.BAD_DESCRIPTOR
+            # A field changed after signing (here the endpoints, to divert dials), with a newer seq.
+            genuine = descriptor(other, seq=40)
+            signed = sign_descriptor(other, genuine)
+            tampered = attrs.evolve(genuine, endpoints=("ws://127.0.0.1:9",)).encode()
+            with pytest.raises(RemoteError) as info:
+                await conn.request(m.Descriptors(descriptors=(m.SignedDescriptor(record=tampered, sig=signed.sig),)),
+                                   timeout=5)
+            assert info.value.code == ErrorCode.BAD_DESCRIPTOR
             assert not conn.closed and b.book.get(other.public).seq == 20
-            assert b.manager.stats.descriptors_refused == 3
+            assert b.manager.stats.descriptors_refused == 4
         # A pool connecting later gets what B knows: its own descriptor and A's.
         got: list[m.SignedDescriptor] = []
 
