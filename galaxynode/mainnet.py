@@ -39,6 +39,7 @@ from galaxynode.registry.service import wall_clock_ms
 log = logging.getLogger(__name__)
 
 POOL_STORE_TABLE = "pools"
+_CLOCK_MARGIN_MS = 100  # bound on the time between ANNOUNCE's clock reading and the registry's
 # Registry lifecycle topics as main net subscribers see them. node.joined/node.renewed are not
 # mapped: ANNOUNCE publishes pool.announced itself, with details the registry entry lacks.
 POOL_TOPICS = {"node.expired": "pool.expired", "node.left": "pool.left", "node.kicked": "pool.kicked",
@@ -156,7 +157,8 @@ class MainnetServices(PoolServices):
             raise ProtocolError(ErrorCode.STALE_DESCRIPTOR,
                                 f"seq {desc.seq} is not newer than registered seq {held[0].seq}")
         # The lease never outlives the descriptor: a LOOKUP must not hand out expired records.
-        ttl = min((desc.expires - now) // 1000, table.max_ttl)
+        # join() reads the clock again, a little later: keep a margin for the time in between.
+        ttl = min((desc.expires - now - _CLOCK_MARGIN_MS) // 1000, table.max_ttl)
         if ttl < table.min_ttl:
             raise ProtocolError(ErrorCode.BAD_DESCRIPTOR,
                                 f"expires in {desc.expires - now} ms; leases here last at least {table.min_ttl} s")

@@ -1,0 +1,299 @@
+"""The suite's client side: one WebSocket connection to the endpoint under test, driven by hand.
+
+Cases must send what a well-behaved client never would (text messages, replays, foreign sids,
+forged signatures), so this drives the sans-IO codec and Session directly over a transport Channel
+instead of going through net.client.connect. Every frame the endpoint sends back is decoded
+strictly, so a malformed or badly signed reply fails the case that received it.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import attrs
+import msgpack
+
+from galaxynode import __version__
+from galaxynode.gelato import messages as m
+from galaxynode.gelato.codec import ID_LEN, Frame, Limits, decode_frame, encode_frame, now_ms, sign_payload
+from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.gelato.handshake import Session, derive_sid
+from galaxynode.identity import Identity
+from galaxynode.net.transport import Channel, ChannelClosed, open_channel
+
+AGENT = f"galaxynode-conformance/{__version__}"
+ANY = object()  # expect_error(re=ANY): do not check re
+
+
+class CaseFailed(Exception):
+    """The endpoint did not do what the spec requires: what was expected and what came back."""
+
+    def __init__(self, expected: str, got: str):
+        super().__init__(f"expected {expected}, got {got}")
+        self.expected = expected
+        self.got = got
+
+
+class CaseInfo(Exception):
+    """Nothing to judge: the endpoint does not do what the spec allows (a MAY), e.g. no rate limit."""
+
+
+class CaseSkipped(Exception):
+    """The case cannot run against this endpoint (missing vectors, a lease longer than we wait)."""
+
+
+class Banned(Exception):
+    """The endpoint refuses us with temporarily_banned: no later case can run."""
+
+
+@attrs.frozen
+class Options:
+    url: str
+    network: str
+    role: str = "pool"
+    timeout: float = 10.0             # per case (plus the case's own waiting)
+    handshake_timeout: float = 12.0   # the endpoint must time a silent handshake out within this
+    max_frame_size: int = 1024 * 1024  # the endpoint's; a frame one byte larger must be refused
+    max_wait: float = 10.0            # longest lease or descriptor lifetime a case waits out
+    flood: int = 5000                 # frames sent to look for a rate limit
+    vectors: str | None = None        # protocol/vectors directory
+
+
+def describe(frame: Frame | None) -> str:
+    """A received frame in one line, for 'got: ...'."""
+    if frame is None:
+        return "nothing"
+    if frame.type == "ERROR":
+        e = frame.msg
+        return f"ERROR {e.name} ({e.code}){': ' + e.message if e.message else ''}"
+    return frame.type
+
+
+def error_name(code: int) -> str:
+    try:
+        return f"{ErrorCode(code).name.lower()} ({code})"
+    except ValueError:
+        return str(code)
+
+
+def raw_payload(payload: dict) -> bytes:
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+def sign(identity: Identity, payload: bytes) -> bytes:
+    """A frame around hand-built payload bytes (no size check: oversized frames are a case too)."""
+    return sign_payload(identity, payload, limits=_NO_LIMIT)
+
+
+_NO_LIMIT = Limits(max_frame_size=1 << 62)
+
+
+class Link:
+    """One connection to the endpoint; `session` is set once `handshake()` has run."""
+
+    def __init__(self, channel: Channel, identity: Identity, opts: Options):
+        self.ch = channel
+        self.identity = identity
+        self.opts = opts
+        self.session: Session | None = None
+        self.nonce = b""
+        self.peer_hello: Frame | None = None
+        self.pushed: list[Frame] = []  # EVENTs and other pushes seen while waiting for replies
+
+    # --- sending -----------------------------------------------------------------------------
+    async def send(self, data: bytes) -> None:
+        await self.ch.send(data)
+
+    async def send_text(self, text: str) -> None:
+        # The Channel interface sends binary messages only, on purpose; a probe needs text too.
+        await self.ch._ws.send_message(text)
+
+    def frame(self, msg: Any, **kw: Any) -> bytes:
+        """A session frame for msg with the next seq (or a handshake frame without a session)."""
+        if self.session is None:
+            return encode_frame(self.identity, msg, **kw)
+        return self.session.encode(msg, **kw)
+
+    def craft(self, msg_type: str, body: dict, *, identity: Identity | None = None, sender: bytes | None = None,
+              sid: Any = ANY, seq: Any = ANY, ts: int | None = None, frame_id: bytes | None = None,
+              extra: dict | None = None) -> tuple[bytes, bytes]:
+        """A hand-built frame: (frame bytes, frame id). sid/seq default to the session's next;
+        pass None to leave them out. Does not advance the session's send seq: call `consume()`."""
+        identity = identity or self.identity
+        fid = frame_id or os.urandom(ID_LEN)
+        payload: dict[str, Any] = {"type": msg_type, "id": fid, "ts": now_ms() if ts is None else ts,
+                                   "from": sender if sender is not None else identity.public}
+        if self.session is not None:
+            payload["sid"] = self.session.sid if sid is ANY else sid
+            payload["seq"] = self.session.send_seq if seq is ANY else seq
+        elif sid is not ANY:
+            payload["sid"], payload["seq"] = sid, seq
+        for k in ("sid", "seq"):
+            if payload.get(k, 0) is None:
+                del payload[k]
+        payload.update(extra or {})
+        payload["body"] = body
+        return sign(identity, raw_payload(payload)), fid
+
+    def consume(self) -> None:
+        assert self.session is not None
+        self.session.send_seq += 1
+
+    # --- receiving ---------------------------------------------------------------------------
+    async def receive(self) -> Frame:
+        """The next frame, strictly decoded and (in a session) sequenced. A ban (an ERROR before any
+        session) raises Banned: no later case could run."""
+        data = await self.ch.receive()
+        try:
+            frame = self.session.decode(data) if self.session is not None else decode_frame(data)
+        except ProtocolError as e:
+            raise CaseFailed("a valid frame from the endpoint", f"one failing our decoder: {e}") from None
+        if self.session is None and frame.type == "ERROR" and frame.msg.code == ErrorCode.TEMPORARILY_BANNED:
+            raise Banned(frame.msg.message)
+        return frame
+
+    async def receive_or_close(self) -> Frame | int:
+        """The next frame, or the close code if the endpoint closed instead."""
+        try:
+            return await self.receive()
+        except ChannelClosed as e:
+            return e.code
+
+    async def reply(self, frame_id: bytes) -> Frame:
+        """The frame answering frame_id (body `re`); PINGs are answered, pushes kept in `pushed`."""
+        while True:
+            got = await self.receive_or_close()
+            if isinstance(got, int):
+                raise CaseFailed("a reply", f"the connection closed (code {got})")
+            if got.type == "PING":
+                await self.send(self.frame(m.Pong(data=got.msg.data)))
+                continue
+            if getattr(got.msg, "re", None) == frame_id:
+                return got
+            if got.type == "ERROR" and got.msg.code in _FATAL:
+                raise CaseFailed("a reply", describe(got))
+            self.pushed.append(got)
+
+    async def request(self, msg: Any) -> Frame:
+        data = self.frame(msg)
+        await self.send(data)
+        return await self.reply(decode_frame(data).id)
+
+    async def call(self, msg: Any, reply_type: str) -> Any:
+        """Request and require a reply of reply_type; returns its message."""
+        got = await self.request(msg)
+        if got.type != reply_type:
+            raise CaseFailed(f"{reply_type} to {msg.TYPE}", describe(got))
+        return got.msg
+
+    async def refused(self, msg: Any, code: ErrorCode, *, also: tuple[ErrorCode, ...] = ()) -> Frame:
+        """Request msg and require ERROR code (or one of `also`) with re = its id."""
+        data = self.frame(msg)
+        await self.send(data)
+        fid = decode_frame(data).id
+        return await self.expect_error(code, re=fid, also=also, closes=code.fatal, reply_to=fid)
+
+    async def expect_error(self, code: ErrorCode, *, re: Any = ANY, closes: bool | None = None,
+                           also: tuple[ErrorCode, ...] = (), reply_to: bytes | None = None) -> Frame:
+        """The next frame must be ERROR `code` (errors §1): with its stable name, `re` as given
+        (None: absent), and for a fatal code followed by the close (handshake §10.2)."""
+        want = (code, *also)
+        expected = " or ".join(f"ERROR {error_name(c)}" for c in want)
+        while True:
+            got = await self.receive_or_close()
+            if isinstance(got, int):
+                raise CaseFailed(expected, f"the connection closed (code {got}) without ERROR")
+            if got.type == "PING":
+                await self.send(self.frame(m.Pong(data=got.msg.data)))
+                continue
+            if reply_to is None or got.type == "ERROR" or getattr(got.msg, "re", None) == reply_to:
+                break
+            self.pushed.append(got)  # an EVENT or the like, not the answer
+        if got.type != "ERROR" or got.msg.code not in want:
+            raise CaseFailed(expected, describe(got))
+        err = got.msg
+        stable = ErrorCode(err.code).name.lower()
+        if err.name != stable:
+            raise CaseFailed(f"ERROR code {err.code} named {stable!r} (errors §4)", f"name {err.name!r}")
+        if re is not ANY and err.re != re:
+            raise CaseFailed(f"ERROR re = {re.hex() if re else 'absent'}",
+                             f"re = {err.re.hex() if err.re else 'absent'}")
+        if closes if closes is not None else ErrorCode(err.code).fatal:
+            await self.expect_close(f"the close after ERROR {stable}")
+        return got
+
+    async def expect_close(self, what: str = "the close") -> int:
+        """Nothing more may arrive; returns the close code."""
+        got = await self.receive_or_close()
+        if not isinstance(got, int):
+            raise CaseFailed(what, describe(got))
+        return got
+
+    async def ping(self, data: bytes | None = None) -> None:
+        """PING/PONG round trip: proves the session is alive and in step."""
+        data = data if data is not None else os.urandom(8)
+        frame = self.frame(m.Ping(data=data))
+        await self.send(frame)
+        while True:
+            got = await self.receive_or_close()
+            if isinstance(got, int):
+                raise CaseFailed("PONG (the session to continue)", f"the connection closed (code {got})")
+            if got.type == "PING":
+                await self.send(self.frame(m.Pong(data=got.msg.data)))
+            elif got.type == "PONG":
+                if got.msg.data != data:
+                    raise CaseFailed(f"PONG echoing {data.hex()}", f"PONG with {got.msg.data!r}")
+                return
+            elif got.type == "ERROR":
+                raise CaseFailed("PONG (the session to continue)", describe(got))
+            else:
+                self.pushed.append(got)
+
+    # --- handshake ---------------------------------------------------------------------------
+    def hello(self, **kw: Any) -> tuple[bytes, bytes]:
+        """Our opening HELLO (fields overridable): (frame, frame id)."""
+        self.nonce = kw.pop("nonce", None) or os.urandom(32)
+        fields = dict(network=self.opts.network, role="probe", nonce=self.nonce, versions=(1,), agent=AGENT)
+        fields.update(kw)
+        ts = fields.pop("ts", None)
+        data = encode_frame(self.identity, m.Hello(**fields), ts=ts)
+        return data, decode_frame(data).id
+
+    async def answer(self) -> Frame:
+        """The endpoint's answering HELLO; a refusal (ERROR) fails the case."""
+        got = await self.receive_or_close()
+        if isinstance(got, int):
+            raise CaseFailed("the endpoint's HELLO", f"the connection closed (code {got})")
+        if got.type != "HELLO":
+            raise CaseFailed("the endpoint's HELLO", describe(got))
+        self.peer_hello = got
+        return got
+
+    async def handshake(self, role: str = "probe") -> Session:
+        """HELLO / HELLO / READY. Deliberately lenient about the answer (case 'handshake' checks
+        it), so one defect does not fail every other case."""
+        data, _ = self.hello(role=role)
+        await self.send(data)
+        answer = await self.answer()
+        await self.send(encode_frame(self.identity, m.Ready(echo=answer.msg.nonce)))
+        sid = derive_sid(self.nonce, answer.msg.nonce, self.identity.public, answer.sender)
+        self.session = Session(self.identity, answer.sender, answer.msg, sid, opener=True,
+                               limits=Limits(max_frame_size=2 * self.opts.max_frame_size + 4096))
+        return self.session
+
+
+_FATAL = frozenset(int(c) for c in ErrorCode if c.fatal)
+
+
+@asynccontextmanager
+async def open_link(opts: Options, identity: Identity | None = None, *, handshake: bool = True,
+                    role: str = "probe") -> AsyncIterator[Link]:
+    """A connection with a fresh key (unless given), after the handshake unless handshake=False."""
+    async with open_channel(opts.url, max_message_size=opts.max_frame_size * 2 + 4096,
+                            connect_timeout=opts.timeout, close_timeout=1.0) as ch:
+        link = Link(ch, identity or Identity.generate(), opts)
+        if handshake:
+            await link.handshake(role)
+        yield link
+
