@@ -7,6 +7,8 @@ and on Registry without a store, and raw SQLite with one commit per row. Query l
 table of 100k nodes with capability/meta filters, first pages and full paging.
 
     .venv/bin/python scripts/bench_registry.py [--quick]
+
+`bench(quick)` returns the summary rows for scripts/bench.py.
 """
 from __future__ import annotations
 
@@ -139,14 +141,11 @@ def bench_query(n: int, repeats: int) -> list[tuple[str, float, float, int]]:
     return rows
 
 
-async def main_async(args) -> None:
-    quick = args.quick
+async def measure(quick: bool) -> dict:
+    """Every figure of the benchmark (sizes per `quick`)."""
     n_sqlite = 300 if quick else 3_000
     n_reg = 2_000 if quick else 20_000
     n_query = 10_000 if quick else 100_000
-    print(f"python {sys.version.split()[0]}, trio {trio.__version__}, sqlite {sqlite3.sqlite_version}, "
-          f"{os.cpu_count()} cpus{' (quick)' if quick else ''}")
-
     table_join, table_renew = bench_table(n_reg)  # same size as the Registry runs
     with tempfile.TemporaryDirectory() as tmp:
         raw = bench_raw_sqlite(Path(tmp) / "raw.sqlite", n_sqlite)
@@ -156,13 +155,22 @@ async def main_async(args) -> None:
             if callers <= n_reg:
                 durable[callers] = await bench_registry(Path(tmp) / f"reg{callers}.sqlite",
                                                         n_reg if callers > 1 else n_sqlite, callers)
+    return {"quick": quick, "n_sqlite": n_sqlite, "n_reg": n_reg, "n_query": n_query, "raw": raw,
+            "table_join": table_join, "table_renew": table_renew, "mem": mem, "durable": durable,
+            "query": bench_query(n_query, 50 if quick else 300)}
 
+
+def report(r: dict) -> None:
+    quick, raw, table_join, table_renew = r["quick"], r["raw"], r["table_join"], r["table_renew"]
+    n_sqlite, n_reg, mem, durable = r["n_sqlite"], r["n_reg"], r["mem"], r["durable"]
+    print(f"python {sys.version.split()[0]}, trio {trio.__version__}, sqlite {sqlite3.sqlite_version}, "
+          f"{os.cpu_count()} cpus{' (quick)' if quick else ''}")
     print()
     print(f"{'what':<48} {'ops/s':>10} {'x raw sqlite':>13} {'x LeaseTable':>13} {'ops/commit':>11}")
 
-    def row(what, r, base_table, per_commit=None):
+    def row(what, rate_, base_table, per_commit=None):
         extra = f"{per_commit:>11.1f}" if per_commit else f"{'':>11}"
-        print(f"{what:<48} {r:>10,.0f} {r / raw:>13.2f} {r / base_table:>13.4f} {extra}")
+        print(f"{what:<48} {rate_:>10,.0f} {rate_ / raw:>13.2f} {rate_ / base_table:>13.4f} {extra}")
 
     row("raw sqlite, 1 row per commit (WAL, FULL)", raw, table_join, 1.0)
     row("LeaseTable.join (memory)", table_join, table_join)
@@ -175,16 +183,41 @@ async def main_async(args) -> None:
         row(f"Registry.renew durable, {callers} callers", d["renew"], table_renew, n / max(1, d["renew_commits"]))
 
     print()
-    print(f"query latency, {n_query:,} nodes ({'quick' if quick else 'full'})")
+    print(f"query latency, {r['n_query']:,} nodes ({'quick' if quick else 'full'})")
     print(f"{'what':<48} {'p50 us':>10} {'p99 us':>10} {'results/pages':>14}")
-    for what, p50, p99, count in bench_query(n_query, 50 if quick else 300):
+    for what, p50, p99, count in r["query"]:
         print(f"{what:<48} {p50:>10.1f} {p99:>10.1f} {count:>14}")
+
+
+def bench(quick: bool = False) -> list[dict]:
+    """The registry's summary rows for scripts/bench.py (no targets of its own in issue 7)."""
+    r = trio.run(measure, quick)
+    raw, rows = r["raw"], []
+    for callers in (64, 512):
+        d = r["durable"].get(callers)
+        if d is None:
+            continue
+        for op in ("join", "renew"):
+            per_commit = (r["n_reg"]) / max(1, d[op + "_commits"])
+            rows.append({"metric": f"registry {op}/s durable, {callers} callers ({per_commit:.0f}/commit) "
+                                   f"vs raw sqlite 1 row/commit",
+                         "ours": f"{d[op]:,.0f}", "baseline": f"{raw:,.0f}", "ratio": f"{d[op] / raw:.2f}",
+                         "target": "-", "met": None})
+    for op, base in (("join", "table_join"), ("renew", "table_renew")):
+        rows.append({"metric": f"registry {op}/s in memory, 64 callers vs LeaseTable alone",
+                     "ours": f"{r['mem'][op]:,.0f}", "baseline": f"{r[base]:,.0f}",
+                     "ratio": f"{r['mem'][op] / r[base]:.2f}", "target": "-", "met": None})
+    for what, p50, p99, count in r["query"]:
+        if what.startswith("first page (100) cap=gpu & region"):
+            rows.append({"metric": f"registry query p99 us, {r['n_query']:,} nodes, {what}",
+                         "ours": f"{p99:.1f}", "baseline": "-", "ratio": "-", "target": "-", "met": None})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
-    trio.run(main_async, parser.parse_args())
+    report(trio.run(measure, parser.parse_args().quick))
 
 
 if __name__ == "__main__":
