@@ -17,6 +17,7 @@ from galaxynode import __version__
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.net.connection import SessionClosed
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,10 @@ class SessionHandler:
                     async for ev in sub:
                         if ev.origin is not None and ev.origin != self.s.info.key and not self.include_peers:
                             continue
-                        await conn.send(event_message(ev, self.s.info.key))
+                        try:
+                            await conn.send(event_message(ev, self.s.info.key))
+                        except SessionClosed:  # the subscriber went away: nothing left to push to
+                            return
 
     # status and admin -----------------------------------------------------------------------
     async def status(self, conn: Any, frame: Frame) -> m.StatusResult:

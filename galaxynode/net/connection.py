@@ -541,8 +541,8 @@ class Connection:
             await run(self)
         except SessionClosed:
             pass
-        except ExceptionGroup as group:  # the handler's own nursery saw the session end
-            if group.split(SessionClosed)[1] is not None:
+        except BaseExceptionGroup as group:  # the handler's own nursery saw the session end
+            if group.split((SessionClosed, trio.Cancelled))[1] is not None:
                 log.exception("handler task of %r failed", self)
                 await self.close(ProtocolError(ErrorCode.INTERNAL, "internal error"))
         except Exception:
