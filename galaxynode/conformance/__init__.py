@@ -10,29 +10,7 @@ import json
 import sys
 from typing import Any
 
-DEFAULT_NETWORK = "galaxy-dev"  # the daemon's default network id
-
-
-def _positive(kind: type):
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: not a number") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
-        return value
-    convert.__name__ = kind.__name__
-    return convert
-
-
-def _url(text: str) -> str:
-    from galaxynode.net.transport import parse_url
-    try:
-        parse_url(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+from galaxynode.cli_client import DEFAULT_NETWORK, _positive, _url  # the same argument types
 
 
 def add_commands(sub: Any) -> None:
