@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Gelato codec throughput beside bare Ed25519, both measured in the same run.
 
-Bare: cryptography's Ed25519 sign and verify over the bytes a frame signs. Codec: encode_frame
+Bare: Ed25519 sign (cryptography) and verify (libsodium via PyNaCl, what the codec uses; OpenSSL's
+verify is shown beside it) over the bytes a frame signs. Codec: encode_frame
 (payload map, msgpack, sign, frame array) and decode_frame / Session.decode (parse, verify, header,
 body schema) for a typical frame with a ~200-byte body. The signature dominates, so the ratio
 codec/bare says what the codec itself costs; the targets are decode >= 0.80 (step 1) and >= 0.90 (issue 7)
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgpack  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
+from nacl.bindings import crypto_sign_open  # noqa: E402
 
 from galaxynode.gelato import messages as m  # noqa: E402
 from galaxynode.gelato.codec import SIGN_PREFIX, decode_frame, encode_frame, now_ms  # noqa: E402
@@ -60,6 +62,7 @@ def run(reps: int, batch: int) -> dict[str, float]:
     _, payload, sig = msgpack.unpackb(frame)
     signed = SIGN_PREFIX + payload
     public = Ed25519PublicKey.from_public_bytes(sender.public)
+    raw_public = sender.public
     sid = derive_sid(b"\x00" * 32, b"\x01" * 32, sender.public, receiver.public)
     outgoing = Session(sender, receiver.public, None, sid, True)
     incoming = Session(receiver, sender.public, None, sid, False)
@@ -69,7 +72,11 @@ def run(reps: int, batch: int) -> dict[str, float]:
         for _ in range(batch):
             sender.private.sign(signed)
 
-    def bare_verify() -> None:
+    def bare_verify() -> None:  # the primitive the codec verifies with (libsodium), called directly
+        for _ in range(batch):
+            crypto_sign_open(sig + signed, raw_public)
+
+    def openssl_verify() -> None:
         for _ in range(batch):
             public.verify(sig, signed)
 
@@ -86,7 +93,7 @@ def run(reps: int, batch: int) -> dict[str, float]:
         for data in stream:
             incoming.decode(data)
 
-    ops = {"bare_sign": bare_sign, "bare_verify": bare_verify, "encode": codec_encode,
+    ops = {"bare_sign": bare_sign, "bare_verify": bare_verify, "openssl_verify": openssl_verify, "encode": codec_encode,
            "decode": codec_decode, "session": session_decode}
     for fn in ops.values():  # warm-up: caches, allocator, branch predictors
         fn()
@@ -103,8 +110,9 @@ def run(reps: int, batch: int) -> dict[str, float]:
 def report(r: dict[str, float], reps: int, batch: int) -> str:
     rows = [("sign      | encode_frame", "bare_sign", "encode"),
             ("verify    | decode_frame", "bare_verify", "decode"),
-            ("verify    | Session.decode", "bare_verify", "session")]
-    lines = [f"Gelato codec vs bare Ed25519 (cryptography): frame {r['frame_size']:.0f} bytes, "
+            ("verify    | Session.decode", "bare_verify", "session"),
+            ("OpenSSL verify | decode_frame", "openssl_verify", "decode")]
+    lines = [f"Gelato codec vs bare Ed25519 (sign: cryptography, verify: libsodium): frame {r['frame_size']:.0f} bytes, "
              f"body {r['body_size']:.0f} bytes; median of {reps} batches x {batch}",
              "",
              f"{'bare op   | codec op':<28} {'bare/s':>10} {'codec/s':>10} {'ratio':>7} {'overhead us':>12}",
