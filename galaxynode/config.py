@@ -494,6 +494,7 @@ class RegistryConfig(_Section):
     default_ttl: int = _setting(Int(1, 604_800), 30)
     expiry_interval: float = _setting(Float(0.01, 60, " seconds"), 1.0)
     page_max: int = _setting(Int(1, 100_000), 1000)
+    commit_interval: float = _setting(Float(0, 1, " seconds"), 0.005)
 
     def _check(self) -> None:
         if self.max_ttl < self.min_ttl:

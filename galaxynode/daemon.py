@@ -72,12 +72,12 @@ class RegistryModule(Module):
         rc, bus = rt.config.registry, ctx.container.get("bus")
         if rt.config.node.role == "mainnet":
             registry = await open_pool_registry(rt.config.data_path("mainnet.sqlite"), bus,
-                                                expiry_interval=rc.expiry_interval)
+                                                expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
         else:
             table = LeaseTable(min_ttl=rc.min_ttl, max_ttl=rc.max_ttl, default_ttl=rc.default_ttl,
                                page_max=rc.page_max, admission=admission_from(rt.config))
             registry = await Registry.open(rt.config.data_path("registry.sqlite"), table, bus,
-                                           expiry_interval=rc.expiry_interval)
+                                           expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
         ctx.container.register("registry", registry)
         await ctx.nursery.start(registry.run)
 

@@ -113,6 +113,30 @@ async def test_group_commit(db):
     store.close()
 
 
+async def test_commit_interval_spaces_commits_under_load_only(db):
+    store = CountingStore(db)
+    reg = Registry(LeaseTable(), store, commit_interval=0.05)
+    async with trio.open_nursery() as n:
+        await n.start(reg.run)
+        with trio.fail_after(5):  # idle: committed at once, not after the interval
+            await reg.join(k(0), ttl=60)
+        start = trio.current_time()
+
+        async def node(i: int) -> None:
+            await reg.join(k(i), ttl=60)
+            for _ in range(5):
+                await reg.renew(k(i))
+        async with trio.open_nursery() as callers:
+            for i in range(1, 21):
+                callers.start_soon(node, i)
+        took = trio.current_time() - start
+        # 120 acknowledged writes, every one durable, in at most one commit per 50 ms
+        assert store.transactions - 1 <= took / 0.05 + 1
+        assert len(stored_keys(db)) == 21
+        n.cancel_scope.cancel()
+    store.close()
+
+
 async def test_commit_failure_reaches_caller_and_is_retried(db):
     store = CountingStore(db)
     reg = Registry(LeaseTable(), store, retry_delay=0.01)

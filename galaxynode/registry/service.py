@@ -10,6 +10,7 @@ pause, unless a newer change to the same key superseded them.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -41,7 +42,8 @@ class Registry:
 
     def __init__(self, table: LeaseTable, store: SqliteStore | None = None, bus=None, *,
                  expiry_interval: float = 1.0, clock: Callable[[], int] | None = None,
-                 publish_renewals: bool = False, retry_delay: float = 1.0, owns_store: bool = False):
+                 publish_renewals: bool = False, retry_delay: float = 1.0, owns_store: bool = False,
+                 commit_interval: float = 0.0):
         self.table = table
         self.store = store
         self.bus = bus
@@ -49,6 +51,10 @@ class Registry:
         self.clock = clock or wall_clock_ms
         self.publish_renewals = publish_renewals
         self.retry_delay = retry_delay
+        # Under load, at most one commit per commit_interval: changes arriving meanwhile share it.
+        # An idle registry commits at once, so this only adds latency when it buys throughput.
+        self.commit_interval = commit_interval
+        self._last_commit = -math.inf
         self._owns_store = owns_store
         self._entry_ops: dict[bytes, Op] = {}
         self._ban_ops: dict[bytes, Op] = {}
@@ -220,7 +226,10 @@ class Registry:
     async def _writer(self) -> None:
         while True:
             await self._dirty.wait()
-            if not await self._commit():
+            await trio.sleep_until(self._last_commit + self.commit_interval)
+            ok = await self._commit()
+            self._last_commit = trio.current_time()
+            if not ok:
                 await trio.sleep(self.retry_delay)
 
     async def _commit(self) -> bool:
