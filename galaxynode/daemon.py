@@ -6,7 +6,6 @@ plugins -> network -> metrics) and stops them in reverse. SIGTERM/SIGINT stop gr
 """
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import time
@@ -303,11 +302,6 @@ async def _serve(config: Config, rt: Runtime, identity: Identity, kernel: Kernel
         async with kernel.run() as container:
             registry = container.get("registry")
             status = f"serving {len(registry.table)} nodes on network {config.network.id}"
-            # Thousands of long-lived sessions make full collections take seconds (heartbeat p50
-            # 1.2 s at 10k sessions, scripts/bench_heartbeats.py); start-up objects are permanent
-            # and full passes rarer: p50 1.4 ms.
-            gc.freeze()
-            gc.set_threshold(700, 10, 1000)
             notifier.notify(READY=1, STATUS=status)
             log.info("ready: pool %s (%s), %s, version %s", config.node.name, identity.public_text,
                      status, __version__)
