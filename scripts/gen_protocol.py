@@ -525,25 +525,29 @@ def outputs() -> dict[Path, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
-    args = ap.parse_args(argv)
+def sync_outputs(files: dict[Path, str], *, check: bool, script: str) -> int:
+    """Write the generated files that differ from what is on disk; with check, only report them (exit 1)."""
     stale = []
-    for path, text in outputs().items():
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current == text:
+    for path, text in files.items():
+        if path.exists() and path.read_text(encoding="utf-8") == text:
             continue
         stale.append(path.relative_to(ROOT))
-        if not args.check:
+        if not check:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-    if args.check and stale:
-        print("stale (run scripts/gen_protocol.py):", *stale, sep="\n  ", file=sys.stderr)
+    if check and stale:
+        print(f"stale (run {script}):", *stale, sep="\n  ", file=sys.stderr)
         return 1
     for p in stale:
         print(f"wrote {p}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
+    args = ap.parse_args(argv)
+    return sync_outputs(outputs(), check=args.check, script="scripts/gen_protocol.py")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import msgpack
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_protocol import sync_outputs  # noqa: E402  (writes or checks generated files)
 from galaxynode.descriptor import Descriptor, sign_descriptor  # noqa: E402
 from galaxynode.gelato import messages as m  # noqa: E402
 from galaxynode.gelato.codec import DEFAULT_LIMITS, SIGN_PREFIX, decode_frame, encode_frame, sign_payload  # noqa: E402
@@ -691,20 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
     args = ap.parse_args(argv)
-    stale = []
-    for path, text in outputs().items():
-        if path.exists() and path.read_text(encoding="utf-8") == text:
-            continue
-        stale.append(path.relative_to(ROOT))
-        if not args.check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-    if args.check and stale:
-        print("stale (run scripts/gen_vectors.py):", *stale, sep="\n  ", file=sys.stderr)
-        return 1
-    for p in stale:
-        print(f"wrote {p}")
-    return 0
+    return sync_outputs(outputs(), check=args.check, script="scripts/gen_vectors.py")
 
 
 if __name__ == "__main__":
