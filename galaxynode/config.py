@@ -593,6 +593,7 @@ class DaemonConfig(_Section):
     SECTION = "daemon"
     stop_timeout: float = _setting(Float(0.1, 3600, " seconds"), 10.0)
     watchdog: bool = _setting(Bool(), True)
+    gc_threshold: int = _setting(Int(0, 10_000_000), 50_000)
 
 
 @attrs.frozen

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,15 +121,18 @@ class PoolProcess:
 
     def __init__(self, data_dir: str | os.PathLike, *, env: dict[str, str] | None = None,
                  listen: str = "ws://127.0.0.1:0", name: str = "bench", network: str = NETWORK,
-                 args: tuple[str, ...] = (), profile: str | None = None, py_spy: str | None = None):
+                 args: tuple[str, ...] = (), profile: str | None = None, py_spy: str | None = None,
+                 command: list[str] | None = None):
         # The daemon refuses GALAXYNODE_* variables that are not config keys: leave out the test knobs.
         inherited = {k: v for k, v in os.environ.items() if not TEST_KNOB.match(k)}
         full_env = {**inherited, "GALAXYNODE_LOGGING_LEVEL": "info", **(env or {})}
         spy = (str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-r", "200", "-f", "raw",
                "-o", py_spy, "--") if py_spy else ()
+        argv = command or [sys.executable, *(("-m", "cProfile", "-o", profile) if profile else ()), "-m", "galaxynode",
+                           "run", "--listen", listen, "--data-dir", str(data_dir), "--name", name, "--network", network,
+                           *args]
         self.proc = subprocess.Popen(
-            [*spy, sys.executable, *(("-m", "cProfile", "-o", profile) if profile else ()), "-m", "galaxynode", "run", "--listen", listen, "--data-dir", str(data_dir),
-             "--name", name, "--network", network, *args],
+            [*spy, *argv],
             env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             cwd=str(Path(__file__).resolve().parent.parent), start_new_session=True)
         self._lines: list[str] = []
@@ -219,6 +223,34 @@ def pool_env(nodes: int) -> dict[str, str]:
             "GALAXYNODE_LOGGING_LEVEL": "info"}
 
 
+ECHO_SIZE = 200         # bytes; about a HEARTBEAT frame
+
+
+async def serve_echo() -> None:
+    """The carrier baseline's server: galaxynode.net.transport (trio-websocket, our settings) echoing
+    every message, with the daemon's GC threshold; prints the lines PoolProcess waits for."""
+    from galaxynode.config import DaemonConfig
+    from galaxynode.daemon import _gc_threshold
+    from galaxynode.net.transport import serve_channels
+
+    async def echo(ch: Any) -> None:
+        try:
+            while True:
+                await ch.send(await ch.receive())
+        except ChannelClosed:
+            pass
+
+    with _gc_threshold(DaemonConfig().gc_threshold), trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(partial(serve_channels, echo, "127.0.0.1", 0, max_message_size=1 << 20,
+                                                max_streams=1_000_000))
+            host, port = bound[0]
+            print(f"serving Gelato on ws://{host}:{port}\nready: pool (echo)", flush=True)
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+
+
 def crypto_floor(n: int = 2000) -> tuple[float, float]:
     """(verifies/s, signs/s) with the codec's own Ed25519 functions, one core."""
     ident = Identity.generate()
@@ -262,10 +294,25 @@ class Node:
             return kind, body
 
 
+class BareNode:
+    """The carrier baseline's node: same-size messages on a bare channel, no Gelato at all."""
+
+    def __init__(self, ch: Any):
+        self.ch = ch
+        self.message = os.urandom(ECHO_SIZE)
+
+    async def request(self, msg: Any) -> tuple[str, dict]:
+        await self.ch.send(self.message)
+        await self.ch.receive()
+        return "LEASE", {}
+
+
+
 async def drive(url: str, pid: int, *, nodes: int, interval: float, warmup: float, window: float,
-                parallel: int = 64) -> dict[str, Any]:
+                parallel: int = 64, bare: bool = False) -> dict[str, Any]:
     """Open `nodes` sessions (`parallel` handshakes at a time), JOIN each, heartbeat every `interval`
-    with phases spread evenly, and read the pool's CPU over `window` seconds after `warmup`."""
+    with phases spread evenly, and read the pool's CPU over `window` seconds after `warmup`.
+    bare: the carrier baseline (BareNode against serve_echo) instead of Gelato sessions."""
     idents = [Identity.generate() for _ in range(nodes)]
     gate = trio.Semaphore(parallel)
     joined = 0
@@ -289,8 +336,11 @@ async def drive(url: str, pid: int, *, nodes: int, interval: float, warmup: floa
         opening = True
         try:
             async with open_channel(url, max_message_size=1 << 20, connect_timeout=30) as ch:
-                session = await establish(ch, ident, opener=True, network=NETWORK, role="node", limits=CLIENT_LIMITS)
-                n = Node(ch, session)
+                if bare:
+                    n: Node | BareNode = BareNode(ch)
+                else:
+                    n = Node(ch, await establish(ch, ident, opener=True, network=NETWORK, role="node",
+                                                 limits=CLIENT_LIMITS))
                 # A lease long enough to outlive the set-up (opening 10,000 sessions takes ~40 s here).
                 kind, body = await n.request(m.Join(ttl=JOIN_TTL))
                 gate.release()
@@ -319,7 +369,8 @@ async def drive(url: str, pid: int, *, nodes: int, interval: float, warmup: floa
                     elif counting:
                         done_in_window += 1
                         latencies.append(trio.current_time() - start)
-                await ch.send(session.encode(m.Goodbye(reason="bench over")))
+                if isinstance(n, Node):
+                    await ch.send(n.session.encode(m.Goodbye(reason="bench over")))
         except (ChannelClosed, ProtocolError, trio.TooSlowError, ValueError, KeyError, TypeError) as e:
             failed(f"{type(e).__name__}: {e}")
         finally:
@@ -360,9 +411,10 @@ async def drive(url: str, pid: int, *, nodes: int, interval: float, warmup: floa
 
 
 def measure(nodes: int, interval: float, warmup: float, window: float, profile: str | None = None,
-            py_spy: str | None = None) -> dict:
-    """Start a pool process, drive it, stop it. profile / py_spy: run the pool under cProfile / py-spy
-    (`pip install py-spy`), writing the stats / raw collapsed stacks to that path."""
+            py_spy: str | None = None, carrier: bool = True) -> dict:
+    """Start a pool process, drive it, stop it; then (carrier) the same load against serve_echo.
+    profile / py_spy: run the pool under cProfile / py-spy (`pip install py-spy`), writing the
+    stats / raw collapsed stacks to that path."""
     limit = raise_fd_limit(nodes + FD_HEADROOM)
     if limit < nodes + FD_HEADROOM:
         nodes = max(1, limit - FD_HEADROOM)
@@ -376,6 +428,13 @@ def measure(nodes: int, interval: float, warmup: float, window: float, profile: 
                                          window=window))
             res["pool_exit"] = pool.stop(signal.SIGTERM)
             res["pool_traceback"] = "Traceback" in pool.output
+        if carrier:
+            with PoolProcess(tmp, command=[sys.executable, __file__, "--serve-echo"]) as echo:
+                c = trio.run(lambda: drive(echo.url, echo.pid, nodes=nodes, interval=interval, warmup=warmup,
+                                           window=window, bare=True))
+                echo.stop(signal.SIGTERM)
+            res["carrier"] = {k: c[k] for k in ("pool_cpu_pct", "heartbeats_in_window", "pool_cpu_seconds",
+                                                "latency_p50_ms", "latency_p99_ms", "failures", "heartbeat_errors")}
     res["verify_per_s"], res["sign_per_s"] = verify_rate, sign_rate
     rate = res["heartbeats_per_s"] or res["expected_per_s"]
     res["crypto_floor_pct"] = 100 * rate * (1 / verify_rate + 1 / sign_rate)
@@ -405,8 +464,14 @@ def rows_of(r: dict) -> list[dict]:
                  "baseline": f"{1e6 * (1 / r['verify_per_s'] + 1 / r['sign_per_s']):.0f}",
                  "ratio": f"{r['us_per_heartbeat'] * (1 / r['verify_per_s'] + 1 / r['sign_per_s']) ** -1 / 1e6:.2f}x",
                  "target": "-", "met": None})
+    c = r.get("carrier")
+    if c:
+        rows.append({"metric": "pool CPU % vs the bare carrier (same sessions and rate, echo, no Gelato)",
+                     "ours": f"{r['pool_cpu_pct']:.1f}", "baseline": f"{c['pool_cpu_pct']:.1f}",
+                     "ratio": f"{r['pool_cpu_pct'] / c['pool_cpu_pct']:.2f}x", "target": "-", "met": None})
     rows.append({"metric": "heartbeat latency p50 / p99 ms under that load", "ours":
-                 f"{r['latency_p50_ms']:.1f} / {r['latency_p99_ms']:.1f}", "baseline": "-", "ratio": "-",
+                 f"{r['latency_p50_ms']:.1f} / {r['latency_p99_ms']:.1f}",
+                 "baseline": f"{c['latency_p50_ms']:.1f} / {c['latency_p99_ms']:.1f}" if c else "-", "ratio": "-",
                  "target": "-", "met": None})
     ok = r["failures"] == 0 and r["heartbeat_errors"] == 0 and r["joined"] == r["nodes"]
     rows.append({"metric": "heartbeat nodes joined and served without error", "ours": f"{r['joined']:,}",
@@ -440,6 +505,12 @@ def print_report(r: dict) -> None:
         print(f"EXTRAPOLATED to 10,000 nodes / 10 s (linear in heartbeats/s): {r['extrapolated_pct']:.1f}%")
     print(f"Ed25519 floor (1 verify + 1 sign per heartbeat at {r['verify_per_s']:,.0f} verify/s, "
           f"{r['sign_per_s']:,.0f} sign/s): {r['crypto_floor_pct']:.1f}% of one core")
+    if r.get("carrier"):
+        c = r["carrier"]
+        print(f"bare carrier (transport over trio-websocket echoing {ECHO_SIZE}-byte messages, same GC threshold, same "
+              f"sessions and rate): {c['pool_cpu_pct']:.1f}% of one core "
+              f"({1e6 * c['pool_cpu_seconds'] / max(1, c['heartbeats_in_window']):.0f} us per request), "
+              f"p50 {c['latency_p50_ms']:.1f} ms, p99 {c['latency_p99_ms']:.1f} ms")
     print(f"load generator CPU: {r['loadgen_cpu_pct']:.1f}% of one core; pool RSS {r['pool_rss_kib'][1] / 1024:.0f} MiB "
           f"({r['pool_rss_kib'][1] / max(1, r['nodes']):.1f} KiB per node, all included)")
     print(f"pool exit status {r['pool_exit']}{', TRACEBACK in its output' if r['pool_traceback'] else ''}\n")
@@ -464,14 +535,20 @@ def main() -> int:
     ap.add_argument("--profile", metavar="PATH", help="run the pool under cProfile (main thread), stats to PATH")
     ap.add_argument("--py-spy", metavar="PATH", help="run the pool under py-spy record (raw collapsed stacks to PATH)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--no-carrier", action="store_true", help="skip the bare-carrier baseline run")
+    ap.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)  # the baseline's server process
     args = ap.parse_args()
+    if args.serve_echo:
+        trio.run(serve_echo)
+        return 0
     nodes = args.nodes or (1_000 if args.quick else TARGET_NODES)
     interval = args.interval or (1.0 if args.quick else TARGET_INTERVAL)
     window = args.window or (5.0 if args.quick else 30.0)
     warmup = args.warmup if args.warmup is not None else max(2.0, interval)
     if nodes < 1 or interval <= 0 or window <= 0:
         ap.error("--nodes, --interval and --window must be positive")
-    r = measure(nodes, interval, warmup, window, profile=args.profile, py_spy=args.py_spy)
+    r = measure(nodes, interval, warmup, window, profile=args.profile, py_spy=args.py_spy,
+                carrier=not args.no_carrier)
     print_report(r)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")

@@ -67,3 +67,16 @@ def test_port_in_use_is_one_line_and_exit_1(tmp_path):
             assert "Traceback" not in d.output
             assert d.output.strip().count("\n") == 0
             assert f"failed to start: cannot listen on ws://127.0.0.1:{port}: Address already in use" in d.output
+
+
+def test_gc_threshold_is_applied_for_the_daemon_and_restored():
+    import gc
+
+    from galaxynode.daemon import _gc_threshold
+
+    before = gc.get_threshold()
+    with _gc_threshold(12_345):
+        assert gc.get_threshold() == (12_345, *before[1:])
+    assert gc.get_threshold() == before
+    with _gc_threshold(0):  # 0 keeps Python's own
+        assert gc.get_threshold() == before
