@@ -2,8 +2,11 @@
 immutable, so hypothesis tests may use them too."""
 from __future__ import annotations
 
+from typing import Any, Iterable, Mapping
+
 import pytest
 
+from galaxynode.events import Event, EventBus, Subscription, validate_pattern
 from galaxynode.gelato.handshake import Handshake, Session
 from galaxynode.identity import Identity
 
@@ -39,3 +42,38 @@ def identity_c() -> Identity:
 def session_pair():
     """Factory `session_pair(opener, answerer, **handshake_kw) -> (opener_session, answerer_session)`."""
     return establish
+
+
+class RecordingBus(EventBus):
+    """The real EventBus (matching, bounded queues, topic checks), which also keeps every event it
+    published (`history`) and every subscription it made, for tests to assert on."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.history: list[Event] = []
+        self._subscriptions: list[Subscription] = []
+
+    def publish(self, topic: str, data: Mapping[str, Any] | None = None, **kw: Any) -> Event:
+        event = super().publish(topic, data, **kw)
+        self.history.append(event)
+        return event
+
+    def subscribe(self, patterns: Iterable[str], **kw: Any) -> Subscription:
+        sub = super().subscribe(patterns, **kw)
+        self._subscriptions.append(sub)
+        return sub
+
+    def topics(self, prefix: str = "") -> list[str]:
+        """The topics published so far, in order, that start with prefix."""
+        return [e.topic for e in self.history if e.topic.startswith(prefix)]
+
+    def subscribed(self, pattern: str) -> int:
+        """How many open subscriptions include exactly this pattern."""
+        parts = validate_pattern(pattern)
+        return sum(parts in s.patterns for s in self._subscriptions if not s.closed)
+
+
+@pytest.fixture(scope="session")
+def recording_bus():
+    """Factory `recording_bus(**EventBus_kw) -> RecordingBus`: a real EventBus that records what it published."""
+    return RecordingBus

@@ -41,66 +41,6 @@ def collect_garbage():
     gc.collect()
 
 
-# --- a minimal event bus (publish, subscribe with * and #, validate_pattern) -------------------
-
-@attrs.frozen
-class Ev:
-    topic: str
-    data: dict
-    id: bytes
-    ts: int
-    origin: bytes | None = None
-    hops: int = 0
-
-
-class Bus:
-    def __init__(self) -> None:
-        self.published: list[tuple[str, dict]] = []
-        self._subs: list[tuple[list[str], trio.MemorySendChannel]] = []
-
-    @staticmethod
-    def _match(pattern: str, topic: str) -> bool:
-        p, t = pattern.split("."), topic.split(".")
-        for i, seg in enumerate(p):
-            if seg == "#":
-                return True
-            if i >= len(t) or (seg != "*" and seg != t[i]):
-                return False
-        return len(p) == len(t)
-
-    def validate_pattern(self, pattern: str) -> None:
-        if not all(pattern.split(".")):
-            raise ValueError("empty segment")
-
-    def publish(self, topic: str, data: dict) -> None:
-        self.published.append((topic, data))
-        ev = Ev(topic, data, os.urandom(16), now_ms())
-        for patterns, send in self._subs:
-            if any(self._match(p, topic) for p in patterns):
-                send.send_nowait(ev)
-
-    def subscribe(self, patterns, queue_size: int = 100):
-        bus = self
-        send, recv = trio.open_memory_channel(queue_size)
-
-        class Sub:
-            def __enter__(self):
-                bus._subs.append((list(patterns), send))
-                return self
-
-            def __exit__(self, *exc):
-                bus._subs.remove((list(patterns), send))
-                send.close()
-                recv.close()
-
-            def __aiter__(self):
-                return recv.__aiter__()
-        return Sub()
-
-    def topics(self, prefix: str = "") -> list[str]:
-        return [t for t, _ in self.published if t.startswith(prefix)]
-
-
 # --- helpers -------------------------------------------------------------------------------------
 
 async def wait_for(predicate, timeout: float = 5.0) -> None:
@@ -190,8 +130,8 @@ async def announce(conn, signed: m.SignedDescriptor) -> m.Lease:
 
 # --- main net with announcers --------------------------------------------------------------------
 
-async def test_pools_are_listed_filtered_and_paged(tmp_path):
-    bus = Bus()
+async def test_pools_are_listed_filtered_and_paged(tmp_path, recording_bus):
+    bus = recording_bus()
     async with mainnet(tmp_path / "main.sqlite", bus) as mn, trio.open_nursery() as nursery:
         sides = [pool_side(i, mn.url, tmp_path) for i in range(3)]
         await sides[0].registry.join(os.urandom(32), capabilities=["gpu"])
@@ -257,8 +197,8 @@ async def test_pools_are_listed_filtered_and_paged(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def test_announced_events_reach_subscribers(tmp_path):
-    bus = Bus()
+async def test_announced_events_reach_subscribers(tmp_path, recording_bus):
+    bus = recording_bus()
     async with mainnet(None, bus) as mn, trio.open_nursery() as nursery:
         events_tx, events_rx = trio.open_memory_channel(100)
 
@@ -268,7 +208,7 @@ async def test_announced_events_reach_subscribers(tmp_path):
 
         async with connect(mn.url, PROBE, network=NET, role="probe", limits=LIMITS, handler=on_frame) as conn:
             assert (await conn.request(m.Subscribe(topics=("pool.*",)), timeout=5)).type == "ACK"
-            await wait_for(lambda: bus._subs)
+            await wait_for(lambda: bus.subscribed("pool.*"))
             sides = [pool_side(i, mn.url, tmp_path) for i in range(2)]
             for s in sides:
                 await nursery.start(s.announcer.run)
@@ -286,8 +226,8 @@ async def test_announced_events_reach_subscribers(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def test_forged_and_foreign_descriptors_are_refused(tmp_path):
-    bus = Bus()
+async def test_forged_and_foreign_descriptors_are_refused(tmp_path, recording_bus):
+    bus = recording_bus()
     async with mainnet(tmp_path / "main.sqlite", bus) as mn:
         me, other = POOLS[0], POOLS[1]
         async with connect(mn.url, me, network=NET, role="pool", limits=LIMITS) as conn:
@@ -319,7 +259,7 @@ async def test_forged_and_foreign_descriptors_are_refused(tmp_path):
             await announce(conn, newer)
             assert not conn.closed  # refusals are not fatal
             assert mn.services.refused == 9
-            assert [d["seq"] for t, d in bus.published] == [10, 11]
+            assert [e.data["seq"] for e in bus.history] == [10, 11]
             _, signed, _ = await lookup(conn)
             assert signed == [newer]
         # What was stored survives in SQLite exactly as received.
@@ -331,8 +271,8 @@ async def test_forged_and_foreign_descriptors_are_refused(tmp_path):
         reg.close()
 
 
-async def test_lease_expiry_publishes_pool_expired(tmp_path):
-    bus = Bus()
+async def test_lease_expiry_publishes_pool_expired(tmp_path, recording_bus):
+    bus = recording_bus()
     skew = [0]
     async with mainnet(tmp_path / "main.sqlite", bus, clock=lambda: now_ms() + skew[0]) as mn:
         async with trio.open_nursery() as nursery:
@@ -342,14 +282,15 @@ async def test_lease_expiry_publishes_pool_expired(tmp_path):
             nursery.cancel_scope.cancel()  # the pool goes silent
         skew[0] = HOUR + 1000  # ... for longer than its descriptor lives
         await wait_for(lambda: "pool.expired" in bus.topics())
-        assert bus.published[-1] == ("pool.expired", {"key": POOLS[0].public.hex(), "name": "pool-0",
-                                                      "network": NET})
+        last = bus.history[-1]
+        assert (last.topic, last.data) == ("pool.expired", {"key": POOLS[0].public.hex(), "name": "pool-0",
+                                                            "network": NET})
         assert len(mn.registry.table) == 0
 
 
-async def test_mainnet_restart_pools_come_back_by_themselves(tmp_path):
+async def test_mainnet_restart_pools_come_back_by_themselves(tmp_path, recording_bus):
     db = tmp_path / "main.sqlite"
-    bus = Bus()
+    bus = recording_bus()
     async with trio.open_nursery() as nursery:
         async with mainnet(db, bus) as mn:
             port = mn.port
@@ -377,9 +318,9 @@ async def test_mainnet_restart_pools_come_back_by_themselves(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def test_refused_announce_backs_off_and_keeps_trying(tmp_path):
+async def test_refused_announce_backs_off_and_keeps_trying(tmp_path, recording_bus):
     """The main net holds a newer descriptor of ours (say our clock went back): STALE, retried later."""
-    bus = Bus()
+    bus = recording_bus()
     async with mainnet(None, bus) as mn, trio.open_nursery() as nursery:
         async with connect(mn.url, POOLS[0], network=NET, role="pool", limits=LIMITS) as conn:
             await announce(conn, sign_descriptor(POOLS[0], descriptor(POOLS[0], seq=now_ms() + HOUR)))
@@ -391,8 +332,8 @@ async def test_refused_announce_backs_off_and_keeps_trying(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def test_book_persists_across_announcer_restarts(tmp_path):
-    bus = Bus()
+async def test_book_persists_across_announcer_restarts(tmp_path, recording_bus):
+    bus = recording_bus()
     async with mainnet(None, bus) as mn, trio.open_nursery() as nursery:
         a, b = pool_side(0, mn.url, tmp_path), pool_side(1, mn.url, tmp_path)
         await nursery.start(b.announcer.run)
@@ -441,8 +382,8 @@ async def test_announcer_does_not_trust_the_mainnet(tmp_path):
 
 # --- sans-network pieces -------------------------------------------------------------------------
 
-async def test_lookup_reply_is_cut_to_its_byte_budget():
-    bus = Bus()
+async def test_lookup_reply_is_cut_to_its_byte_budget(recording_bus):
+    bus = recording_bus()
     registry = await open_pool_registry(None, bus)
     services = MainnetServices(PoolInfo(MAIN.public, "main", NET, role="mainnet"), registry, bus,
                                max_reply_bytes=m.MAX_DESCRIPTOR_RECORD + 128)
@@ -459,17 +400,18 @@ async def test_lookup_reply_is_cut_to_its_byte_budget():
     assert keys == sorted(p.public for p in POOLS) and pages >= 2
 
 
-async def test_pool_topics_and_table():
-    bus = Bus()
+async def test_pool_topics_and_table(recording_bus):
+    bus = recording_bus()
     topics = PoolTopics(bus)
     data = {"key": "ab", "capabilities": ["x"], "meta": {"name": "n", "network": "w"}, "expires": 1}
     for t in ("node.joined", "node.renewed", "node.expired", "node.kicked", "node.left"):
         topics.publish(t, data)
     topics.publish("node.banned", {"key": "cd", "capabilities": [], "meta": {}, "expires": None, "until": 5})
-    assert bus.published == [("pool.expired", {"key": "ab", "name": "n", "network": "w"}),
-                             ("pool.kicked", {"key": "ab", "name": "n", "network": "w"}),
-                             ("pool.left", {"key": "ab", "name": "n", "network": "w"}),
-                             ("pool.banned", {"key": "cd", "name": "", "network": "", "until": 5})]
+    assert [(e.topic, e.data) for e in bus.history] == [
+        ("pool.expired", {"key": "ab", "name": "n", "network": "w"}),
+        ("pool.kicked", {"key": "ab", "name": "n", "network": "w"}),
+        ("pool.left", {"key": "ab", "name": "n", "network": "w"}),
+        ("pool.banned", {"key": "cd", "name": "", "network": "", "until": 5})]
     table = pool_table()
     assert table.min_ttl == 1 and table.max_ttl == 86_400
     assert POOL_STORE_TABLE == "pools"

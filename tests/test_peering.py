@@ -41,75 +41,6 @@ def collect_garbage():
     gc.collect()
 
 
-# --- a minimal event bus with the EventBus API (publish with provenance, subscribe with * and #) --
-
-@attrs.frozen
-class Ev:
-    topic: str
-    data: dict
-    id: bytes
-    ts: int
-    origin: bytes | None = None
-    hops: int = 0
-
-
-class Bus:
-    def __init__(self) -> None:
-        self.published: list[Ev] = []
-        self.dropped = 0
-        self._subs: list[tuple[list[str], trio.MemorySendChannel]] = []
-
-    @staticmethod
-    def _match(pattern: str, topic: str) -> bool:
-        p, t = pattern.split("."), topic.split(".")
-        for i, seg in enumerate(p):
-            if seg == "#":
-                return True
-            if i >= len(t) or (seg != "*" and seg != t[i]):
-                return False
-        return len(p) == len(t)
-
-    def validate_pattern(self, pattern: str) -> None:
-        if not all(pattern.split(".")):
-            raise ValueError("empty segment")
-
-    def publish(self, topic: str, data: dict, *, event_id: bytes | None = None, origin: bytes | None = None,
-                ts: int | None = None, hops: int = 0) -> Ev:
-        ev = Ev(topic, data, event_id or os.urandom(16), ts or now_ms(), origin, hops)
-        self.published.append(ev)
-        for patterns, send in self._subs:
-            if any(self._match(p, topic) for p in patterns):
-                try:
-                    send.send_nowait(ev)
-                except trio.WouldBlock:  # the real bus drops for a slow subscriber, never blocks
-                    self.dropped += 1
-        return ev
-
-    def subscribe(self, patterns, queue_size: int | None = None):
-        bus = self
-        send, recv = trio.open_memory_channel(queue_size or 100)
-
-        class Sub:
-            def __enter__(self):
-                bus._subs.append((list(patterns), send))
-                return self
-
-            def __exit__(self, *exc):
-                bus._subs.remove((list(patterns), send))
-                send.close()
-                recv.close()
-
-            def __aiter__(self):
-                return recv.__aiter__()
-        return Sub()
-
-    def subscribers(self, pattern: str) -> int:
-        return sum(pattern in patterns for patterns, _ in self._subs)
-
-    def topics(self, prefix: str = "") -> list[str]:
-        return [e.topic for e in self.published if e.topic.startswith(prefix)]
-
-
 # --- pools -----------------------------------------------------------------------------------------
 
 async def wait_for(predicate, timeout: float = 5.0) -> None:
@@ -121,7 +52,7 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:
 @attrs.define(eq=False)
 class Pool:
     identity: Identity
-    bus: Bus
+    bus: Any  # the shared RecordingBus: a real EventBus that records what it published
     registry: Registry
     book: DescriptorBook
     issuer: DescriptorIssuer
@@ -158,15 +89,16 @@ class Net:
 
 
 @asynccontextmanager
-async def network(n: int, *, static: dict[int, list] | None = None, start: bool = True,
+async def network(new_bus, n: int, *, static: dict[int, list] | None = None, start: bool = True,
                   unpinned: frozenset[int] = frozenset(), kw: dict[int, dict] | None = None, **manager_kw):
-    """n pools; `static[i]` lists the pools that pool i dials (indices, or (url, key) of outsiders),
-    without pinning their keys if i is in `unpinned`; managers run unless start=False."""
+    """n pools, each with its own `new_bus()`; `static[i]` lists the pools that pool i dials (indices,
+    or (url, key) of outsiders), without pinning their keys if i is in `unpinned`; managers run unless
+    start=False."""
     static, kw = static or {}, kw or {}
     async with trio.open_nursery() as nursery:
         pools = []
         for i in range(n):
-            bus = Bus()
+            bus = new_bus()
             registry = Registry(LeaseTable(), bus=bus)
             await nursery.start(registry.run)
             issuer = DescriptorIssuer(IDS[i], name=f"pool-{i}", network=NET, endpoints=["ws://127.0.0.1:1"],
@@ -213,8 +145,8 @@ async def query(conn, **q) -> m.QueryResult:
 
 # --- sessions --------------------------------------------------------------------------------------
 
-async def test_static_peering_connects_both_ways():
-    async with network(2, static={0: [1], 1: [0]}) as net:
+async def test_static_peering_connects_both_ways(recording_bus):
+    async with network(recording_bus, 2, static={0: [1], 1: [0]}) as net:
         a, b = net.pools
         await wait_for(lambda: peered(a, b))
         small = min(a.key, b.key)
@@ -235,14 +167,14 @@ async def test_static_peering_connects_both_ways():
 
 
 @pytest.mark.parametrize("first", ["smaller", "larger"])
-async def test_duplicate_sessions_reduced_to_one(first):
+async def test_duplicate_sessions_reduced_to_one(first, recording_bus):
     """Each pool dials the other, one after the other (the second does not know the first's key,
     so it cannot tell they are connected): the session opened by the smaller key is kept on both
     sides, whichever came first, and the loser's loop stands by."""
     order = sorted(range(2), key=lambda i: IDS[i].public)
     if first == "larger":
         order.reverse()
-    async with network(2, static={0: [1], 1: [0]}, start=False, unpinned=frozenset(order[1:])) as net:
+    async with network(recording_bus, 2, static={0: [1], 1: [0]}, start=False, unpinned=frozenset(order[1:])) as net:
         s, l = sorted(net.pools, key=lambda p: p.key)
         early, late = net.pools[order[0]], net.pools[order[1]]
         await net.start(net.pools.index(early))
@@ -263,8 +195,8 @@ async def test_duplicate_sessions_reduced_to_one(first):
         assert s.server.stats.accepted + l.server.stats.accepted == accepted and peered(s, l)
 
 
-async def test_reconnects_after_peer_server_restart():
-    async with network(2, static={0: [1]}) as net:
+async def test_reconnects_after_peer_server_restart(recording_bus):
+    async with network(recording_bus, 2, static={0: [1]}) as net:
         a, b = net.pools
         await wait_for(lambda: peered(a, b))
         first = a.manager.connected[b.key].session.sid
@@ -276,8 +208,8 @@ async def test_reconnects_after_peer_server_restart():
         assert b.manager.describe()[0]["direction"] == "inbound"
 
 
-async def test_max_peers_refuses_more_pools():
-    async with network(3, static={1: [0]}, kw={0: {"max_peers": 1}}) as net:
+async def test_max_peers_refuses_more_pools(recording_bus):
+    async with network(recording_bus, 3, static={1: [0]}, kw={0: {"max_peers": 1}}) as net:
         a, b, c = net.pools
         await wait_for(lambda: peered(a, b))
         async with client(a, c.identity, role="pool") as conn:
@@ -291,8 +223,8 @@ async def test_max_peers_refuses_more_pools():
 
 # --- queries ---------------------------------------------------------------------------------------
 
-async def test_peer_query_merges_pools_and_deduplicates():
-    async with network(2, static={0: [1]}) as net:
+async def test_peer_query_merges_pools_and_deduplicates(recording_bus):
+    async with network(recording_bus, 2, static={0: [1]}) as net:
         a, b = net.pools
         await wait_for(lambda: peered(a, b))
         await join(a, NODES[0], capabilities=["gpu"])
@@ -330,8 +262,8 @@ async def test_peer_query_merges_pools_and_deduplicates():
             assert {n.pool for n in alone.nodes} == {a.key}
 
 
-async def test_peer_query_two_hops_in_a_line():
-    async with network(3, static={0: [1], 1: [2]}) as net:
+async def test_peer_query_two_hops_in_a_line(recording_bus):
+    async with network(recording_bus, 3, static={0: [1], 1: [2]}) as net:
         a, b, c = net.pools
         await wait_for(lambda: peered(a, b) and peered(b, c))
         await join(c, NODES[0])
@@ -345,11 +277,11 @@ async def silent(conn, frame):
     await trio.sleep_forever()
 
 
-async def test_peer_that_does_not_answer_gives_partial_result():
+async def test_peer_that_does_not_answer_gives_partial_result(recording_bus):
     mute = Server(IDS[3], network=NET, limits=LIMITS, handler_factory=lambda conn: silent)
     async with trio.open_nursery() as nursery:
         mute_url = (await nursery.start(mute.run))[0]
-        async with network(1, static={0: [(mute_url, IDS[3].public)]}, query_timeout=0.3,
+        async with network(recording_bus, 1, static={0: [(mute_url, IDS[3].public)]}, query_timeout=0.3,
                            request_timeout=0.3) as net:
             (a,) = net.pools
             await wait_for(lambda: IDS[3].public in a.manager.connected)
@@ -383,12 +315,12 @@ async def subscriber(pool: Pool, ident: Identity, topics=("node.#",), peers: boo
         yield recv
 
 
-async def test_event_relayed_to_peer_subscribers():
-    async with network(2, static={0: [1]}) as net:
+async def test_event_relayed_to_peer_subscribers(recording_bus):
+    async with network(recording_bus, 2, static={0: [1]}) as net:
         a, b = net.pools
-        await wait_for(lambda: peered(a, b) and a.bus.subscribers("node.#") == 1)
+        await wait_for(lambda: peered(a, b) and a.bus.subscribed("node.#") == 1)
         async with subscriber(b, NODES[1]) as events, subscriber(b, NODES[2], peers=False) as local_only:
-            await wait_for(lambda: b.bus.subscribers("node.#") == 3)
+            await wait_for(lambda: b.bus.subscribed("node.#") == 3)
             await join(a, NODES[0])
             ev = await next_event(events)
             assert (ev.topic, ev.origin, ev.hops) == ("node.joined", a.key, 1)
@@ -400,18 +332,18 @@ async def test_event_relayed_to_peer_subscribers():
             with pytest.raises(trio.WouldBlock):
                 local_only.receive_nowait()
         # The relayed copy keeps the original id.
-        original = [e for e in a.bus.published if e.topic == "node.joined" and e.origin is None]
-        relayed = [e for e in b.bus.published if e.topic == "node.joined" and e.origin == a.key]
+        original = [e for e in a.bus.history if e.topic == "node.joined" and e.origin is None]
+        relayed = [e for e in b.bus.history if e.topic == "node.joined" and e.origin == a.key]
         assert [e.id for e in relayed] == [e.id for e in original]
 
 
-async def test_triangle_delivers_each_event_once():
-    async with network(3, static={0: [1], 1: [2], 2: [0]}, relay_families=("node",)) as net:
+async def test_triangle_delivers_each_event_once(recording_bus):
+    async with network(recording_bus, 3, static={0: [1], 1: [2], 2: [0]}, relay_families=("node",)) as net:
         a, b, c = net.pools
         await wait_for(lambda: peered(a, b) and peered(b, c) and peered(c, a)
-                       and all(p.bus.subscribers("node.#") == 2 for p in net.pools))
+                       and all(p.bus.subscribed("node.#") == 2 for p in net.pools))
         async with subscriber(c, NODES[1]) as events:
-            await wait_for(lambda: c.bus.subscribers("node.#") == 3)
+            await wait_for(lambda: c.bus.subscribed("node.#") == 3)
             await join(a, NODES[0])
             # A's event reaches B and C directly and through each other; the second copy is a
             # duplicate at B and C, and both copies that come back to A are its own.
@@ -427,18 +359,18 @@ async def test_triangle_delivers_each_event_once():
                 events.receive_nowait()
 
 
-async def test_event_hop_limit():
-    async with network(3, static={0: [1], 1: [2]}, max_event_hops=1) as net:
+async def test_event_hop_limit(recording_bus):
+    async with network(recording_bus, 3, static={0: [1], 1: [2]}, max_event_hops=1) as net:
         a, b, c = net.pools
         await wait_for(lambda: peered(a, b) and peered(b, c)
-                       and a.bus.subscribers("node.#") == 1 and b.bus.subscribers("node.#") == 2)
+                       and a.bus.subscribed("node.#") == 1 and b.bus.subscribed("node.#") == 2)
         await join(a, NODES[0])
         await wait_for(lambda: c.manager.stats.events_too_far == 1)
         assert b.bus.topics("node.joined") == ["node.joined"] and c.bus.topics("node.joined") == []
 
 
-async def test_peering_messages_need_a_peer_session():
-    async with network(1) as net:
+async def test_peering_messages_need_a_peer_session(recording_bus):
+    async with network(recording_bus, 1) as net:
         (a,) = net.pools
         async with client(a, NODES[0]) as conn:
             ev = m.Event(topic="node.joined", event_id=os.urandom(16), origin=IDS[3].public, ts=now_ms())
@@ -461,8 +393,8 @@ def descriptor(identity: Identity, **over) -> Descriptor:
     return Descriptor(**(fields | over))
 
 
-async def test_descriptor_exchange_and_refusals():
-    async with network(2, static={0: [1]}) as net:
+async def test_descriptor_exchange_and_refusals(recording_bus):
+    async with network(recording_bus, 2, static={0: [1]}) as net:
         a, b = net.pools
         await wait_for(lambda: peered(a, b) and b.book.get(a.key) is not None and a.book.get(b.key) is not None)
         assert b.book.get(a.key).name == "pool-0" and a.manager.describe()[0]["name"] == "pool-1"

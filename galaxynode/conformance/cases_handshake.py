@@ -7,7 +7,7 @@ import os
 import trio
 
 from galaxynode.conformance import vectors
-from galaxynode.conformance.probe import CaseFailed, Options, open_link
+from galaxynode.conformance.probe import CaseFailed, Link, Options, open_link, refused_frame
 from galaxynode.conformance.runner import case
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import DEFAULT_LIMITS, decode_frame, encode_frame, now_ms
@@ -18,9 +18,7 @@ from galaxynode.gelato.errors import ErrorCode
                                                 "offers version 1, a fresh nonce and echoes our nonce (H9)")
 async def answering_hello(opts: Options) -> None:
     async with open_link(opts, handshake=False) as link:
-        hello, _ = link.hello()
-        await link.send(hello)
-        answer = await link.answer()
+        answer = await link.exchange_hellos()
         msg = answer.msg
         if answer.sid is not None or answer.seq is not None:
             raise CaseFailed("a HELLO without sid and seq", f"sid {answer.sid!r}, seq {answer.seq!r}")
@@ -46,10 +44,7 @@ async def sid_and_seq(opts: Options) -> None:
 
 
 async def _refused_hello(opts: Options, code: ErrorCode, **hello: object) -> None:
-    async with open_link(opts, handshake=False) as link:
-        frame, fid = link.hello(**hello)
-        await link.send(frame)
-        await link.expect_error(code, re=fid, closes=True)
+    await refused_frame(opts, code, lambda link: link.hello(**hello), after="connect", closes=True)
 
 
 @case("handshake", "handshake §5 H4", "a HELLO for another network is network_mismatch (vector hs/network)")
@@ -70,63 +65,49 @@ async def open_with_echo(opts: Options) -> None:
 @case("handshake", "handshake §5 M2, §8.1", "a HELLO with an invalid body ends the handshake with invalid_body "
                                             "(vector hs/bad-role)")
 async def hello_bad_body(opts: Options) -> None:
-    async with open_link(opts, handshake=False) as link:
-        frame, fid = link.craft("HELLO", {"network": opts.network, "role": "wizard", "nonce": os.urandom(32),
-                                          "versions": [1]})
-        await link.send(frame)
-        await link.expect_error(ErrorCode.INVALID_BODY, re=fid, closes=True)
+    await refused_frame(opts, ErrorCode.INVALID_BODY, lambda link: link.craft(
+        "HELLO", {"network": opts.network, "role": "wizard", "nonce": os.urandom(32), "versions": [1]}),
+        after="connect", closes=True)
 
 
 @case("handshake", "handshake §4.3 H2", "a PING, or an unknown type, instead of HELLO is unexpected_message "
                                         "(vectors hs/ping, hs/unknown-type)")
 async def not_hello(opts: Options) -> None:
     for msg_type, body in (("PING", {}), ("NOT_A_TYPE", {})):
-        async with open_link(opts, handshake=False) as link:
-            frame, fid = link.craft(msg_type, body)
-            await link.send(frame)
-            await link.expect_error(ErrorCode.UNEXPECTED_MESSAGE, re=fid, closes=True)
+        await refused_frame(opts, ErrorCode.UNEXPECTED_MESSAGE, lambda link: link.craft(msg_type, body),
+                            after="connect", closes=True)
 
 
 @case("handshake", "handshake §4.1 H2", "a HELLO carrying sid and seq is unexpected_message (vector hs/hello-with-sid)")
 async def hello_with_sid(opts: Options) -> None:
-    async with open_link(opts, handshake=False) as link:
-        frame, fid = link.craft("HELLO", m.Hello(network=opts.network, role="probe", nonce=os.urandom(32),
-                                                 versions=(1,)).to_body(), sid=os.urandom(32), seq=0)
-        await link.send(frame)
-        await link.expect_error(ErrorCode.UNEXPECTED_MESSAGE, re=fid, closes=True)
+    body = m.Hello(network=opts.network, role="probe", nonce=os.urandom(32), versions=(1,)).to_body()
+    await refused_frame(opts, ErrorCode.UNEXPECTED_MESSAGE,
+                        lambda link: link.craft("HELLO", body, sid=os.urandom(32), seq=0),
+                        after="connect", closes=True)
 
 
 @case("handshake", "handshake §4.3 H2", "a second HELLO instead of READY is unexpected_message "
                                         "(vector hs/second-hello)")
 async def second_hello(opts: Options) -> None:
-    async with open_link(opts, handshake=False) as link:
-        hello, _ = link.hello()
-        await link.send(hello)
-        await link.answer()
-        again, fid = link.hello()
-        await link.send(again)
-        await link.expect_error(ErrorCode.UNEXPECTED_MESSAGE, re=fid, closes=True)
+    await refused_frame(opts, ErrorCode.UNEXPECTED_MESSAGE, lambda link: link.hello(), after="hello",
+                        closes=True)
 
 
 @case("handshake", "handshake §3.4 H3", "a READY that does not echo the answerer's nonce is bad_nonce "
                                         "(vector hs/ready-wrong-echo)")
 async def ready_wrong_echo(opts: Options) -> None:
-    async with open_link(opts, handshake=False) as link:
-        hello, _ = link.hello()
-        await link.send(hello)
-        await link.answer()
-        ready = encode_frame(link.identity, m.Ready(echo=os.urandom(32)))
-        await link.send(ready)
-        await link.expect_error(ErrorCode.BAD_NONCE, re=decode_frame(ready).id, closes=True)
+    def ready(link: Link) -> tuple[bytes, bytes]:
+        frame = encode_frame(link.identity, m.Ready(echo=os.urandom(32)))
+        return frame, decode_frame(frame).id
+    await refused_frame(opts, ErrorCode.BAD_NONCE, ready, after="hello", closes=True)
 
 
 @case("handshake", "handshake §4.2 F22", "a HELLO outside the time window is stale_timestamp: the recorded "
                                          "handshake.json HELLO cannot be replayed, nor a fresh one 10 min off")
 async def stale_hello(opts: Options) -> str:
     recorded = bytes.fromhex(vectors.load(opts, "handshake")["frames"][0]["frame"])
-    async with open_link(opts, handshake=False) as link:
-        await link.send(recorded)
-        await link.expect_error(ErrorCode.STALE_TIMESTAMP, re=decode_frame(recorded).id, closes=True)
+    await refused_frame(opts, ErrorCode.STALE_TIMESTAMP, lambda link: (recorded, decode_frame(recorded).id),
+                        after="connect", closes=True)
     for off in (-600_000, 600_000):
         await _refused_hello(opts, ErrorCode.STALE_TIMESTAMP, ts=now_ms() + off)
     return "recorded HELLO, -10 min, +10 min"
@@ -136,9 +117,7 @@ async def _times_out(opts: Options, send_hello: bool) -> str:
     async with open_link(opts, handshake=False) as link:
         started = trio.current_time()
         if send_hello:
-            hello, _ = link.hello()
-            await link.send(hello)
-            await link.answer()
+            await link.exchange_hellos()
         try:
             with trio.fail_after(opts.handshake_timeout):
                 await link.expect_error(ErrorCode.HANDSHAKE_TIMEOUT, re=None, closes=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from galaxynode.conformance.probe import CaseFailed, Options, describe, open_link
+from galaxynode.conformance.probe import CaseFailed, Options, describe, open_link, refused_frame
 from galaxynode.conformance.runner import case
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import decode_frame
@@ -27,27 +27,18 @@ async def replay(opts: Options) -> None:
 
 @case("session", "handshake §7.2 S2, §7.4", "a skipped seq is bad_sequence and ends the session (vector session/skip)")
 async def skipped(opts: Options) -> None:
-    async with open_link(opts) as link:
-        frame, fid = link.craft("STATUS", {}, seq=1)
-        await link.send(frame)
-        await link.expect_error(ErrorCode.BAD_SEQUENCE, re=fid)
+    await refused_frame(opts, ErrorCode.BAD_SEQUENCE, lambda link: link.craft("STATUS", {}, seq=1))
 
 
 @case("session", "handshake §7.2 S1", "a frame with another sid is wrong_sid and ends the session "
                                       "(vector session/wrong-sid)")
 async def wrong_sid(opts: Options) -> None:
-    async with open_link(opts) as link:
-        frame, fid = link.craft("STATUS", {}, sid=os.urandom(32))
-        await link.send(frame)
-        await link.expect_error(ErrorCode.WRONG_SID, re=fid)
+    await refused_frame(opts, ErrorCode.WRONG_SID, lambda link: link.craft("STATUS", {}, sid=os.urandom(32)))
 
 
 @case("session", "handshake §7.1 S1", "a session frame without sid and seq is wrong_sid (vector session/no-sid)")
 async def no_sid(opts: Options) -> None:
-    async with open_link(opts) as link:
-        frame, fid = link.craft("STATUS", {}, sid=None, seq=None)
-        await link.send(frame)
-        await link.expect_error(ErrorCode.WRONG_SID, re=fid)
+    await refused_frame(opts, ErrorCode.WRONG_SID, lambda link: link.craft("STATUS", {}, sid=None, seq=None))
 
 
 @case("session", "handshake §6, §10.3", "a frame of an earlier session of the same key, replayed into a new "

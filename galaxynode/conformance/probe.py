@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import attrs
 import msgpack
@@ -270,12 +270,16 @@ class Link:
         self.peer_hello = got
         return got
 
+    async def exchange_hellos(self, **kw: Any) -> Frame:
+        """Send our opening HELLO (fields as for `hello`) and return the endpoint's answering HELLO."""
+        data, _ = self.hello(**kw)
+        await self.send(data)
+        return await self.answer()
+
     async def handshake(self, role: str = "probe") -> Session:
         """HELLO / HELLO / READY. Deliberately lenient about the answer (case 'handshake' checks
         it), so one defect does not fail every other case."""
-        data, _ = self.hello(role=role)
-        await self.send(data)
-        answer = await self.answer()
+        answer = await self.exchange_hellos(role=role)
         await self.send(encode_frame(self.identity, m.Ready(echo=answer.msg.nonce)))
         sid = derive_sid(self.nonce, answer.msg.nonce, self.identity.public, answer.sender)
         self.session = Session(self.identity, answer.sender, answer.msg, sid, opener=True,
@@ -297,3 +301,22 @@ async def open_link(opts: Options, identity: Identity | None = None, *, handshak
             await link.handshake(role)
         yield link
 
+
+
+STAGES = ("connect", "hello", "handshake")
+
+
+async def refused_frame(opts: Options, code: ErrorCode, build: Callable[[Link], tuple[bytes, bytes | None]], *,
+                        after: str = "handshake", with_re: bool = True, closes: bool | None = None) -> Frame:
+    """The shape of many cases: a fresh link brought to a stage, one frame sent, ERROR `code` required.
+    `after`: "connect" (the frame is the first one sent), "hello" (our HELLO is sent and the endpoint's
+    answer taken, in `link.peer_hello`) or "handshake" (inside a session). `build(link)` returns the
+    frame and its id; the ERROR must carry that id as `re`, or no `re` at all if with_re=False.
+    `closes` as for `Link.expect_error`."""
+    assert after in STAGES, after
+    async with open_link(opts, handshake=after == "handshake") as link:
+        if after == "hello":
+            await link.exchange_hellos()
+        frame, fid = build(link)
+        await link.send(frame)
+        return await link.expect_error(code, re=fid if with_re else None, closes=closes)
