@@ -17,12 +17,13 @@ import attrs
 import msgpack
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
-from galaxynode.gelato.messages import parse_body
+from galaxynode.gelato.messages import parse_body, parse_proven
 from galaxynode.identity import Identity, verify
 
 VERSION = 1
 SIGN_PREFIX = b"gelato/v1\0"
 KEY_LEN, ID_LEN, SIG_LEN = 32, 16, 64
+_HEADER_KEYS = frozenset(("type", "id", "ts", "from", "sid", "seq", "body"))
 
 
 @attrs.frozen
@@ -54,6 +55,7 @@ class Frame:
     body: Any
     size: int
     msg: Any = None
+    _parsed: Any = attrs.field(default=None, repr=False, eq=False)  # body already parsed by decode_envelope
 
 
 def now_ms() -> int:
@@ -88,18 +90,20 @@ def _unpack_error(exc: Exception, *, limits_apply: bool = True) -> ProtocolError
 
 
 def _check_shape(value: Any, depth: int, max_depth: int) -> None:
-    """Nesting bound and string-only map keys for the untrusted body."""
+    """Nesting bound and string-only map keys for the untrusted body, in document order (the first
+    fault found decides the code). Exact type() tests suffice: msgpack builds only dict, list and
+    str here, and they are cheaper than isinstance on every value of every frame."""
     if depth > max_depth:
         raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"nesting deeper than {max_depth}")
-    if isinstance(value, dict):
+    if type(value) is dict:
         for k, v in value.items():
-            if not isinstance(k, str):
+            if type(k) is not str:
                 raise ProtocolError(ErrorCode.MALFORMED_FRAME, "map keys must be strings")
-            if isinstance(v, (dict, list)):
+            if type(v) is dict or type(v) is list:
                 _check_shape(v, depth + 1, max_depth)
-    elif isinstance(value, list):
+    else:
         for v in value:
-            if isinstance(v, (dict, list)):
+            if type(v) is dict or type(v) is list:
                 _check_shape(v, depth + 1, max_depth)
 
 
@@ -186,24 +190,31 @@ def decode_envelope(data: Any, limits: Limits = DEFAULT_LIMITS, *, expected_key:
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "'seq' must be a non-negative integer present with 'sid'", fid)
     if type(body) is not dict:
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "'body' must be a map", fid)
-    if any(type(k) is not str for k in p):
-        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "map keys must be strings", fid)
-    try:
-        _check_shape(body, 1, limits.max_depth)
-    except ProtocolError as e:
-        e.ref = fid
-        raise
+    if not p.keys() <= _HEADER_KEYS:  # other keys are allowed (and ignored) but must be strings too
+        for k in p:
+            if type(k) is not str:
+                raise ProtocolError(ErrorCode.MALFORMED_FRAME, "map keys must be strings", fid)
+    msg = parse_proven(ftype, body, limits.max_depth)  # most schemas prove the body's shape themselves
+    if msg is None:
+        try:
+            _check_shape(body, 1, limits.max_depth)
+        except ProtocolError as e:
+            e.ref = fid
+            raise
     if now is not None and abs(ts - now) > limits.ts_window_ms:
         raise ProtocolError(ErrorCode.STALE_TIMESTAMP, f"timestamp off by {ts - now} ms", fid)
-    return Frame(ftype, fid, ts, sender, sid, seq, body, size)
+    return Frame(ftype, fid, ts, sender, sid, seq, body, size, None, msg)
 
 
 def parse_message(frame: Frame) -> Frame:
-    try:
-        frame.msg = parse_body(frame.type, frame.body)
-    except ProtocolError as e:
-        e.ref = frame.id
-        raise
+    msg = frame._parsed
+    if msg is None:
+        try:
+            msg = parse_body(frame.type, frame.body)
+        except ProtocolError as e:
+            e.ref = frame.id
+            raise
+    frame.msg = msg
     return frame
 
 

@@ -7,7 +7,8 @@ out-of-bounds values raise ProtocolError(INVALID_BODY).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import sys
+from typing import Any, Callable, ClassVar
 
 import attrs
 
@@ -138,6 +139,7 @@ def _fields(cls: type) -> tuple[tuple[attrs.Attribute, Spec], ...]:
 
 
 def _from_body(cls: type, body: dict, path: str) -> Any:
+    """The reference validator: readable, and it words every rejection."""
     kwargs = {}
     for a, spec in _fields(cls):
         if a.name in body:
@@ -150,6 +152,157 @@ def _from_body(cls: type, body: dict, path: str) -> Any:
     return cls(**kwargs)
 
 
+# --- fast path ---------------------------------------------------------------------------------
+# Every frame's body goes through here, and _from_body's generic dispatch and eagerly formatted
+# error paths cost more than its checks. The fast path runs the same checks, compiled into one
+# closure per field. It only ever accepts: on any doubt it raises _Slow and _from_body decides
+# and words the rejection. So it must accept nothing that _from_body rejects and must build the
+# same value (tests/test_codec_fastpath.py compares the two on random bodies).
+
+class _Slow(Exception):
+    """The fast path declines; _from_body has the last word."""
+
+
+def _fast_check(spec: Spec) -> Callable[[Any], Any]:
+    k = spec.kind
+    lo = spec.min_len or 0
+    hi = spec.max_len if spec.max_len is not None else sys.maxsize
+    if k == "str" or k == "bin":
+        t = str if k == "str" else bytes
+        choices = frozenset(spec.choices or ())
+
+        def check(v: Any) -> Any:
+            if type(v) is not t or not lo <= len(v) <= hi or (choices and v not in choices):
+                raise _Slow
+            return v
+    elif k == "uint":
+        top = spec.max if spec.max is not None else 2**64 - 1  # msgpack's own bound
+
+        def check(v: Any) -> Any:
+            if type(v) is not int or not 0 <= v <= top:
+                raise _Slow
+            return v
+    elif k == "bool":
+        def check(v: Any) -> Any:
+            if type(v) is not bool:
+                raise _Slow
+            return v
+    elif k == "list" and spec.item.kind in ("str", "bin") and not spec.item.choices:
+        # capabilities, topics, endpoints: one loop here beats a call per item
+        t = str if spec.item.kind == "str" else bytes
+        item_lo = spec.item.min_len or 0
+        item_hi = spec.item.max_len if spec.item.max_len is not None else sys.maxsize
+
+        def check(v: Any) -> Any:
+            if type(v) is not list or not lo <= len(v) <= hi:
+                raise _Slow
+            for x in v:
+                if type(x) is not t or not item_lo <= len(x) <= item_hi:
+                    raise _Slow
+            return tuple(v)
+    elif k == "list":
+        item = _fast_check(spec.item)
+
+        def check(v: Any) -> Any:
+            if type(v) is not list or not lo <= len(v) <= hi:
+                raise _Slow
+            return tuple(map(item, v))
+    elif k == "strmap":
+        def check(v: Any) -> Any:
+            if type(v) is not dict or len(v) > hi:
+                raise _Slow
+            for key in v:
+                if type(key) is not str or not 0 < len(key) <= MAX_NAME:
+                    raise _Slow
+            for val in v.values():
+                if type(val) is not str or len(val) > MAX_META_VALUE:
+                    raise _Slow
+            return dict(v)
+    elif k == "struct":
+        struct_cls = spec.struct
+
+        def check(v: Any) -> Any:
+            if type(v) is not dict:
+                raise _Slow
+            return _fast_from_body(struct_cls, v)
+    elif k == "anymap":
+        def check(v: Any) -> Any:
+            if type(v) is not dict:
+                raise _Slow
+            return v
+    elif k == "any":
+        def check(v: Any) -> Any:
+            return v
+    else:
+        raise AssertionError(f"unknown kind {k}")
+    return check
+
+
+def _depth(spec: Spec) -> int | None:
+    """Container levels that a value accepted by the fast check adds below its map; None where
+    it may hold any msgpack at all (anymap, any, a struct with its unknown keys)."""
+    if spec.kind in ("str", "bin", "uint", "bool"):
+        return 0
+    if spec.kind == "strmap" or (spec.kind == "list" and _depth(spec.item) == 0):
+        return 1
+    return None
+
+
+@attrs.frozen
+class _Plan:
+    """A class's fast path. fields: per field (name, check, whether nil reads as absent, whether
+    required); depth: the nesting of an accepted body, the body itself being 1 (None: unbounded)."""
+
+    fields: tuple[tuple[str, Callable[[Any], Any], bool, bool], ...]
+    names: frozenset[str]
+    depth: int | None
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type) -> _Plan:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        specs = _fields(cls)
+        depths = [_depth(spec) for _, spec in specs]
+        plan = _PLANS[cls] = _Plan(
+            fields=tuple((a.name, _fast_check(spec), a.default is None, a.default is attrs.NOTHING)
+                         for a, spec in specs),
+            names=frozenset(a.name for a, _ in specs),
+            depth=None if None in depths else 1 + max(depths, default=0))
+    return plan
+
+
+def _fast_from_body(cls: type, body: dict) -> Any:
+    kwargs = {}
+    for name, check, nil_is_absent, required in (_PLANS.get(cls) or _plan(cls)).fields:
+        value = body.get(name, _NODEFAULT)
+        if value is _NODEFAULT:
+            if required:
+                raise _Slow
+        elif value is not None or not nil_is_absent:
+            kwargs[name] = check(value)
+    return cls(**kwargs)
+
+
+def parse_proven(type_name: str, body: Any, max_depth: int) -> Any:
+    """The message, if the fast path accepts the body and the schema alone proves the codec's shape
+    rule for it (string keys, nesting within max_depth): every key is a field and no field holds
+    deeper containers. Otherwise None: the codec then walks the body and parse_body runs later.
+    This spares most frames that walk."""
+    cls = MESSAGES.get(type_name)
+    if cls is None or type(body) is not dict:
+        return None
+    plan = _PLANS.get(cls) or _plan(cls)
+    if plan.depth is None or plan.depth > max_depth or not body.keys() <= plan.names:
+        return None
+    try:
+        return _fast_from_body(cls, body)
+    except _Slow:
+        return None
+
+
 class Body:
     """Mixin for message and struct classes: schema-driven (de)serialisation."""
 
@@ -158,6 +311,11 @@ class Body:
 
     @classmethod
     def from_body(cls, body: dict) -> Any:
+        if type(body) is dict:
+            try:
+                return _fast_from_body(cls, body)
+            except _Slow:
+                pass
         return _from_body(cls, body, cls.TYPE or cls.__name__)
 
     def to_body(self) -> dict:
