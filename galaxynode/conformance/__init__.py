@@ -38,7 +38,7 @@ def add_commands(sub: Any) -> None:
                         "they wait for it to be gone (default 10)")
     p.add_argument("--flood", type=_positive(int), default=5000, metavar="N",
                    help="PINGs sent to look for a rate limit (default 5000)")
-    p.add_argument("--vectors", metavar="DIR", help="protocol/vectors directory (default: the source tree's)")
+    p.add_argument("--vectors", metavar="DIR", help="protocol/vectors directory (default: the source tree's, else those installed with the package)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.set_defaults(func=cmd_conformance)
 

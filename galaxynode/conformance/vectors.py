@@ -18,7 +18,10 @@ import msgpack
 from galaxynode.conformance.probe import CaseSkipped, Link, Options, sign
 from galaxynode.gelato.codec import now_ms
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "protocol" / "vectors"
+_PACKAGE = Path(__file__).resolve().parent.parent
+# A checkout has protocol/vectors beside the package; a wheel ships them as galaxynode/protocol_data.
+DEFAULT_DIR = next((d for d in (_PACKAGE.parent / "protocol" / "vectors", _PACKAGE / "protocol_data" / "vectors")
+                    if d.is_dir()), _PACKAGE.parent / "protocol" / "vectors")
 
 
 @cache
