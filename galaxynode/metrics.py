@@ -53,7 +53,7 @@ class DaemonCollector:
         c = self.container
         yield InfoMetricFamily("galaxynode", "Pool identity and software version.", value=self.info)
         if "server" in c:
-            yield from self._server(c.get("server"))
+            yield from self._server(c.get("server"), c.get("peers") if "peers" in c else None)
         if "peers" in c:
             peers = c.get("peers").connected.values()
             directions = Counter(getattr(conn.handler, "direction", "inbound") for conn in peers)
@@ -83,8 +83,10 @@ class DaemonCollector:
             yield CounterMetricFamily("galaxynode_mainnet_announces_refused", "ANNOUNCEs this main net refused.",
                                       value=refused)
 
-    def _server(self, server: Any) -> Iterator[Metric]:
+    def _server(self, server: Any, peers: Any) -> Iterator[Metric]:
         st, total = server.stats, server.session_stats()
+        if peers is not None:  # sessions we dialled: their frames, bytes and errors count too
+            total.add(peers.session_stats())
         frames_in = CounterMetricFamily("galaxynode_frames_received", "Session frames received, by type.",
                                         labels=["type"])
         for kind, n in sorted(total.frames_in_by_type.items()):

@@ -40,7 +40,8 @@ from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import Identity
 from galaxynode.mainnet import node_summary
 from galaxynode.net.client import connect
-from galaxynode.net.connection import DEFAULT_SESSION_LIMITS, Connection, Handler, SessionClosed, SessionLimits
+from galaxynode.net.connection import (DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler, SessionClosed,
+                                       SessionLimits)
 from galaxynode.net.transport import ChannelClosed, parse_url
 from galaxynode.pool import node_record
 from galaxynode.registry.service import wall_clock_ms
@@ -222,12 +223,22 @@ class PeerManager:
         self._own: m.SignedDescriptor | None = None
         self._own_changed = trio.Event()  # set (and replaced) whenever our descriptor changes
         self._seen: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+        self._dialled: set[Connection] = set()        # live sessions we opened (the server counts the rest)
+        self._dialled_ended = ConnectionStats()
 
     # --- what the pool services use ------------------------------------------------------------
 
     @property
     def connected(self) -> dict[bytes, Connection]:
         return {k: s.conn for k, s in self._peers.items() if s.conn is not None}
+
+    def session_stats(self) -> ConnectionStats:
+        """Counters of every session this manager dialled, the live ones included (for metrics)."""
+        total = ConnectionStats()
+        total.add(self._dialled_ended)
+        for conn in self._dialled:
+            total.add(conn.stats)
+        return total
 
     def routes(self) -> dict[str, Callable[[Connection, Frame], Any]]:
         return {"DESCRIPTORS": self._on_descriptors, "EVENT": self._on_event}
@@ -370,16 +381,22 @@ class PeerManager:
                 continue
             peer.state = "connecting"
             session = PeerSession(self, self.pool_handler(), direction="outbound", url=peer.url)
+            conn: Connection | None = None
             try:
                 async with connect(peer.url, self.identity, network=self.network, role="pool", limits=self.limits,
                                    pinned_key=peer.pinned_key, handler=session, ssl_context=self.ssl_context,
                                    connect_timeout=self.connect_timeout, listen=self.listen) as conn:
+                    self._dialled.add(conn)
                     peer.learned_key = conn.peer_key
                     peer.state = "connected"
                     await conn.wait_closed()
                 error = conn.local_error or conn.remote_error or conn.close_reason or "closed"
             except _SESSION_ENDED as e:
                 error = e
+            finally:
+                if conn is not None:
+                    self._dialled.discard(conn)
+                    self._dialled_ended.add(conn.stats)
             peer.last_error = str(error)
             failures = 0 if session.since else failures + 1
             if session.since:  # it was the active session for a while: start over gently

@@ -164,6 +164,9 @@ async def test_two_runtimes_in_one_process_have_their_own_metrics_and_see_their_
             assert value(sb, "galaxynode_info", network=NET, role="pool", name="galaxynode",
                          key=POOLS[1].public_text, version=__version__) == 1
             assert "galaxynode_mainnet_announce_state" not in {n for n, _ in sb}
+            # ... but the frames of the session it dialled are counted (it sends its descriptor first)
+            sb = await until(b, lambda s: value(s, "galaxynode_frames_sent_total", type="DESCRIPTORS") > 0)
+            assert value(sb, "galaxynode_bytes_sent_total") > 0
 
 
 async def flaky_plugin(ctx) -> None:
