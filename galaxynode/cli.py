@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.basicConfig(level=logging.WARNING, format="galaxynode: %(levelname)s: %(message)s")
     try:
         code = args.func(args)
+        sys.stdout.flush()  # here, so a closed pipe is reported below rather than at exit
     except CliError as e:
         print(f"galaxynode: {e}", file=sys.stderr)
         code = e.code
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_USAGE
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:  # `galaxynode query ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
+        code = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
     except OSError as e:
         print(f"galaxynode: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
         code = 1

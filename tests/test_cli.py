@@ -75,3 +75,13 @@ def test_topics_may_follow_options():
         cli.parse_args(["status", "ws://127.0.0.1:1", "--json", "extra"])
     with pytest.raises(SystemExit):
         cli.parse_args(["watch", "ws://127.0.0.1:1", "--json", "node.*", "--bogus"])
+
+
+def test_output_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`galaxynode config show | head -1`: once the reader is gone, no traceback and no noise."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "wb") as out:
+        done = subprocess.run([sys.executable, "-m", "galaxynode", "config", "show"], stdout=out,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=60)
+    assert (done.returncode, done.stderr) == (141, "")
