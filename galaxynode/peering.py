@@ -234,11 +234,7 @@ class PeerManager:
 
     def session_stats(self) -> ConnectionStats:
         """Counters of every session this manager dialled, the live ones included (for metrics)."""
-        total = ConnectionStats()
-        total.add(self._dialled_ended)
-        for conn in self._dialled:
-            total.add(conn.stats)
-        return total
+        return ConnectionStats.total(self._dialled_ended, self._dialled)
 
     def routes(self) -> dict[str, Callable[[Connection, Frame], Any]]:
         return {"DESCRIPTORS": self._on_descriptors, "EVENT": self._on_event}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 import attrs
 import trio
@@ -207,6 +207,15 @@ class ConnectionStats:
     frames_out_by_type: dict[str, int] = attrs.Factory(dict)
     errors_sent_by_code: dict[int, int] = attrs.Factory(dict)
     errors_received_by_code: dict[int, int] = attrs.Factory(dict)  # codes we do not know count as -1
+
+    @classmethod
+    def total(cls, ended: "ConnectionStats", live: Iterable["Connection"]) -> "ConnectionStats":
+        """Ended sessions' folded counters plus the live ones' (for a metrics scrape)."""
+        out = cls()
+        out.add(ended)
+        for conn in live:
+            out.add(conn.stats)
+        return out
 
     def add(self, other: "ConnectionStats") -> None:
         """Fold another session's counters into these (the server keeps ended sessions' totals)."""

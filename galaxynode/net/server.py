@@ -100,11 +100,7 @@ class Server:
 
     def session_stats(self) -> ConnectionStats:
         """Counters of every session so far, the live ones included (for a metrics scrape)."""
-        total = ConnectionStats()
-        total.add(self.stats.ended)
-        for conn in self._live:
-            total.add(conn.stats)
-        return total
+        return ConnectionStats.total(self.stats.ended, self._live)
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled (or shutdown()); reports the bound URLs once listening."""
