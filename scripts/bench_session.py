@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -57,6 +55,8 @@ from galaxynode.net import ChannelClosed, Server, SessionLimits, connect  # noqa
 from galaxynode.net.transport import _MESSAGE_QUEUE, _RECEIVE_BYTES  # noqa: E402
 from galaxynode.pool import PoolInfo, PoolServices  # noqa: E402
 from galaxynode.registry import LeaseTable, Registry  # noqa: E402
+
+from bench_heartbeats import percentile, raise_fd_limit, rss_kib  # noqa: E402  (this folder: scripts/)
 
 NETWORK = "bench"
 TARGET_RATIO = 0.70       # signed session / bare trio-websocket, throughput (issue 7; step 3 asked 0.60)
@@ -85,28 +85,6 @@ class Config:
 
 FULL = Config(n=10_000, warmup=1_000, reps=5, window=64, handshakes=300, sessions=1000, hold=3.0, parallel=32)
 QUICK = Config(n=2_000, warmup=200, reps=3, window=64, handshakes=50, sessions=100, hold=0.5, parallel=32)
-
-
-def raise_fd_limit(need: int) -> int:
-    """Raise the soft RLIMIT_NOFILE towards `need` (never past the hard limit); returns the soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        soft = need if hard == resource.RLIM_INFINITY else min(need, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return soft
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def percentile(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))]
 
 
 async def rates(run: Callable[[int], Awaitable[float]], cfg: Config) -> list[float]:
