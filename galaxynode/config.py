@@ -438,6 +438,11 @@ class ServerConfig(_Section):
     tls_cert: str | None = _setting(FilePath(optional=True, must_exist=True), None)
     tls_key: str | None = _setting(FilePath(optional=True, must_exist=True), None)
     max_connections: int = _setting(Int(1, 1_000_000), 1024)
+    # Per remote address (IPv6: per /64, what one host usually owns). Loopback is not special.
+    max_connections_per_address: int = _setting(Int(1, 1_000_000), 128)
+    # Connections accepted but not yet through the Gelato handshake (TLS, upgrade, HELLO).
+    max_pending: int = _setting(Int(1, 1_000_000), 256)
+    max_pending_per_address: int = _setting(Int(1, 1_000_000), 16)
 
     def _check(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -445,6 +450,10 @@ class ServerConfig(_Section):
             raise ConfigError(f"server.{missing}", "tls_cert and tls_key must be set together")
         if self.tls_cert is None and any(url.startswith("wss://") for url in self.listen):
             raise ConfigError("server.tls_cert", "a wss:// listen URL needs tls_cert and tls_key")
+        if self.max_connections_per_address > self.max_connections:
+            raise self._fail("max_connections_per_address", f"must be at most max_connections ({self.max_connections})")
+        if self.max_pending_per_address > self.max_pending:
+            raise self._fail("max_pending_per_address", f"must be at most max_pending ({self.max_pending})")
 
 
 _CODEC = codec.Limits()
@@ -461,7 +470,8 @@ class LimitsConfig(_Section):
     max_map_len: int = _setting(Int(16, 1_000_000), _CODEC.max_map_len)
     max_depth: int = _setting(Int(4, 64), _CODEC.max_depth)
     ts_window_ms: int = _setting(Int(1000, 3_600_000), _CODEC.ts_window_ms)
-    handshake_timeout: float = _setting(Float(0.1, 300, " seconds"), 10.0)
+    handshake_timeout: float = _setting(Float(0.1, 300, " seconds"), 5.0)
+    preauth_frame_size: int = _setting(Int(256, 64 * 1024), 4096)
     idle_timeout: float = _setting(Float(1, 3600, " seconds"), 60.0)
     ping_interval: float = _setting(Float(0.1, 3600, " seconds"), 20.0)
     frame_rate: float = _setting(Float(1, 1_000_000, " frames/s"), 200.0)
@@ -471,8 +481,14 @@ class LimitsConfig(_Section):
     byte_rate: float = _setting(Float(1024, 1024 * MiB, " bytes/s"), float(MiB))
     byte_burst: int = _setting(Int(1024, 1024 * MiB), 4 * MiB)
     violations_before_ban: int = _setting(Int(1, 1000), 3)
+    violation_window: int = _setting(Int(1, 86_400), 600)
     ban_seconds: int = _setting(Int(1, 604_800), 300)
     send_queue: int = _setting(Int(1, 65_536), 256)
+    send_queue_bytes: int = _setting(Int(64 * 1024, 1024 * MiB), 4 * MiB)
+    send_queue_total_bytes: int = _setting(Int(MiB, 64 * 1024 * MiB), 256 * MiB)
+    write_timeout: float = _setting(Float(0.1, 3600, " seconds"), 10.0)
+    max_subscriptions: int = _setting(Int(1, 100_000), 64)
+    max_pool_subscriptions: int = _setting(Int(1, 10_000_000), 65_536)
     max_peers: int = _setting(Int(0, 1024), 32)
 
     def _check(self) -> None:
@@ -481,6 +497,11 @@ class LimitsConfig(_Section):
                                            "or a maximal frame is always refused")
         if self.ping_interval >= self.idle_timeout:
             raise self._fail("ping_interval", f"must be shorter than idle_timeout ({_num(self.idle_timeout)})")
+        if self.send_queue_bytes < self.max_frame_size:
+            raise self._fail("send_queue_bytes", f"must be at least max_frame_size ({self.max_frame_size}), "
+                                                 "or a maximal frame can never be queued")
+        if self.send_queue_total_bytes < self.send_queue_bytes:
+            raise self._fail("send_queue_total_bytes", f"must be at least send_queue_bytes ({self.send_queue_bytes})")
 
     def codec_limits(self) -> codec.Limits:
         return codec.Limits(**{a.name: getattr(self, a.name) for a in attrs.fields(codec.Limits)})
@@ -495,6 +516,7 @@ class RegistryConfig(_Section):
     expiry_interval: float = _setting(Float(0.01, 60, " seconds"), 1.0)
     page_max: int = _setting(Int(1, 100_000), 1000)
     commit_interval: float = _setting(Float(0, 1, " seconds"), 0.005)
+    page_bytes: int = _setting(Int(4096, 64 * MiB), 256 * 1024)
 
     def _check(self) -> None:
         if self.max_ttl < self.min_ttl:
@@ -655,7 +677,8 @@ RELOADABLE = frozenset({
     "logging.level", "logging.format",
     "admission.mode", "admission.allow", "admission.admins",
     "limits.frame_rate", "limits.frame_burst", "limits.pool_frame_rate", "limits.pool_frame_burst", "limits.byte_rate", "limits.byte_burst",
-    "limits.idle_timeout", "limits.ping_interval", "limits.send_queue",
+    "limits.idle_timeout", "limits.ping_interval", "limits.send_queue", "limits.send_queue_bytes",
+    "limits.write_timeout", "limits.max_subscriptions",
 })
 
 

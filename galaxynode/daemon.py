@@ -129,7 +129,9 @@ def session_limits(config: Config) -> SessionLimits:
                          idle_timeout=lc.idle_timeout, ping_interval=lc.ping_interval, frame_rate=lc.frame_rate,
                          frame_burst=lc.frame_burst, pool_frame_rate=lc.pool_frame_rate,
                          pool_frame_burst=lc.pool_frame_burst, byte_rate=lc.byte_rate, byte_burst=lc.byte_burst,
-                         send_queue=lc.send_queue)
+                         send_queue=lc.send_queue, send_queue_bytes=lc.send_queue_bytes,
+                         write_timeout=lc.write_timeout, preauth_frame_size=lc.preauth_frame_size,
+                         max_subscriptions=lc.max_subscriptions)
 
 
 def ssl_context(config: Config):

@@ -47,10 +47,11 @@ class SessionLimits:
     """Per-session limits (seconds, frames, bytes); config section [limits]."""
 
     codec: Limits = Limits()
-    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    handshake_timeout: float = attrs.field(default=5.0, validator=_positive)  # accept -> READY, all phases
+    preauth_frame_size: int = attrs.field(default=4096, validator=_positive)  # largest frame before READY
     idle_timeout: float = attrs.field(default=60.0, validator=_positive)    # nothing received -> close
     ping_interval: float = attrs.field(default=20.0, validator=_positive)   # nothing received -> PING
-    write_timeout: float = attrs.field(default=30.0, validator=_positive)   # one frame stuck this long: peer is not reading
+    write_timeout: float = attrs.field(default=10.0, validator=_positive)   # one frame stuck this long: peer is not reading
     close_timeout: float = attrs.field(default=2.0, validator=_positive)    # flushing and the closing handshake
     frame_rate: float = attrs.field(default=200.0, validator=_positive)     # frames/s, token bucket
     frame_burst: int = attrs.field(default=400, validator=_positive)
@@ -61,6 +62,8 @@ class SessionLimits:
     byte_rate: float = attrs.field(default=1 * MiB, validator=_positive)    # bytes/s, token bucket
     byte_burst: int = attrs.field(default=4 * MiB, validator=_positive)
     send_queue: int = attrs.field(default=256, validator=_positive)         # frames waiting for the writer
+    send_queue_bytes: int = attrs.field(default=4 * MiB, validator=_positive)  # and their encoded bytes
+    max_subscriptions: int = attrs.field(default=64, validator=_positive)   # topic patterns per session
     recv_queue: int = attrs.field(default=16, validator=_positive)          # requests waiting for the handler
 
     def __attrs_post_init__(self) -> None:
