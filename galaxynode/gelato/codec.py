@@ -6,11 +6,21 @@ encoded bytes means no canonical encoding is needed.
 
 Decoding runs in two steps so a session can consume a sequence number before judging the body:
 `decode_envelope` (size, structure, signature, header) then `parse_message` (type and body).
+
+What a frame can make the decoder allocate: msgpack's C unpacker builds a list of the *declared*
+length at every array (and map) header, before it has seen one element, and keeps up to ~1000 of
+them open at once; a 4 KB frame of nested array headers that lie made it hold ~80 MB. A payload
+that is one complete msgpack value backs every declared count with at least one byte per element,
+so what it allocates grows with its size. `_unpack_payload` therefore proves completeness first with
+msgpack's skip (C speed, builds nothing) whenever a lie could cost more than `_LIE_BUDGET`; smaller
+payloads are covered for free by capping declared counts at the payload size (which no complete
+value exceeds). Frames before a session get `preauth_limits`, far tighter than a session's.
 """
 from __future__ import annotations
 
 import os
 import time
+from math import isqrt
 from typing import Any
 
 import attrs
@@ -40,6 +50,26 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+# Before a session (HELLO, READY, a sessionless ERROR) the peer is unauthenticated and the frames are
+# small and fixed-shape: HELLO's longest list has 16 items, its body nests 2 deep. These caps leave
+# room for fields a later HELLO may add, and are not configurable for the same reason the body
+# bounds are not: they are part of the protocol (limits.md §1). The frame size is
+# [limits] preauth_frame_size (default 4096).
+PREAUTH_FRAME_SIZE = 4096
+PREAUTH_MAX_ARRAY_LEN = 32
+PREAUTH_MAX_MAP_LEN = 32
+PREAUTH_MAX_DEPTH = 4
+
+
+def preauth_limits(limits: Limits = DEFAULT_LIMITS, frame_size: int = PREAUTH_FRAME_SIZE) -> Limits:
+    """The decoder bounds for frames received before a session exists: each no looser than `limits`."""
+    return attrs.evolve(limits, max_frame_size=min(limits.max_frame_size, frame_size),
+                        max_str_len=min(limits.max_str_len, frame_size),
+                        max_bin_len=min(limits.max_bin_len, frame_size),
+                        max_array_len=min(limits.max_array_len, PREAUTH_MAX_ARRAY_LEN),
+                        max_map_len=min(limits.max_map_len, PREAUTH_MAX_MAP_LEN),
+                        max_depth=min(limits.max_depth, PREAUTH_MAX_DEPTH))
 
 
 @attrs.define(slots=True)
@@ -87,6 +117,56 @@ def _unpack_error(exc: Exception, *, limits_apply: bool = True) -> ProtocolError
     if limits_apply and "exceeds max" in text:
         return ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"msgpack limit: {text}")
     return ProtocolError(ErrorCode.MALFORMED_FRAME, f"invalid msgpack: {type(exc).__name__}: {text}"[:200])
+
+
+# A payload that is not one complete value may pre-allocate, at its open container headers, lists it
+# never fills: at most this many bytes of them before `_unpack_payload` insists on the skip pass.
+_LIE_BUDGET = 256 * 1024
+_SLOT = 8  # bytes per pre-allocated list slot (a pointer)
+# Up to this size the count caps alone keep a lie within budget: at most size/3 big headers (3 bytes
+# each, the fix* ones hold at most 15) of at most `size` slots each.
+_SMALL_PAYLOAD = isqrt(3 * _LIE_BUDGET // _SLOT)
+# Every byte but the array16/32 and map16/32 markers: deleting them leaves the markers to count.
+_NOT_BIG_HEADER = bytes(b for b in range(256) if not 0xdc <= b <= 0xdf)
+
+
+def _check_whole(payload: bytes) -> None:
+    """The payload is exactly one complete msgpack value (framing §5, F9), proven without building
+    it: skip() runs the same parser with object construction off. A declared length the remaining
+    bytes cannot hold, bytes after the value or a byte that starts no type are malformed; nesting
+    beyond the parser's stack is a limit."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1))
+    unpacker.feed(payload)
+    try:
+        unpacker.skip()
+    except msgpack.StackError:
+        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, "msgpack limit: nesting too deep") from None
+    except Exception as e:  # OutOfData (a declared length that the bytes do not back), FormatError
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, f"invalid msgpack: {type(e).__name__}") from None
+    if unpacker.tell() != len(payload):
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "invalid msgpack: bytes after the payload")
+
+
+def _unpack_payload(payload: bytes, limits: Limits) -> Any:
+    """Unpack the payload, allocating O(its size) whatever it declares. A complete value cannot hold
+    more array elements than bytes or more map entries than half its bytes, so capping the counts
+    there changes no verdict (a header past the cap is an incomplete value, judged by _check_whole).
+    Whether the skip pass runs first changes no verdict either, only what a lie can cost: it runs
+    when the array16/32 and map16/32 marker bytes (an upper bound on such headers) could pre-allocate
+    more than _LIE_BUDGET, which a typical frame's few random key bytes do not."""
+    size = len(payload)
+    max_array, max_map = min(limits.max_array_len, size), min(limits.max_map_len, size // 2)
+    if (size > _SMALL_PAYLOAD
+            and len(payload.translate(None, _NOT_BIG_HEADER)) * _SLOT * max(max_array, max_map) > _LIE_BUDGET):
+        _check_whole(payload)
+    try:
+        return msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=False,
+                               max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
+                               max_array_len=max_array, max_map_len=max_map,
+                               max_ext_len=0, ext_hook=_no_ext, object_pairs_hook=_no_duplicates)
+    except Exception as e:
+        _check_whole(payload)  # a structural fault is the verdict, whatever else the payload holds
+        raise _unpack_error(e) from None
 
 
 def _check_shape(value: Any, depth: int, max_depth: int) -> None:
@@ -159,13 +239,7 @@ def decode_envelope(data: Any, limits: Limits = DEFAULT_LIMITS, *, expected_key:
     signed = SIGN_PREFIX + payload
     if expected_key is not None and not verify(expected_key, sig, signed):
         raise ProtocolError(ErrorCode.BAD_SIGNATURE, "signature does not verify with the session key")
-    try:
-        p = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=False,
-                            max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
-                            max_array_len=limits.max_array_len, max_map_len=limits.max_map_len,
-                            max_ext_len=0, ext_hook=_no_ext, object_pairs_hook=_no_duplicates)
-    except Exception as e:
-        raise _unpack_error(e) from None
+    p = _unpack_payload(payload, limits)
     if type(p) is not dict:
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "payload must be a map")
     sender = p.get("from")

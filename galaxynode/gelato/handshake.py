@@ -5,6 +5,10 @@ the opener finishes with READY echoing the answerer's nonce. Handshake frames ca
 Afterwards every frame carries ``sid = SHA-256(opener_nonce || answerer_nonce || opener_key ||
 answerer_key)`` and a per-direction ``seq`` starting at 0. The caller owns the clock (``now``)
 and the handshake timeout; this module only judges bytes.
+
+Handshake frames come from a peer nobody has authenticated yet, so they are decoded under
+`codec.preauth_limits` (frame size `preauth_frame_size`, short arrays and maps, shallow nesting):
+what an unauthenticated peer can make the decoder allocate is a small multiple of that frame size.
 """
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from typing import Any, Callable
 
 import attrs
 
-from galaxynode.gelato.codec import (DEFAULT_LIMITS, Frame, Limits, decode_envelope, encode_frame,
-                                     now_ms, parse_message)
+from galaxynode.gelato.codec import (DEFAULT_LIMITS, PREAUTH_FRAME_SIZE, Frame, Limits, decode_envelope,
+                                     encode_frame, now_ms, parse_message, preauth_limits)
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.messages import Hello, Ready
 from galaxynode.identity import Identity
@@ -78,14 +82,15 @@ class Handshake:
                  pinned_key: bytes | None = None, agent: str = "", features: tuple[str, ...] = (),
                  listen: tuple[str, ...] = (), versions: tuple[int, ...] = SUPPORTED_VERSIONS,
                  limits: Limits = DEFAULT_LIMITS, clock: Callable[[], int] = now_ms,
-                 nonce: bytes | None = None):
+                 nonce: bytes | None = None, preauth_frame_size: int = PREAUTH_FRAME_SIZE):
         self.identity = identity
         self.opener = opener
         self.network = network
         self.role = role
         self.pinned_key = pinned_key
         self.agent, self.features, self.listen, self.versions = agent, features, listen, versions
-        self.limits = limits
+        self.limits = limits  # the session's; handshake frames are judged by the tighter preauth_limits
+        self.preauth_limits = preauth_limits(limits, preauth_frame_size)
         self.clock = clock
         self.nonce = nonce if nonce is not None else os.urandom(32)
         self.state = State.START
@@ -117,7 +122,7 @@ class Handshake:
     def _receive(self, data: Any) -> bytes | None:
         if self.state in (State.ESTABLISHED, State.FAILED) or (self.opener and self.state is State.START):
             raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"no handshake frame expected in state {self.state.value}")
-        frame = decode_envelope(data, self.limits, expected_key=self.peer_key, now=self.clock())
+        frame = decode_envelope(data, self.preauth_limits, expected_key=self.peer_key, now=self.clock())
         expected = "READY" if self.state is State.AWAIT_READY else "HELLO"
         if frame.type != expected or frame.sid is not None:
             raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE,
