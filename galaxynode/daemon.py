@@ -58,7 +58,8 @@ class EventsModule(Module):
 
     async def start(self, ctx: ModuleContext) -> None:
         rt: Runtime = ctx.config
-        ctx.container.register("bus", EventBus(origin=rt.identity.public))
+        ctx.container.register("bus", EventBus(origin=rt.identity.public,
+                                               max_patterns=rt.config.limits.max_pool_subscriptions))
 
 
 class RegistryModule(Module):

@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from galaxynode import __version__
+from galaxynode.events import Subscription, TooManyPatterns
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
@@ -69,9 +70,10 @@ class SessionHandler:
 
     def __init__(self, services: PoolServices):
         self.s = services
-        self.patterns: set[str] = set()
+        self.sub: Subscription | None = None  # made by the first SUBSCRIBE, closed when `run` ends
         self.include_peers = False
-        self._changed = trio.Event()
+        self._subscribed = trio.Event()
+        self._ended = False
         self.routes: dict[str, Callable[[Any, Frame], Awaitable[Any]]] = {
             "JOIN": self.join, "HEARTBEAT": self.heartbeat, "LEAVE": self.leave, "QUERY": self.query,
             "SUBSCRIBE": self.subscribe, "UNSUBSCRIBE": self.unsubscribe, "STATUS": self.status,
@@ -109,41 +111,61 @@ class SessionHandler:
         return m.QueryResult(re=frame.id, nodes=tuple(node_record(e) for e in entries), cursor=cursor)
 
     # events ---------------------------------------------------------------------------------
-    async def subscribe(self, conn: Any, frame: Frame) -> m.Ack:
-        new = set(frame.msg.topics)
-        for p in new:
-            _validate_pattern(self.s.bus, p, frame.id)
-        self.patterns |= new
+    @property
+    def patterns(self) -> Any:
+        """The session's patterns (canonical segment tuples, see events.validate_pattern)."""
+        return self.sub.patterns if self.sub is not None else ()
+
+    async def subscribe(self, conn: Any, frame: Frame) -> Any:
+        """Add patterns to the session's one subscription: only the new ones are parsed and
+        indexed. Past limits.max_subscriptions (duplicates count once) the SUBSCRIBE is refused
+        whole with limit_exceeded, past the pool-wide cap with unavailable; neither is fatal, and
+        the patterns held before stay."""
+        if self._ended:  # `run` is over: a subscription made now would never be closed
+            raise SessionClosed(None, "session ended")
+        topics = frame.msg.topics
+        try:
+            if self.sub is None:
+                self.sub = self.s.bus.subscribe(topics, queue_size=self.s.event_queue,
+                                                max_patterns=conn.limits.max_subscriptions)
+                self._subscribed.set()
+            else:
+                self.sub.add(topics)
+        except ValueError as e:
+            raise ProtocolError(ErrorCode.INVALID_BODY, f"bad topic pattern: {e}", frame.id) from None
+        except TooManyPatterns as e:
+            if e.pool:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, f"subscriptions: {e}", frame.id) from None
+            # limit_exceeded is fatal as a decoding error; here it refuses one request and the
+            # session goes on (messages §3.3.1), so it is the reply rather than a raised error.
+            return m.Error(code=int(ErrorCode.LIMIT_EXCEEDED), name="limit_exceeded",
+                           message=f"subscriptions: {e}", re=frame.id)
         self.include_peers = self.include_peers or frame.msg.peers
-        self._changed.set()
         return m.Ack(re=frame.id)
 
     async def unsubscribe(self, conn: Any, frame: Frame) -> m.Ack:
-        self.patterns -= set(frame.msg.topics)
-        self._changed.set()
+        if self.sub is not None:
+            self.sub.remove(frame.msg.topics)
         return m.Ack(re=frame.id)
 
     async def run(self, conn: Any) -> None:
-        """Push events matching the current patterns; re-subscribes when the patterns change.
-        A subscriber that cannot keep up loses the oldest events (counted by the bus)."""
-        while True:
-            self._changed = trio.Event()
-            if not self.patterns:
-                await self._changed.wait()
-                continue
-            with self.s.bus.subscribe(sorted(self.patterns), queue_size=self.s.event_queue) as sub:
-                async with trio.open_nursery() as nursery:
-                    async def restart_on_change() -> None:
-                        await self._changed.wait()
-                        nursery.cancel_scope.cancel()
-                    nursery.start_soon(restart_on_change)
-                    async for ev in sub:
-                        if ev.origin is not None and ev.origin != self.s.info.key and not self.include_peers:
-                            continue
-                        try:
-                            await conn.send(event_message(ev, self.s.info.key))
-                        except SessionClosed:  # the subscriber went away: nothing left to push to
-                            return
+        """Push the events of the session's subscription, which SUBSCRIBE and UNSUBSCRIBE change in
+        place. A subscriber that cannot keep up loses the oldest events (counted by the bus). The
+        subscription is closed when this ends, so its patterns leave the pool-wide count with it."""
+        try:
+            await self._subscribed.wait()
+            assert self.sub is not None
+            async for ev in self.sub:
+                if ev.origin is not None and ev.origin != self.s.info.key and not self.include_peers:
+                    continue
+                try:
+                    await conn.send(event_message(ev, self.s.info.key))
+                except SessionClosed:  # the subscriber went away: nothing left to push to
+                    return
+        finally:
+            self._ended = True
+            if self.sub is not None:
+                self.sub.close()
 
     # status and admin -----------------------------------------------------------------------
     async def status(self, conn: Any, frame: Frame) -> m.StatusResult:
@@ -171,10 +193,3 @@ class SessionHandler:
             return m.AdminResult(re=frame.id, items=tuple(items))
         log.info("admin %s by %s: %s", a.action, conn.peer_key.hex()[:16], a.key.hex() if a.key else "")
         return m.Ack(re=frame.id)
-
-
-def _validate_pattern(bus: Any, pattern: str, ref: bytes) -> None:
-    try:
-        bus.validate_pattern(pattern)
-    except ValueError as e:
-        raise ProtocolError(ErrorCode.INVALID_BODY, f"bad topic pattern {pattern!r}: {e}", ref) from None
