@@ -11,7 +11,6 @@ import gc
 import logging
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -20,7 +19,8 @@ import trio
 from galaxynode import __version__
 from galaxynode.config import Config, ConfigError, apply_reloadable, diff_reloadable, load_config
 from galaxynode.events import EventBus
-from galaxynode.identity import Identity, load_or_create_key
+from galaxynode.datadir import locked, private_dir, private_umask
+from galaxynode.identity import Identity, load_or_create_key, warn_if_exposed
 from galaxynode.logs import setup_logging
 from galaxynode.descriptor import DescriptorBook, DescriptorIssuer
 from galaxynode.mainnet import Announcer, MainnetServices, open_pool_registry
@@ -139,6 +139,7 @@ def ssl_context(config: Config):
     if not config.server.tls_cert:
         return None
     import ssl
+    warn_if_exposed(config.server.tls_key or config.server.tls_cert, "TLS key file")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(config.server.tls_cert, config.server.tls_key)
     return ctx
@@ -292,14 +293,24 @@ def _gc_threshold(young: int) -> Any:
 
 async def run_daemon(config: Config, *, config_path: str | None = None, overrides: dict | None = None,
                      modules: tuple[type[Module], ...] | None = None) -> int:
-    Path(config.data.dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    identity, created = load_or_create_key(config.key_path)
-    if created:
-        log.info("generated pool key %s at %s", identity.public_text, config.key_path)
-    rt = Runtime(config, identity)
-    if modules is None:
-        modules = CORE_MODULES if config.node.role == "mainnet" else POOL_MODULES
-    kernel = Kernel([m() for m in modules], config=rt, stop_timeout=config.daemon.stop_timeout)
+    """Run until SIGTERM/SIGINT. The data dir is locked (a second daemon on it stops with
+    DataDirInUse naming the first one's pid) and private (0700, files 0600) for the whole run."""
+    data_dir = private_dir(config.data.dir)
+    with locked(data_dir), private_umask():
+        identity, created = load_or_create_key(config.key_path)
+        if created:
+            log.info("generated pool key %s at %s", identity.public_text, config.key_path)
+        rt = Runtime(config, identity)
+        if modules is None:
+            modules = CORE_MODULES if config.node.role == "mainnet" else POOL_MODULES
+        kernel = Kernel([m() for m in modules], config=rt, stop_timeout=config.daemon.stop_timeout)
+        await _run_kernel(config, rt, identity, kernel, config_path, overrides)
+    log.info("stopped")
+    return 0
+
+
+async def _run_kernel(config: Config, rt: Runtime, identity: Identity, kernel: Kernel, config_path: str | None,
+                      overrides: dict | None) -> None:
     with _gc_threshold(config.daemon.gc_threshold), Notifier.from_env() as notifier, \
             trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         try:
@@ -309,8 +320,6 @@ async def run_daemon(config: Config, *, config_path: str | None = None, override
             if isinstance(leaf, StartupError):
                 raise leaf from None
             raise
-    log.info("stopped")
-    return 0
 
 
 async def _serve(config: Config, rt: Runtime, identity: Identity, kernel: Kernel, notifier: Notifier, signals: Any,

@@ -124,6 +124,19 @@ def _write_key(pem: bytes, path: Path, force: bool) -> None:
         raise
 
 
+def warn_if_exposed(path: str | os.PathLike, what: str, st: os.stat_result | None = None) -> None:
+    """Warn when a private key file is open to group or others: we do not chmod the operator's
+    files, but anyone on the host who can read one can impersonate us."""
+    if os.name != "posix":
+        return
+    try:
+        mode = stat.S_IMODE((st or os.stat(path)).st_mode)
+    except OSError:
+        return  # whoever opens it next reports that
+    if mode & 0o077:
+        log.warning("%s %s has mode %o; it should be 0600 (chmod 600 %s)", what, path, mode, path)
+
+
 def load_key(path: str | os.PathLike) -> Identity:
     path = Path(path)
     try:
@@ -133,9 +146,7 @@ def load_key(path: str | os.PathLike) -> Identity:
         raise KeyFileError(f"{path}: key file not found") from None
     except OSError as e:
         raise KeyFileError(f"{path}: cannot read key file ({e.strerror})") from None
-    if os.name == "posix" and stat.S_IMODE(st.st_mode) & 0o077:
-        log.warning("key file %s has mode %o; it should be 0600 (chmod 600 %s)",
-                    path, stat.S_IMODE(st.st_mode), path)
+    warn_if_exposed(path, "key file", st)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:

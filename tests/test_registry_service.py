@@ -137,19 +137,30 @@ async def test_commit_interval_spaces_commits_under_load_only(db):
     store.close()
 
 
-async def test_commit_failure_reaches_caller_and_is_retried(db):
-    store = CountingStore(db)
-    reg = Registry(LeaseTable(), store, retry_delay=0.01)
+async def test_commit_failure_is_refused_and_rolled_back(db):
+    """What was not stored is neither acknowledged (UNAVAILABLE, retryable) nor visible (memory is put
+    back to the stored state, the event is dropped), and it is not retried behind the caller's back."""
+    store, bus = CountingStore(db), Bus()
+    reg = Registry(LeaseTable(), store, bus, retry_delay=0.01)
     async with trio.open_nursery() as n:
         await n.start(reg.run)
+        await reg.join(k(2), capabilities=["old"], ttl=60)
         store.fail = True
         with pytest.raises(ProtocolError) as info:
             await reg.join(k(1), ttl=60)
-        assert info.value.code == ErrorCode.INTERNAL
-        assert stored_keys(db) == set()
+        assert info.value.code == ErrorCode.UNAVAILABLE
+        with pytest.raises(ProtocolError):
+            await reg.join(k(2), capabilities=["new"], ttl=60)
+        with pytest.raises(ProtocolError):
+            await reg.leave(k(2))
+        assert reg.get(k(1)) is None and reg.get(k(2)).capabilities == ("old",)
+        assert bus.topics() == ["node.joined"]
         store.fail = False
-        await reg.flush()  # the failed change is written with the next batch
-        assert stored_keys(db) == {k(1)}
+        await reg.flush()
+        assert stored_keys(db) == {k(2)}
+        await reg.join(k(1), ttl=60)  # space is back: changes are stored again
+        assert stored_keys(db) == {k(1), k(2)}
+        assert reg.commit_failures == 3 and reg.changes_refused == 3
         n.cancel_scope.cancel()
     store.close()
 

@@ -3,9 +3,15 @@
 Memory is the truth and the store follows it. A change is applied to the table at once and marked dirty
 (one pending op per key, so a burst of heartbeats from one node costs one row write); the caller then
 waits until the writer task has committed the batch that holds its change. The writer commits everything
-pending in one transaction, so concurrent joins share one fsync (group commit). A failed commit is
-reported to every waiter of that batch (INTERNAL) and its ops are retried with the next batch, after a
-pause, unless a newer change to the same key superseded them.
+pending in one transaction, so concurrent joins share one fsync (group commit). The events of a change
+are published once it is stored.
+
+What was not stored is neither acknowledged nor visible: when a commit fails (disk full, I/O error) the
+keys it touched, and those changed since (built on it), are read back from the store into memory, their
+events are dropped and every waiter gets UNAVAILABLE (retry later). Nothing is retried on the callers'
+behalf, so a failing disk costs one small transaction per ``retry_delay``, not a growing batch; reads keep
+being served from memory, and the first commit that succeeds ends the episode. The log says it once when
+it starts, then at most once per ``failure_log_interval``, then once when it ends.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
+import attrs
 import trio
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
@@ -36,6 +43,17 @@ class _Batch:
         self.done = trio.Event()
         self.error: ProtocolError | None = None
 
+        self.events: list[tuple[str, dict]] = []  # published once the batch is stored
+
+
+@attrs.define
+class _Failing:
+    """A store failure episode: since when, how many changes were refused, when to log next."""
+
+    since: float
+    refused: int
+    next_log: float
+    window: int = 0
 
 class Registry:
     """Durable node registry. Start ``run`` in a nursery; with ``store=None`` it lives in memory only."""
@@ -43,7 +61,7 @@ class Registry:
     def __init__(self, table: LeaseTable, store: SqliteStore | None = None, bus=None, *,
                  expiry_interval: float = 1.0, clock: Callable[[], int] | None = None,
                  publish_renewals: bool = False, retry_delay: float = 1.0, owns_store: bool = False,
-                 commit_interval: float = 0.0):
+                 commit_interval: float = 0.0, failure_log_interval: float = 60.0):
         self.table = table
         self.store = store
         self.bus = bus
@@ -66,6 +84,10 @@ class Registry:
         self._state = "new"  # new -> running -> stopped
         self.commits = 0  # transactions committed (for metrics)
         self.expired = 0  # leases that ran out, here or while we were down (for metrics)
+        self.commit_failures = 0  # transactions the store refused (for metrics)
+        self.changes_refused = 0  # changes rolled back and answered UNAVAILABLE (for metrics)
+        self.failure_log_interval = failure_log_interval
+        self._failing: _Failing | None = None
 
     @classmethod
     async def open(cls, path: str | os.PathLike | None, table: LeaseTable | None = None, bus=None, *,
@@ -90,7 +112,7 @@ class Registry:
             raise
         reg.expired += len(dropped)
         for e in dropped:
-            reg._publish("node.expired", e)
+            reg._publish("node.expired", e, stored=True)
         log.info("registry loaded from %s: %d leases, %d expired while down", store.path, len(table), len(dropped))
         return reg
 
@@ -164,7 +186,7 @@ class Registry:
         self.expired += len(expired)
         for e in expired:
             self._write(Delete(e.key))
-            self._publish("node.expired", e)
+            self._publish("node.expired", e, stored=True)  # a fact of time: stored or not, it is over
         if expired:
             self._dirty.set()
         return expired
@@ -176,10 +198,11 @@ class Registry:
         if self._entry_ops or self._ban_ops:
             self._check_open()
             await self._durable()  # commits after any batch in flight
-        elif self._inflight is not None:
-            await self._inflight.done.wait()
-            if self._inflight.error is not None:
-                raise self._inflight.error
+        elif self._inflight is not None and not self._inflight.done.is_set():
+            inflight = self._inflight
+            await inflight.done.wait()
+            if inflight.error is not None:
+                raise inflight.error
 
     # --- tasks ------------------------------------------------------------------------------------
 
@@ -238,7 +261,7 @@ class Registry:
         batch, self._batch = self._batch, _Batch()
         ops = self._take_ops()
         if not ops:
-            batch.done.set()
+            self._release(batch)
             return True
         self._inflight = batch
         try:
@@ -246,23 +269,83 @@ class Registry:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.store.apply, ops)
         except Exception as exc:
-            log.error("registry commit of %d changes failed: %s", len(ops), exc)
-            for op in ops:  # retry later, unless superseded by a newer change to the same key
-                self._write(op, replace=False)
-            self._dirty.set()
-            batch.error = ProtocolError(ErrorCode.INTERNAL, "the registry could not store this change")
-            batch.done.set()
+            self._roll_back(ops, batch, exc)
             return False
         self.commits += 1
-        batch.done.set()
+        if self._failing is not None:
+            f, self._failing = self._failing, None
+            log.warning("registry stores changes again after %.1fs; %d changes were refused meanwhile",
+                        trio.current_time() - f.since, f.refused)
+        self._release(batch)
         return True
 
     async def _final_flush(self) -> None:
         # Bounded by the store's busy timeout; a commit in a thread cannot be interrupted anyway.
         if self.store is not None and (self._entry_ops or self._ban_ops):
             if not await self._commit():
-                log.error("registry stopped with %d changes not stored", len(self._entry_ops) + len(self._ban_ops))
+                log.error("registry stopped with changes not stored (their callers were told)")
         # Anyone still waiting (the flush failed) is told, never left hanging.
+    def _release(self, batch: _Batch) -> None:
+        """The batch is stored: its events become visible, then its callers hear back."""
+        for topic, data in batch.events:
+            self.bus.publish(topic, data)
+        batch.done.set()
+
+    def _roll_back(self, ops: list[Op], batch: _Batch, exc: Exception) -> None:
+        """The store refused ``ops``. Refuse them and every change made since (those were built on them),
+        and put memory back to what is stored for each key they touch."""
+        ops = [*ops, *self._take_ops()]
+        later, self._batch = self._batch, _Batch()
+        error = ProtocolError(ErrorCode.UNAVAILABLE, "the pool cannot store changes right now; retry later")
+        for b in (batch, later):
+            b.error = error
+            b.done.set()
+        bans = {op.key for op in ops if isinstance(op, (Ban, Unban))}
+        leases = {op.key for op in ops if isinstance(op, (Upsert, Delete))}
+        try:
+            # On the event loop, between commits: nothing can change these keys while they are read.
+            entries, stored_bans = self.store.read(leases, bans)
+        except Exception as read_exc:  # cannot tell what is stored: show none of these leases
+            log.error("registry cannot read back the %d keys of a failed commit: %s", len(leases), read_exc)
+            entries, stored_bans = {}, {k: until for k, until in self.table.bans().items() if k in bans}
+        self._restore(leases, entries, bans, stored_bans)
+        self._report_failure(exc, len(ops))
+
+    def _restore(self, leases: set[bytes], entries: Mapping[bytes, Entry], bans: set[bytes],
+                 stored_bans: Mapping[bytes, int | None]) -> None:
+        table, now = self.table, self.clock()
+        for key in bans:
+            until = stored_bans.get(key, 0)
+            if key in stored_bans and (until is None or until > now):
+                leases.add(key)  # ban() drops the lease: put back whatever is stored below
+                table.ban(key, until=until, now=now)
+            else:
+                table.unban(key)
+        for key in leases:
+            entry = entries.get(key)
+            if entry is None or entry.expires <= now or table.is_banned(key, now):
+                table.kick(key)
+            else:
+                table._put(entry)  # the stored lease as it was: expiry, ttl and joined time included
+
+    def _report_failure(self, exc: Exception, refused: int) -> None:
+        """Log a failing store once when it starts and then once per failure_log_interval."""
+        self.commit_failures += 1
+        self.changes_refused += refused
+        now = trio.current_time()
+        f = self._failing
+        if f is None:
+            self._failing = _Failing(now, refused, now + self.failure_log_interval)
+            log.error("registry cannot store changes (%s); refusing them with 'unavailable' until it can "
+                      "(retrying every %gs)", exc, self.retry_delay)
+            return
+        f.refused += refused
+        f.window += refused
+        if now >= f.next_log:
+            log.error("registry still cannot store changes after %.0fs (%s); %d refused in the last %.0fs",
+                      now - f.since, exc, f.window, self.failure_log_interval)
+            f.window, f.next_log = 0, now + self.failure_log_interval
+
         if not self._batch.done.is_set():
             self._batch.error = ProtocolError(ErrorCode.SHUTTING_DOWN, "registry stopped before storing this change")
             self._batch.done.set()
@@ -310,9 +393,14 @@ class Registry:
         self._entry_ops, self._ban_ops = {}, {}
         return ops
 
-    def _publish(self, topic: str, entry: Entry) -> None:
-        self._emit(topic, entry.to_event())
+    def _publish(self, topic: str, entry: Entry, *, stored: bool = False) -> None:
+        self._emit(topic, entry.to_event(), stored=stored)
 
-    def _emit(self, topic: str, data: dict) -> None:
-        if self.bus is not None:
+    def _emit(self, topic: str, data: dict, *, stored: bool = False) -> None:
+        """Publish now if the change needs no commit (or is one already), else once its batch is stored."""
+        if self.bus is None:
+            return
+        if stored or self.store is None:
             self.bus.publish(topic, data)
+        else:
+            self._batch.events.append((topic, data))

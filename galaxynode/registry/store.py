@@ -1,7 +1,9 @@
 """Durable registry state in SQLite (WAL, synchronous=FULL): a change is on disk once apply() returns.
 
 Blocking by design: the service calls it from one worker thread at a time and batches many changes
-into one transaction (group commit), so one fsync acknowledges many joins.
+into one transaction (group commit), so one fsync acknowledges many joins. The database holds who
+is registered and banned: it is created (and an older one tightened to) mode 0600; SQLite gives its
+-wal and -shm files the database's mode.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
+from galaxynode.datadir import private_files
 from galaxynode.registry.leases import Entry
 
 
@@ -49,6 +52,7 @@ class Unban:
 Op = Upsert | Delete | Ban | Unban
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_IN_CHUNK = 500  # keys per SELECT ... IN (...): below SQLite's bound on host parameters
 
 
 class SqliteStore:
@@ -60,9 +64,10 @@ class SqliteStore:
         self.path = os.fspath(path)
         self._t = table
         try:
+            private_files(self.path, self.path + "-wal", self.path + "-shm")
             self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
                                          check_same_thread=False)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open registry database {self.path}: {exc}") from exc
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -110,6 +115,24 @@ class SqliteStore:
         except (sqlite3.Error, ValueError, TypeError) as exc:
             raise StoreError(f"cannot read registry database {self.path}: {exc}") from exc
         return entries, bans
+
+    def read(self, keys: Iterable[bytes], ban_keys: Iterable[bytes]
+             ) -> tuple[dict[bytes, Entry], dict[bytes, int | None]]:
+        """What is stored for these keys: (entries, bans), absent keys left out. Lets the service put
+        its memory back to the stored state after a commit failed; reading needs no free space."""
+        try:
+            entries = {e.key: e for e in map(_entry, self._select(f"SELECT * FROM {self._t}", keys))}
+            bans = dict(self._select(f"SELECT key, until FROM {self._t}_bans", ban_keys))
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise StoreError(f"cannot read registry database {self.path}: {exc}") from exc
+        return entries, bans
+
+    def _select(self, select: str, keys: Iterable[bytes]) -> list[tuple]:
+        keys, rows = list(keys), []
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[i:i + _IN_CHUNK]
+            rows += self._conn.execute(f"{select} WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        return rows
 
     def close(self) -> None:
         self._conn.close()
