@@ -22,7 +22,7 @@ import msgpack
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.messages import (MAX_CAPABILITIES, MAX_DESCRIPTOR_RECORD, MAX_ENDPOINT, MAX_ENDPOINTS,
-                                        MAX_NAME, Body, SignedDescriptor, Spec, field)
+                                        MAX_NAME, Body, SignedDescriptor, Spec, field, utf8_len)
 from galaxynode.identity import Identity, verify
 
 log = logging.getLogger(__name__)
@@ -304,6 +304,17 @@ def _parse_file(data: bytes, max_size: int) -> list | str:
     return items
 
 
+def _usable_capability(c: object) -> bool:
+    """What a verifier accepts as a descriptor capability (1..MAX_NAME bytes of UTF-8)."""
+    try:
+        return isinstance(c, str) and 0 < utf8_len(c) <= MAX_NAME
+    except UnicodeEncodeError:
+        return False
+
+
+_WIDEST_UINT = 2**64 - 1  # msgpack's widest integer: the template is checked at its largest
+
+
 class DescriptorIssuer:
     """Keeps this pool's own signed descriptor current.
 
@@ -311,21 +322,32 @@ class DescriptorIssuer:
     restarted pool starts above anything it issued before as long as the wall clock has not gone
     backwards, so nothing needs persisting. (A clock stepped back makes peers answer
     STALE_DESCRIPTOR until it catches up or their copy expires, at most ttl_ms later.)
+
+    The capabilities come from the pool's nodes, i.e. from anyone: whatever they are, `current`
+    signs a descriptor every verifier accepts. What the operator configured (name, network,
+    endpoints) is checked once here, at its widest, so that only capabilities can ever be too many.
     """
 
     def __init__(self, identity: Identity, *, name: str, network: str, endpoints: Iterable[str], ttl_ms: int,
-                 role: str = "pool", max_lifetime_ms: int = MAX_LIFETIME_MS):
+                 role: str = "pool", max_lifetime_ms: int = MAX_LIFETIME_MS,
+                 max_record: int = MAX_DESCRIPTOR_RECORD):
         if not 0 < ttl_ms <= max_lifetime_ms:
             raise ValueError(f"ttl_ms must be in (0, {max_lifetime_ms}]")
         self.identity = identity
         self.ttl_ms = ttl_ms
+        self.max_record = max_record
         self._template = Descriptor(key=identity.public, name=name, network=network, endpoints=tuple(endpoints),
                                     capabilities=(), nodes=0, issued=0, expires=ttl_ms, seq=0, role=role)
+        widest = attrs.evolve(self._template, nodes=_WIDEST_UINT, issued=_WIDEST_UINT, expires=_WIDEST_UINT,
+                              seq=_WIDEST_UINT)
         try:  # fail at configuration time, not at the first announce
-            decode_record(self._template.encode())
+            decode_record(self._template.encode(), max_record=max_record)
+            decode_record(widest.encode(), max_record=max_record)
         except ProtocolError as e:
             raise ValueError(f"invalid pool descriptor: {e.message}") from None
         self._current: _Entry | None = None
+        self._offered: tuple[str, ...] = ()  # the capabilities asked for when _current was signed
+        self.dropped = 0  # capabilities left out of the last descriptor to fit max_record
 
     @property
     def descriptor(self) -> Descriptor | None:
@@ -333,19 +355,42 @@ class DescriptorIssuer:
 
     def current(self, now: int, *, nodes: int, capabilities: Iterable[str]) -> SignedDescriptor:
         """The descriptor to announce, re-signed when nodes or capabilities changed or it is past
-        half its lifetime. Capabilities are deduplicated in the order given (most relevant first)
-        and cut to the protocol limit."""
-        caps = tuple(dict.fromkeys(capabilities))[:MAX_CAPABILITIES]
+        half its lifetime. Capabilities are given most relevant first; the ones a verifier would
+        refuse are skipped, duplicates removed, the rest cut to the protocol's count and then,
+        least relevant first, until the record fits max_record bytes."""
+        caps = tuple(c for c in dict.fromkeys(capabilities) if _usable_capability(c))[:MAX_CAPABILITIES]
         cur = self._current
-        if (cur is not None and cur.desc.nodes == nodes and cur.desc.capabilities == caps
+        if (cur is not None and cur.desc.nodes == nodes and self._offered == caps
                 and now < cur.desc.issued + self.ttl_ms // 2):
             return cur.signed
         seq = max(cur.desc.seq + 1 if cur else 0, now)
-        desc = attrs.evolve(self._template, capabilities=caps, nodes=nodes, issued=now,
-                            expires=now + self.ttl_ms, seq=seq)
-        signed = sign_descriptor(self.identity, desc)
-        self._current = _Entry(desc, signed)
+        desc = _fit(attrs.evolve(self._template, capabilities=caps, nodes=nodes, issued=now,
+                                 expires=now + self.ttl_ms, seq=seq), self.max_record)
+        signed = sign_descriptor(self.identity, desc, max_record=self.max_record)
+        self._current, self._offered = _Entry(desc, signed), caps
+        self.dropped = len(caps) - len(desc.capabilities)
+        if self.dropped:
+            log.debug("descriptor: left out %d of %d capabilities to fit %d bytes", self.dropped, len(caps),
+                      self.max_record)
         return signed
+
+
+def _fit(desc: Descriptor, max_record: int) -> Descriptor:
+    """`desc` without its last capabilities, as few as needed for the record to fit max_record."""
+    caps = desc.capabilities
+    excess = len(desc.encode()) - max_record
+    if excess <= 0:
+        return desc
+    # Each capability costs its bytes plus a str header (1..3 bytes); drop from the end until
+    # enough is saved, then check (the array header may shrink too, which only helps).
+    keep = len(caps)
+    while excess > 0 and keep:
+        keep -= 1
+        excess -= utf8_len(caps[keep]) + 1
+    fitted = attrs.evolve(desc, capabilities=caps[:keep])
+    while len(fitted.encode()) > max_record and fitted.capabilities:  # a safety net; not reached
+        fitted = attrs.evolve(fitted, capabilities=fitted.capabilities[:-1])
+    return fitted
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -35,6 +35,7 @@ from galaxynode.pool import PoolInfo, PoolServices, SessionHandler
 from galaxynode.registry import LeaseTable, Registry
 from galaxynode.registry.leases import Entry
 from galaxynode.registry.service import wall_clock_ms
+from galaxynode.resilience import TaskFailures
 
 log = logging.getLogger(__name__)
 
@@ -288,23 +289,28 @@ class Announcer:
         self.lookups = 0
         self.failures = 0  # sessions that ended in an error or could not be opened
         self.rejected = 0  # descriptors from the main net that did not verify
+        self.task_failures = TaskFailures(log)  # what raised in here: logged once, counted, retried
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the saved book (reported started once loaded), then keep the main net session
-        going until cancelled."""
-        await self._load()
+        going until cancelled. Nothing that fails in here stops the pool or its start-up: a saved
+        book that cannot be loaded is skipped, a failing session is retried with backoff."""
+        with self.task_failures.guard("mainnet.load"):
+            await self._load()
         task_status.started()
         backoff = self.backoff_min
         while True:
             self.state = "connecting"
-            try:
-                async with connect(self.mainnet_url, self.identity, network=self.network, role="pool",
-                                   limits=self.limits, pinned_key=self.mainnet_key, ssl_context=self.ssl_context,
-                                   connect_timeout=self.connect_timeout) as conn:
-                    await self._serve(conn)
-                error = "the main net closed the session"
-            except _SESSION_ENDED as e:
-                error = str(e)
+            error = "internal error (logged)"
+            with self.task_failures.guard("mainnet.announce"):
+                try:
+                    async with connect(self.mainnet_url, self.identity, network=self.network, role="pool",
+                                       limits=self.limits, pinned_key=self.mainnet_key,
+                                       ssl_context=self.ssl_context, connect_timeout=self.connect_timeout) as conn:
+                        await self._serve(conn)
+                    error = "the main net closed the session"
+                except _SESSION_ENDED as e:
+                    error = str(e)
             if self.state == "announced":  # we got through before it ended: start over gently
                 backoff = self.backoff_min
             self.failures += 1
@@ -421,7 +427,5 @@ class Announcer:
     def _hand_over(self, found: list[Descriptor]) -> None:
         if self.on_descriptors is None:
             return
-        try:
+        with self.task_failures.guard("mainnet.discover"):
             self.on_descriptors(found)
-        except Exception:
-            log.exception("on_descriptors callback failed")

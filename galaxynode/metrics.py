@@ -76,12 +76,27 @@ class DaemonCollector:
                                       value=bus.dropped)
         if "plugins" in c:
             yield from self._plugins(c.get("plugins"))
+        yield from self._task_failures(c)
         if "announcer" in c:
             yield from self._announcer(c.get("announcer"))
         refused = getattr(c.get("services"), "refused", None) if "services" in c else None
         if refused is not None:  # main net role
             yield CounterMetricFamily("galaxynode_mainnet_announces_refused", "ANNOUNCEs this main net refused.",
                                       value=refused)
+
+    def _task_failures(self, c: Container) -> Iterator[Metric]:
+        """Background tasks' caught exceptions (galaxynode.resilience), by task, from every service
+        that keeps them; a task that never failed has no sample."""
+        counts: Counter[str] = Counter()
+        for name in ("registry", "peers", "announcer"):
+            failures = getattr(c.get(name), "task_failures", None) if name in c else None
+            if failures is not None:
+                counts.update(failures.counts)
+        m = CounterMetricFamily("galaxynode_task_failures", "Exceptions caught in background tasks, which went on.",
+                                labels=["task"])
+        for task, n in sorted(counts.items()):
+            m.add_metric([task], n)
+        yield m
 
     def _server(self, server: Any, peers: Any) -> Iterator[Metric]:
         st, total = server.stats, server.session_stats()

@@ -45,6 +45,7 @@ from galaxynode.net.connection import (DEFAULT_SESSION_LIMITS, Connection, Conne
 from galaxynode.net.transport import ChannelClosed, parse_url
 from galaxynode.pool import node_record
 from galaxynode.registry.service import wall_clock_ms
+from galaxynode.resilience import TaskFailures
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,7 @@ class PeerManager:
         self._seen: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
         self._dialled: set[Connection] = set()        # live sessions we opened (the server counts the rest)
         self._dialled_ended = ConnectionStats()
+        self.task_failures = TaskFailures(log)  # descriptor rebuild, dialling: they go on (metrics)
 
     # --- what the pool services use ------------------------------------------------------------
 
@@ -266,7 +268,8 @@ class PeerManager:
         """Issue our descriptor, keep the static peers connected; until cancelled."""
         async with trio.open_nursery() as nursery:
             if self.issuer is not None:
-                await self._refresh_descriptor()
+                with self.task_failures.guard("peering.descriptor"):  # start-up goes on without one
+                    await self._refresh_descriptor()
                 nursery.start_soon(self._descriptor_loop)
             for peer in self.static:
                 nursery.start_soon(self._keep, peer)
@@ -378,21 +381,24 @@ class PeerManager:
             peer.state = "connecting"
             session = PeerSession(self, self.pool_handler(), direction="outbound", url=peer.url)
             conn: Connection | None = None
-            try:
-                async with connect(peer.url, self.identity, network=self.network, role="pool", limits=self.limits,
-                                   pinned_key=peer.pinned_key, handler=session, ssl_context=self.ssl_context,
-                                   connect_timeout=self.connect_timeout, listen=self.listen) as conn:
-                    self._dialled.add(conn)
-                    peer.learned_key = conn.peer_key
-                    peer.state = "connected"
-                    await conn.wait_closed()
-                error = conn.local_error or conn.remote_error or conn.close_reason or "closed"
-            except _SESSION_ENDED as e:
-                error = e
-            finally:
-                if conn is not None:
-                    self._dialled.discard(conn)
-                    self._dialled_ended.add(conn.stats)
+            error: Any = "internal error (logged)"
+            with self.task_failures.guard("peering.dial"):  # redialled with backoff like any failure
+                try:
+                    async with connect(peer.url, self.identity, network=self.network, role="pool",
+                                       limits=self.limits, pinned_key=peer.pinned_key, handler=session,
+                                       ssl_context=self.ssl_context, connect_timeout=self.connect_timeout,
+                                       listen=self.listen) as conn:
+                        self._dialled.add(conn)
+                        peer.learned_key = conn.peer_key
+                        peer.state = "connected"
+                        await conn.wait_closed()
+                    error = conn.local_error or conn.remote_error or conn.close_reason or "closed"
+                except _SESSION_ENDED as e:
+                    error = e
+                finally:
+                    if conn is not None:
+                        self._dialled.discard(conn)
+                        self._dialled_ended.add(conn.stats)
             peer.last_error = str(error)
             failures = 0 if session.since else failures + 1
             if session.since:  # it was the active session for a while: start over gently
@@ -422,7 +428,8 @@ class PeerManager:
     async def _descriptor_loop(self) -> None:
         while True:
             await trio.sleep(self.descriptor_interval)
-            await self._refresh_descriptor()
+            with self.task_failures.guard("peering.descriptor"):
+                await self._refresh_descriptor()
 
     async def _send_descriptors(self, s: PeerSession) -> None:
         """On connect: ours and every one we know; afterwards ours whenever it changes."""

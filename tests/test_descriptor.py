@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from galaxynode.descriptor import (MAX_LIFETIME_MS, SIGN_PREFIX, Descriptor, DescriptorBook, DescriptorIssuer,
                                    decode_record, sign_descriptor, verify_descriptor)
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
-from galaxynode.gelato.messages import Announce, SignedDescriptor
+from galaxynode.gelato.messages import MAX_DESCRIPTOR_RECORD, Announce, SignedDescriptor
 from galaxynode.identity import Identity
 
 A = Identity.from_seed(b"\x0a" * 32)
@@ -298,16 +298,17 @@ def test_arbitrary_bytes_only_raise_protocol_error(record, sig, self_signed):
         assert e.code == BAD
 
 
-NAMES = st.text(min_size=1, max_size=64)
+NAMES = st.text(min_size=1, max_size=64).filter(lambda s: len(s.encode()) <= 64)  # bounds count UTF-8 bytes
 
 
 @FAST
-@given(name=NAMES, network=NAMES, caps=st.lists(st.text(min_size=1, max_size=64), max_size=32),
+@given(name=NAMES, network=NAMES, caps=st.lists(NAMES, max_size=32),
        nodes=st.integers(0, 2**64 - 1), seq=st.integers(0, 2**64 - 1), role=st.sampled_from(["pool", "mainnet"]),
        hosts=st.lists(st.from_regex(r"[a-z0-9]{1,20}(\.[a-z]{2,5})?", fullmatch=True), max_size=8))
 def test_valid_descriptors_round_trip(name, network, caps, nodes, seq, role, hosts):
     d = desc(name=name, network=network, capabilities=tuple(caps), nodes=nodes, seq=seq, role=role,
              endpoints=tuple(f"wss://{h}:443/g" for h in hosts))
+    assume(len(d.encode()) <= MAX_DESCRIPTOR_RECORD)  # past it sign_descriptor refuses; the issuer fits
     assert verify_descriptor(sign_descriptor(A, d), now=NOW, network=network) == d
 
 
@@ -519,6 +520,35 @@ def test_issuer_caps_capabilities_and_validates_config():
         issuer(role="node")
     with pytest.raises(ValueError):
         iss.current(NOW, nodes=-1, capabilities=[])
+
+
+def test_issuer_fits_any_capabilities_into_the_record_limit():
+    """Issue 12 item 1: 32 capabilities of 62 two-byte characters made the record exceed 4,096 bytes
+    and the rebuild raised. Over-long ones are skipped (a verifier refuses them), and with the widest
+    configured fields the least common capabilities are left out until the record fits."""
+    iss = issuer()
+    reported = ["\u00e9" * 62 + f"{i:02d}" for i in range(32)]  # 126 bytes each: over MAX_NAME
+    d = verify_descriptor(iss.current(NOW, nodes=32, capabilities=reported), now=NOW)
+    assert d.capabilities == () and d.nodes == 32
+    wide = DescriptorIssuer(A, name="n" * 64, network="w" * 64, ttl_ms=HOUR,
+                            endpoints=[f"wss://{'h' * 200}{i}.example:443/{'p' * 30}" for i in range(8)])
+    caps = ["\u00e9" * 31 + f"{i:02d}" for i in range(40)]  # 64 bytes each, most common first
+    signed = wide.current(NOW, nodes=1, capabilities=caps)
+    d = verify_descriptor(signed, now=NOW, network="w" * 64)
+    assert len(signed.record) <= MAX_DESCRIPTOR_RECORD
+    assert 0 < len(d.capabilities) < 32 and d.capabilities == tuple(caps[:len(d.capabilities)])
+    assert wide.dropped == 32 - len(d.capabilities)
+    assert wide.current(NOW + 1, nodes=1, capabilities=caps) is signed  # unchanged input: no re-sign
+    with pytest.raises(ValueError, match="exceeds"):  # what the operator configured must fit at once
+        DescriptorIssuer(A, name="n", network="w", ttl_ms=HOUR, max_record=200,
+                         endpoints=[f"wss://{'h' * 200}.example:443/"])
+
+
+@FAST
+@given(caps=st.lists(st.text(min_size=0, max_size=80), max_size=48), nodes=st.integers(0, 2**64 - 1))
+def test_issuer_always_signs_what_verifiers_accept(caps, nodes):
+    d = verify_descriptor(issuer().current(NOW, nodes=nodes, capabilities=caps), now=NOW)
+    assert set(d.capabilities) <= set(caps)
 
 
 def test_decode_record_does_not_check_signature():

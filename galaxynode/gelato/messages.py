@@ -73,14 +73,37 @@ def _bad(path: str, what: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_BODY, f"{path}: {what}")
 
 
+def utf8_len(s: str) -> int:
+    """Bytes of `s` in UTF-8. Every str bound counts these, not code points: the bounds guard byte
+    budgets (a descriptor record, a reply, a row), and a bound in code points let 64 two-byte
+    characters through as 128 bytes. UnicodeEncodeError for a lone surrogate (never valid UTF-8).
+    ASCII, the common case, costs no encoding (isascii() is O(1) in CPython)."""
+    return len(s) if s.isascii() else len(s.encode("utf-8"))
+
+
+def fit_utf8(s: str, max_bytes: int) -> str:
+    """The longest prefix of `s` whose UTF-8 form fits `max_bytes`, cut at a character boundary
+    (a lone surrogate becomes "?", so the result always encodes)."""
+    if s.isascii() and len(s) <= max_bytes:
+        return s
+    return s.encode("utf-8", "replace")[:max_bytes].decode("utf-8", "ignore")
+
+
+def _str_len(value: str, path: str) -> int:
+    try:
+        return utf8_len(value)
+    except UnicodeEncodeError:
+        raise _bad(path, "not valid UTF-8 (lone surrogate)") from None
+
+
 def _check(spec: Spec, value: Any, path: str) -> Any:
     k = spec.kind
     if k == "str" or k == "bin":
         if not isinstance(value, str if k == "str" else bytes):
             raise _bad(path, f"expected {k}")
-        n = len(value)
+        n = _str_len(value, path) if k == "str" else len(value)
         if spec.min_len is not None and n < spec.min_len or spec.max_len is not None and n > spec.max_len:
-            raise _bad(path, f"length {n} outside [{spec.min_len or 0}, {spec.max_len}]")
+            raise _bad(path, f"length {n} bytes outside [{spec.min_len or 0}, {spec.max_len}]")
         if spec.choices and value not in spec.choices:
             raise _bad(path, f"must be one of {', '.join(spec.choices)}")
         return value
@@ -104,10 +127,10 @@ def _check(spec: Spec, value: Any, path: str) -> Any:
         if len(value) > spec.max_len:
             raise _bad(path, f"more than {spec.max_len} entries")
         for key, v in value.items():
-            if not isinstance(key, str) or not 0 < len(key) <= MAX_NAME:
-                raise _bad(path, f"key must be a string of 1..{MAX_NAME} characters")
-            if not isinstance(v, str) or len(v) > MAX_META_VALUE:
-                raise _bad(f"{path}.{key}", f"value must be a string of at most {MAX_META_VALUE} characters")
+            if not isinstance(key, str) or not 0 < _str_len(key, path) <= MAX_NAME:
+                raise _bad(path, f"key must be a string of 1..{MAX_NAME} bytes (UTF-8)")
+            if not isinstance(v, str) or _str_len(v, f"{path}.{key}") > MAX_META_VALUE:
+                raise _bad(f"{path}.{key}", f"value must be a string of at most {MAX_META_VALUE} bytes (UTF-8)")
         return dict(value)
     if k == "struct":
         if not isinstance(value, dict):
@@ -163,16 +186,28 @@ class _Slow(Exception):
     """The fast path declines; _from_body has the last word."""
 
 
+def _fast_len(v: str) -> int:
+    """utf8_len, declining (_Slow) where it would raise."""
+    try:
+        return utf8_len(v)
+    except UnicodeEncodeError:
+        raise _Slow from None
+
+
 def _fast_check(spec: Spec) -> Callable[[Any], Any]:
     k = spec.kind
     lo = spec.min_len or 0
     hi = spec.max_len if spec.max_len is not None else sys.maxsize
-    if k == "str" or k == "bin":
-        t = str if k == "str" else bytes
+    if k == "str":
         choices = frozenset(spec.choices or ())
 
         def check(v: Any) -> Any:
-            if type(v) is not t or not lo <= len(v) <= hi or (choices and v not in choices):
+            if type(v) is not str or not lo <= _fast_len(v) <= hi or (choices and v not in choices):
+                raise _Slow
+            return v
+    elif k == "bin":
+        def check(v: Any) -> Any:
+            if type(v) is not bytes or not lo <= len(v) <= hi:
                 raise _Slow
             return v
     elif k == "uint":
@@ -192,12 +227,13 @@ def _fast_check(spec: Spec) -> Callable[[Any], Any]:
         t = str if spec.item.kind == "str" else bytes
         item_lo = spec.item.min_len or 0
         item_hi = spec.item.max_len if spec.item.max_len is not None else sys.maxsize
+        size = _fast_len if t is str else len
 
         def check(v: Any) -> Any:
             if type(v) is not list or not lo <= len(v) <= hi:
                 raise _Slow
             for x in v:
-                if type(x) is not t or not item_lo <= len(x) <= item_hi:
+                if type(x) is not t or not item_lo <= size(x) <= item_hi:
                     raise _Slow
             return tuple(v)
     elif k == "list":
@@ -212,10 +248,10 @@ def _fast_check(spec: Spec) -> Callable[[Any], Any]:
             if type(v) is not dict or len(v) > hi:
                 raise _Slow
             for key in v:
-                if type(key) is not str or not 0 < len(key) <= MAX_NAME:
+                if type(key) is not str or not 0 < _fast_len(key) <= MAX_NAME:
                     raise _Slow
             for val in v.values():
-                if type(val) is not str or len(val) > MAX_META_VALUE:
+                if type(val) is not str or _fast_len(val) > MAX_META_VALUE:
                     raise _Slow
             return dict(v)
     elif k == "struct":
@@ -427,7 +463,8 @@ class Error(Body):
 
     @classmethod
     def from_exc(cls, exc: ProtocolError) -> "Error":
-        return cls(code=int(exc.code), name=exc.code.name.lower(), message=exc.message[:512], re=exc.ref)
+        # Messages quote peers' strings: cut to the field's bound in bytes, at a character boundary.
+        return cls(code=int(exc.code), name=exc.code.name.lower(), message=fit_utf8(exc.message, 512), re=exc.ref)
 
 
 @message("GOODBYE", "session")
@@ -558,9 +595,14 @@ class StatusResult(Body):
 
 @message("ADMIN", "admin")
 class Admin(Body):
-    action: str = field("str", choices=("kick", "ban", "unban", "peers", "nodes"))
+    # Longest ban with a duration (10 years); longer is what a ban without duration is for. The bound
+    # keeps now + duration far inside every clock and store (ms in a signed 64-bit integer).
+    MAX_DURATION: ClassVar[int] = 10 * 365 * 86_400
+
+    action: str = field("str", choices=("kick", "ban", "unban", "peers", "nodes", "bans"))
     key: bytes | None = _key(default=None)
-    duration: int | None = field("uint", default=None)  # seconds; ban without duration is permanent
+    duration: int | None = field("uint", max=MAX_DURATION, default=None)  # seconds, >= 1; absent: permanent
+    address: str | None = field("str", min_len=1, max_len=64, default=None)  # unban: an IP address or v6 /64
 
 
 @message("ADMIN_RESULT", "admin")

@@ -16,6 +16,7 @@ from typing import Literal
 import attrs
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.gelato.messages import MAX_CAPABILITIES, MAX_META_ENTRIES, MAX_META_VALUE, MAX_NAME, utf8_len
 
 KEY_LEN = 32
 
@@ -69,18 +70,36 @@ def _check_key(key: object, code: ErrorCode = ErrorCode.BAD_KEY) -> bytes:
     return key
 
 
+def _fits(s: object, lo: int, hi: int) -> bool:
+    """A str of lo..hi bytes in UTF-8 (the wire bounds count bytes; so does every budget built
+    from these strings: the pool's descriptor, replies, rows)."""
+    try:
+        return isinstance(s, str) and lo <= utf8_len(s) <= hi
+    except UnicodeEncodeError:
+        return False
+
+
 def _check_caps(capabilities: Iterable[str]) -> tuple[str, ...]:
+    """The wire bounds again, for callers that do not come through the codec (plugins, the main
+    net, a restored row): a capability that passed here always fits a descriptor or a reply."""
     if isinstance(capabilities, (str, bytes)):
         raise ProtocolError(ErrorCode.INVALID_BODY, "capabilities must be a list of strings")
     caps = tuple(dict.fromkeys(capabilities))  # dedupe, keep order
-    if not all(isinstance(c, str) and c for c in caps):
-        raise ProtocolError(ErrorCode.INVALID_BODY, "capabilities must be non-empty strings")
+    if len(caps) > MAX_CAPABILITIES:
+        raise ProtocolError(ErrorCode.INVALID_BODY, f"at most {MAX_CAPABILITIES} capabilities")
+    if not all(_fits(c, 1, MAX_NAME) for c in caps):
+        raise ProtocolError(ErrorCode.INVALID_BODY, f"capabilities must be strings of 1..{MAX_NAME} bytes (UTF-8)")
     return caps
 
 
 def _check_meta(meta: Mapping[str, str]) -> Mapping[str, str]:
     if not isinstance(meta, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise ProtocolError(ErrorCode.INVALID_BODY, "meta must map strings to strings")
+    if len(meta) > MAX_META_ENTRIES:
+        raise ProtocolError(ErrorCode.INVALID_BODY, f"at most {MAX_META_ENTRIES} meta entries")
+    if not all(_fits(k, 1, MAX_NAME) and _fits(v, 0, MAX_META_VALUE) for k, v in meta.items()):
+        raise ProtocolError(ErrorCode.INVALID_BODY, f"meta keys must be 1..{MAX_NAME} bytes and values "
+                                                    f"at most {MAX_META_VALUE} bytes (UTF-8)")
     return meta
 
 
@@ -180,10 +199,16 @@ class LeaseTable:
     # --- bans -----------------------------------------------------------------------------------
 
     def ban(self, key: bytes, *, until: int | None, now: int) -> Entry | None:
-        """Ban until ``until`` (ms; None = permanently) and drop the current lease, which is returned."""
+        """Ban until ``until`` (ms; None = permanently) and drop the current lease, which is returned.
+        A ban ends at most Admin.MAX_DURATION from now: a later end would overflow the store's
+        64-bit integers and fail every later write (longer is what a permanent ban is for)."""
+        from galaxynode.gelato.messages import Admin
         _check_key(key)
-        if until is not None and until <= now:
+        if until is not None and (type(until) is not int or until <= now):
             raise ProtocolError(ErrorCode.INVALID_BODY, "a ban must end in the future")
+        if until is not None and until - now > Admin.MAX_DURATION * 1000:
+            raise ProtocolError(ErrorCode.INVALID_BODY, f"a ban lasts at most {Admin.MAX_DURATION} s; "
+                                                        "omit the duration for a permanent ban")
         self._bans[key] = until
         return self._remove(key)
 

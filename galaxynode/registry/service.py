@@ -28,6 +28,7 @@ import trio
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.registry.leases import Entry, LeaseTable
 from galaxynode.registry.store import Ban, Delete, Op, SqliteStore, Unban, Upsert
+from galaxynode.resilience import TaskFailures
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ class _Batch:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.error: ProtocolError | None = None
-
         self.events: list[tuple[str, dict]] = []  # published once the batch is stored
 
 
@@ -54,6 +54,7 @@ class _Failing:
     refused: int
     next_log: float
     window: int = 0
+
 
 class Registry:
     """Durable node registry. Start ``run`` in a nursery; with ``store=None`` it lives in memory only."""
@@ -83,11 +84,12 @@ class Registry:
         self._dirty = trio.Event()
         self._state = "new"  # new -> running -> stopped
         self.commits = 0  # transactions committed (for metrics)
-        self.expired = 0  # leases that ran out, here or while we were down (for metrics)
         self.commit_failures = 0  # transactions the store refused (for metrics)
         self.changes_refused = 0  # changes rolled back and answered UNAVAILABLE (for metrics)
         self.failure_log_interval = failure_log_interval
         self._failing: _Failing | None = None
+        self.expired = 0  # leases that ran out, here or while we were down (for metrics)
+        self.task_failures = TaskFailures(log)  # the expiry loop's failed ticks (for metrics)
 
     @classmethod
     async def open(cls, path: str | os.PathLike | None, table: LeaseTable | None = None, bus=None, *,
@@ -231,12 +233,16 @@ class Registry:
             self.store.close()
 
     async def _expiry_loop(self) -> None:
+        """Expire due leases; a tick that fails is logged once and counted, and the loop waits its
+        interval (never spins) and goes on: expiry must outlive whatever a lease holds."""
         while True:
-            self.expire()
+            self._wake_at = self.clock() + int(self.expiry_interval * 1000)
+            with self.task_failures.guard("registry.expiry"):
+                self.expire()
+                nxt = self.table.next_expiry()
+                if nxt is not None:
+                    self._wake_at = min(nxt, self.clock() + int(self.expiry_interval * 1000))
             now = self.clock()
-            nxt = self.table.next_expiry()
-            self._wake_at = now + int(self.expiry_interval * 1000) if nxt is None else min(
-                nxt, now + int(self.expiry_interval * 1000))
             self._reschedule = trio.Event()
             with trio.move_on_after(max(0, self._wake_at - now) / 1000):
                 await self._reschedule.wait()
@@ -279,12 +285,6 @@ class Registry:
         self._release(batch)
         return True
 
-    async def _final_flush(self) -> None:
-        # Bounded by the store's busy timeout; a commit in a thread cannot be interrupted anyway.
-        if self.store is not None and (self._entry_ops or self._ban_ops):
-            if not await self._commit():
-                log.error("registry stopped with changes not stored (their callers were told)")
-        # Anyone still waiting (the flush failed) is told, never left hanging.
     def _release(self, batch: _Batch) -> None:
         """The batch is stored: its events become visible, then its callers hear back."""
         for topic, data in batch.events:
@@ -346,6 +346,12 @@ class Registry:
                       now - f.since, exc, f.window, self.failure_log_interval)
             f.window, f.next_log = 0, now + self.failure_log_interval
 
+    async def _final_flush(self) -> None:
+        # Bounded by the store's busy timeout; a commit in a thread cannot be interrupted anyway.
+        if self.store is not None and (self._entry_ops or self._ban_ops):
+            if not await self._commit():
+                log.error("registry stopped with changes not stored (their callers were told)")
+        # Anyone still waiting (the flush failed) is told, never left hanging.
         if not self._batch.done.is_set():
             self._batch.error = ProtocolError(ErrorCode.SHUTTING_DOWN, "registry stopped before storing this change")
             self._batch.done.set()
