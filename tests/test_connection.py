@@ -16,6 +16,7 @@ from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.net.client import connect
 from galaxynode.net.connection import (Connection, RemoteError, SessionClosed, SessionLimits, establish,
                                        is_violation)
+from galaxynode.net.outbox import Outbox, OutputBudget
 from galaxynode.net.ratelimit import TokenBucket
 from galaxynode.net.transport import ChannelClosed, open_channel, serve_channels
 
@@ -52,7 +53,7 @@ async def handler(conn, frame):
 
 
 @asynccontextmanager
-async def session_server(identity, *, limits=FAST, handler=handler):
+async def session_server(identity, *, limits=FAST, handler=handler, budget=None):
     """Answering side built from the parts (no Server): yields (url, established connections)."""
     conns: list[Connection] = []
 
@@ -61,7 +62,7 @@ async def session_server(identity, *, limits=FAST, handler=handler):
             session = await establish(channel, identity, opener=False, network=NET, role="pool", limits=limits)
         except (ProtocolError, ChannelClosed):
             return
-        conn = Connection(channel, session, limits=limits, handler=handler)
+        conn = Connection(channel, session, limits=limits, handler=handler, budget=budget)
         conns.append(conn)
         await conn.run()
 
@@ -347,12 +348,15 @@ async def test_codec_limits_apply_to_the_session(identity_a, identity_b):
         assert (await conn.request(m.Status(), timeout=5)).type == "ACK"
 
 
-async def test_peer_that_stops_reading_is_dropped(identity_a, identity_b):
+async def test_peer_that_stops_reading_is_closed_as_slow_reader(identity_a, identity_b):
+    """A peer that asks for 23 MB of replies and never reads: the pool holds at most
+    send_queue_bytes of them (not 256 frames of 60 KB) and closes it with slow_reader."""
     async def bulky(conn, frame):
         return m.AdminResult(re=frame.id, items=({"x": "y" * 60_000},))
 
-    stalling = attrs.evolve(FAST, write_timeout=0.3)
-    async with session_server(identity_a, limits=stalling, handler=bulky) as (url, conns), \
+    stalling = attrs.evolve(FAST, write_timeout=0.3, send_queue_bytes=1 << 20)
+    budget = OutputBudget(8 << 20)
+    async with session_server(identity_a, limits=stalling, handler=bulky, budget=budget) as (url, conns), \
             open_channel(url, max_message_size=2**20, connect_timeout=5) as ch:
         session = await establish(ch, identity_b, opener=True, network=NET, role="probe", limits=FAST)
         with trio.fail_after(10):
@@ -362,4 +366,115 @@ async def test_peer_that_stops_reading_is_dropped(identity_a, identity_b):
             except ChannelClosed:
                 pass
             await wait_for(lambda: conns[0].closed)
-        assert conns[0].close_code == 1008 and conns[0].close_reason == "peer is not reading"
+            await conns[0].wait_closed()
+        assert conns[0].close_code == 1008 and conns[0].local_error.code is ErrorCode.SLOW_READER
+        assert 0 < budget.peak <= stalling.send_queue_bytes   # in flight included
+        assert budget.used == 0                                # all given back on close
+
+
+# --- output bytes (outbox.py) ------------------------------------------------------------------
+
+def test_outbox_bounds_frames_bytes_and_the_shared_budget():
+    budget = OutputBudget(250)
+    a, b = Outbox(3, 200, budget), Outbox(3, 200, budget)
+    assert a.fits(200) and not a.fits(201)
+    a.put(150, "a1")
+    assert not a.fits(51) and a.fits(50)
+    b.put(90, "b1")                       # the budget (250) now binds before b's own bound (200)
+    assert budget.used == 240 and not b.fits(11) and b.fits(10)
+    a.put(10, "a2")
+    assert b.full() and a.full()          # the budget is spent: no frame fits
+    c = Outbox(1, 1000)
+    c.put(1000, "c1")
+    assert c.full()                       # one frame max
+    a.done(150)                           # the writer handed a1 over: its bytes are free again
+    assert budget.used == 100 and a.bytes == 10 and b.fits(100)
+    a.release()
+    assert budget.used == 90 and a.bytes == 0 and a.closed
+    a.done(10)                            # a late done() after release gives nothing back twice
+    assert budget.used == 90
+    b.release()
+    assert budget.used == 0 and budget.peak == 250
+    with pytest.raises(ValueError):
+        OutputBudget(0)
+
+
+@asynccontextmanager
+async def idle_connection(url, identity, limits, budget):
+    """A Connection that is never run(): nothing drains its queue, so what it holds is what it took."""
+    async with open_channel(url, max_message_size=2**20, connect_timeout=5) as ch:
+        session = await establish(ch, identity, opener=True, network=NET, role="node", limits=limits)
+        conn = Connection(ch, session, limits=limits, budget=budget)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+
+def _event(size):
+    return m.Event(topic="t", event_id=bytes(16), origin=bytes(32), ts=0, data={"x": "y" * size})
+
+
+async def test_queued_output_is_bounded_in_encoded_bytes(identity_a, identity_b):
+    """send_nowait() drops once the session's queued bytes would pass send_queue_bytes (though far
+    fewer frames than send_queue are queued); the count is the frames' encoded size."""
+    limits = attrs.evolve(FAST, send_queue_bytes=100_000, send_queue=256)
+    budget = OutputBudget(10 << 20)
+    async with session_server(identity_a) as (url, _), idle_connection(url, identity_b, limits, budget) as conn:
+        results = [conn.send_nowait(_event(10_000)) for _ in range(20)]
+        queued = results.count(True)
+        assert results == [True] * queued + [False] * (20 - queued)
+        assert queued == 9 and conn.stats.dropped == 11       # 9 x ~10.2 KB <= 100 KB < 10 x
+        assert budget.used == conn._outbox.bytes and 9 * 10_000 < budget.used <= 100_000
+        assert conn.send_nowait(m.Ping())                     # a small frame still fits
+        await conn.close()
+        assert budget.used == 0
+
+
+async def test_send_waits_for_the_process_budget_and_resumes_when_it_is_freed(identity_a, identity_b, identity_c):
+    """Two sessions share one OutputBudget: when one holds it all, the other's send() waits
+    (backpressure, not a drop) and goes on as soon as the first gives its bytes back."""
+    limits = attrs.evolve(FAST, send_queue_bytes=200_000)
+    budget = OutputBudget(150_000)
+    sent = []
+    async with session_server(identity_a) as (url, _), \
+            idle_connection(url, identity_b, limits, budget) as hog, \
+            idle_connection(url, identity_c, limits, budget) as other:
+        while hog.send_nowait(_event(20_000)):
+            pass
+        assert budget.used > 130_000 and hog.stats.dropped == 1
+        assert not other.send_nowait(_event(20_000)) and other.stats.dropped == 1
+
+        async def send_one():
+            await other.send(_event(20_000))
+            sent.append(True)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_one)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sent == []                     # waiting, not dropped
+            await hog.close()                     # its queued bytes go back to the budget
+            await trio.testing.wait_all_tasks_blocked()
+            assert sent == [True]
+        assert budget.used == other._outbox.bytes > 20_000
+
+
+async def test_a_reply_waits_for_room_in_its_own_queue(identity_a, identity_b):
+    """send() on a full session queue parks until the writer drains it; closing wakes it with SessionClosed."""
+    limits = attrs.evolve(FAST, send_queue_bytes=50_000)
+    async with session_server(identity_a) as (url, _), idle_connection(url, identity_b, limits, None) as conn:
+        await conn.send(_event(30_000))
+        outcome = []
+
+        async def second():
+            try:
+                await conn.send(_event(30_000))
+            except SessionClosed:
+                outcome.append("closed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == [] and len(conn._outbox) == 1
+            nursery.start_soon(conn.close)
+        assert outcome == ["closed"]

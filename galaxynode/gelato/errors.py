@@ -44,6 +44,7 @@ class ErrorCode(enum.IntEnum):
     RATE_LIMITED = 5000
     TOO_MANY_CONNECTIONS = 5001
     TEMPORARILY_BANNED = 5002
+    SLOW_READER = 5003
     # registry and discovery
     NOT_JOINED = 6000
     BAD_TTL = 6001
@@ -78,6 +79,7 @@ FATAL_CODES = frozenset({
     ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.IDLE_TIMEOUT, ErrorCode.NO_COMMON_VERSION,
     ErrorCode.DUPLICATE_SESSION, ErrorCode.BANNED, ErrorCode.RATE_LIMITED,
     ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.TEMPORARILY_BANNED, ErrorCode.SHUTTING_DOWN,
+    ErrorCode.SLOW_READER,
 })
 
 

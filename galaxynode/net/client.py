@@ -9,6 +9,7 @@ import trio
 
 from galaxynode.identity import Identity
 from galaxynode.net.connection import AGENT, DEFAULT_SESSION_LIMITS, Connection, Handler, SessionLimits, establish
+from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.transport import open_channel, raise_single
 
 
@@ -17,16 +18,18 @@ async def connect(url: str, identity: Identity, *, network: str, role: str = "no
                   limits: SessionLimits = DEFAULT_SESSION_LIMITS, pinned_key: bytes | None = None,
                   handler: Handler | None = None, ssl_context: ssl.SSLContext | None = None,
                   connect_timeout: float = 10.0, listen: tuple[str, ...] = (),
-                  agent: str = AGENT) -> AsyncIterator[Connection]:
+                  agent: str = AGENT, output_budget: OutputBudget | None = None) -> AsyncIterator[Connection]:
     """`async with connect(url, identity, network=...) as conn:` an established Connection,
     served (PING, replies, the handler) for the duration of the block and closed with GOODBYE
     at its end. Failing to connect raises ChannelClosed; a refused handshake raises
-    ProtocolError (RemoteError when the server refused us)."""
+    ProtocolError (RemoteError when the server refused us). A process that dials many sessions (a
+    pool's peers and announcer) passes its one `output_budget` (the server's) so that their queued
+    output counts against the same process-wide bytes; without one only the session's own bound applies."""
     async with open_channel(url, max_message_size=limits.codec.max_frame_size, connect_timeout=connect_timeout,
                             ssl_context=ssl_context, close_timeout=limits.close_timeout) as channel:
         session = await establish(channel, identity, opener=True, network=network, role=role, limits=limits,
                                   pinned_key=pinned_key, listen=listen, agent=agent)
-        conn = Connection(channel, session, limits=limits, handler=handler)
+        conn = Connection(channel, session, limits=limits, handler=handler, budget=output_budget)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.run)

@@ -1,10 +1,14 @@
 """One Gelato session over a Channel: handshake, then a reader, a writer, a dispatcher and a
 keepalive task, with every limit of "Limits and defences" enforced here.
 
-Outgoing frames go through one bounded queue and one writer task, which assigns `seq` as it
-encodes, so sequence order is wire order. `send()` waits when the queue is full (backpressure);
-`send_nowait()` is for pushes that may be lost (events): on a full queue it drops the frame,
-counts it in `stats.dropped` and returns False. Incoming requests are handed to the handler one
+Outgoing frames are encoded (seq stamped, signed) as they are queued, so sequence order is wire
+order and the queue is bounded in the bytes it really holds: per session (send_queue_bytes) and
+per process (an OutputBudget shared by every session, send_queue_total_bytes); see outbox.py.
+One writer task hands them to the transport. `send()` waits while the queue is full
+(backpressure); `send_nowait()` is for pushes that may be lost (events): on a full queue it drops
+the frame, counts it in `stats.dropped` and returns False. A writer that cannot hand a frame over
+for write_timeout means the peer does not read: the session is closed (slow_reader, a violation),
+which is also what frees a budget such a peer holds. Incoming requests are handed to the handler one
 at a time, in order, by a dispatcher task; the reader meanwhile keeps answering PING and
 resolving replies to our own `request()`s, so a handler may itself wait on a request.
 
@@ -26,6 +30,7 @@ from galaxynode.gelato.codec import ID_LEN, Frame, Limits, decode_frame, encode_
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.handshake import Handshake, Session
 from galaxynode.identity import Identity
+from galaxynode.net.outbox import OutputBudget, Outbox
 from galaxynode.net.ratelimit import TokenBucket
 from galaxynode.net.transport import Channel, ChannelClosed
 
@@ -51,7 +56,7 @@ class SessionLimits:
     preauth_frame_size: int = attrs.field(default=4096, validator=_positive)  # largest frame before READY
     idle_timeout: float = attrs.field(default=60.0, validator=_positive)    # nothing received -> close
     ping_interval: float = attrs.field(default=20.0, validator=_positive)   # nothing received -> PING
-    write_timeout: float = attrs.field(default=10.0, validator=_positive)   # one frame stuck this long: peer is not reading
+    write_timeout: float = attrs.field(default=10.0, validator=_positive)   # writer stuck this long: slow_reader
     close_timeout: float = attrs.field(default=2.0, validator=_positive)    # flushing and the closing handshake
     frame_rate: float = attrs.field(default=200.0, validator=_positive)     # frames/s, token bucket
     frame_burst: int = attrs.field(default=400, validator=_positive)
@@ -231,6 +236,11 @@ class ConnectionStats:
                 setattr(self, a.name, mine + theirs)
 
 
+def _kind(msg: Any) -> tuple[str, int | None]:
+    """What the counters need of a queued message (the message itself is not kept: only its bytes)."""
+    return msg.TYPE, (msg.code if msg.TYPE == "ERROR" else None)
+
+
 @attrs.define
 class _Pending:
     done: trio.Event = attrs.field(factory=trio.Event)
@@ -249,7 +259,8 @@ class Connection:
     `run(conn)` method, that runs alongside the session (e.g. to push events)."""
 
     def __init__(self, channel: Channel, session: Session, *,
-                 limits: SessionLimits = DEFAULT_SESSION_LIMITS, handler: Handler | None = None):
+                 limits: SessionLimits = DEFAULT_SESSION_LIMITS, handler: Handler | None = None,
+                 budget: OutputBudget | None = None):
         self.channel = channel
         self.session = session
         self.limits = limits
@@ -259,7 +270,9 @@ class Connection:
         self.remote_error: RemoteError | None = None    # an ERROR the peer sent that answered no request
         self.close_code: int | None = None
         self.close_reason = ""
-        self._send_tx, self._send_rx = trio.open_memory_channel[tuple[Any, bytes]](limits.send_queue)
+        # Queued frames as (bytes, (type, error code or None)); budget: shared by the process's sessions.
+        self._outbox: Outbox[tuple[bytes, tuple[str, int | None]]] = Outbox(
+            limits.send_queue, limits.send_queue_bytes, budget)
         self._dispatch_tx, self._dispatch_rx = trio.open_memory_channel[Frame](limits.recv_queue)
         self._pending: dict[bytes, _Pending] = {}
         self._closing = False
@@ -301,13 +314,37 @@ class Connection:
     def _closed_error(self) -> SessionClosed:
         return SessionClosed(self.close_code, self.close_reason, self.local_error or self.remote_error)
 
+    def _encode(self, msg: Any, frame_id: bytes) -> bytes:
+        s = self.session
+        return encode_frame(s.identity, msg, sid=s.sid, seq=s.send_seq, frame_id=frame_id, limits=s.limits)
+
+    def _put(self, data: bytes, msg: Any) -> None:
+        """Queue an encoded frame: its seq is taken (no checkpoint since _encode, so seq order is queue order)."""
+        self._outbox.put(len(data), (data, _kind(msg)))
+        self.session.send_seq += 1
+
     async def _enqueue(self, msg: Any, frame_id: bytes) -> None:
-        if self._closing:
-            raise self._closed_error()
-        try:
-            await self._send_tx.send((msg, frame_id))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise self._closed_error() from None
+        box, data, seq = self._outbox, b"", -1
+        while True:
+            if self._closing:
+                raise self._closed_error()
+            if seq != self.session.send_seq:  # first try, or another sender took our seq while we waited
+                seq = self.session.send_seq
+                try:
+                    data = self._encode(msg, frame_id)
+                except ProtocolError as e:  # our own message does not fit the limits
+                    log.warning("cannot send %s to %s: %s", msg.TYPE, self.remote, e)
+                    if frame_id in self._pending:  # request(): its caller gets the error
+                        raise
+                    if getattr(msg, "re", None) is None:
+                        return
+                    msg, frame_id, seq = m.Error(code=int(ErrorCode.INTERNAL), name="internal",
+                                                 message="reply could not be encoded", re=msg.re), os.urandom(ID_LEN), -1
+                    continue
+            if box.fits(len(data)):
+                self._put(data, msg)
+                return
+            await box.wait_room(len(data))
 
     async def send(self, msg: Any) -> bytes:
         """Queue a message (waits while the queue is full); returns its frame id."""
@@ -319,14 +356,18 @@ class Connection:
         """Queue a message if there is room; False (and counted as dropped) if not."""
         if self._closing:
             raise self._closed_error()
-        try:
-            self._send_tx.send_nowait((msg, os.urandom(ID_LEN)))
-        except trio.WouldBlock:
-            self.stats.dropped += 1
-            return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise self._closed_error() from None
-        return True
+        box = self._outbox
+        if not box.full():  # else do not pay for an encoding that cannot be queued
+            try:
+                data = self._encode(msg, os.urandom(ID_LEN))
+            except ProtocolError as e:
+                log.warning("cannot send %s to %s: %s", msg.TYPE, self.remote, e)
+                return False
+            if box.fits(len(data)):
+                self._put(data, msg)
+                return True
+        self.stats.dropped += 1
+        return False
 
     async def request(self, msg: Any, *, timeout: float = 10.0) -> Frame:
         """Send a request and wait for the frame whose body `re` is its id. An ERROR reply is
@@ -344,41 +385,36 @@ class Connection:
         assert slot.frame is not None
         return slot.frame
 
-    async def _write(self, msg: Any, frame_id: bytes) -> None:
-        s = self.session
-        try:
-            data = encode_frame(s.identity, msg, sid=s.sid, seq=s.send_seq, frame_id=frame_id, limits=s.limits)
-        except ProtocolError as e:  # our own message does not fit the limits
-            log.warning("cannot send %s to %s: %s", msg.TYPE, self.remote, e)
-            slot = self._pending.get(frame_id)
-            if slot is not None:
-                slot.error = e
-                slot.done.set()
-            elif getattr(msg, "re", None) is not None:  # a reply: tell the requester
-                await self._write(m.Error(code=int(ErrorCode.INTERNAL), name="internal",
-                                          message="reply could not be encoded", re=msg.re), os.urandom(ID_LEN))
-            return
-        s.send_seq += 1
-        with trio.move_on_after(self.limits.write_timeout) as stalled:
-            await self.channel.send(data)
-        if stalled.cancelled_caught:
-            raise ChannelClosed(1008, "peer is not reading")
+    def _count_out(self, size: int, kind: str, code: int | None) -> None:
         st = self.stats
         st.frames_out += 1
-        st.bytes_out += len(data)
-        st.frames_out_by_type[msg.TYPE] = st.frames_out_by_type.get(msg.TYPE, 0) + 1
-        if msg.TYPE == "ERROR":
+        st.bytes_out += size
+        st.frames_out_by_type[kind] = st.frames_out_by_type.get(kind, 0) + 1
+        if code is not None:
             st.errors_sent += 1
-            st.errors_sent_by_code[msg.code] = st.errors_sent_by_code.get(msg.code, 0) + 1
+            st.errors_sent_by_code[code] = st.errors_sent_by_code.get(code, 0) + 1
 
     async def _writer(self) -> None:
+        box, lim = self._outbox, self.limits
+        stalled = False
         try:
-            async for msg, frame_id in self._send_rx:
-                await self._write(msg, frame_id)
+            while (item := await box.get()) is not None:
+                size, (data, (kind, code)) = item
+                with trio.move_on_after(lim.write_timeout) as scope:
+                    await self.channel.send(data)
+                if scope.cancelled_caught:  # part of a frame may be on the wire: nothing more can follow it
+                    stalled = True
+                    break
+                box.done(size)
+                self._count_out(size, kind, code)
         except ChannelClosed as e:
             self._lost(e)
         finally:
             self._writer_done.set()
+        if stalled:
+            await self._close(None, ProtocolError(
+                ErrorCode.SLOW_READER, f"output not read for {lim.write_timeout:g}s "
+                                       f"({len(box)} frames, {box.bytes} bytes queued)"), "")
 
     # --- closing ---------------------------------------------------------------------------
     async def close(self, error: ProtocolError | None = None, *, reason: str = "") -> None:
@@ -395,13 +431,20 @@ class Connection:
         self.local_error = error
         self.close_code = ws_close_code(error)
         self.close_reason = error.message if error is not None else reason
-        self._send_tx.close()
+        self._outbox.close()  # the writer drains what is queued, then stops
         try:
             with trio.move_on_after(self.limits.close_timeout):
                 if self._scope is not None:
                     await self._writer_done.wait()
+                else:  # never ran: nothing queued was written, so the last word takes the first unsent seq
+                    self.session.send_seq -= len(self._outbox)
                 if last is not None:
-                    await self._write(last, os.urandom(ID_LEN))
+                    data = self._encode(last, os.urandom(ID_LEN))
+                    self.session.send_seq += 1
+                    await self.channel.send(data)
+                    self._count_out(len(data), *_kind(last))
+        except ProtocolError as e:  # a last word that does not fit the limits: close without it
+            log.warning("cannot send %s to %s: %s", last.TYPE, self.remote, e)
         except ChannelClosed:
             pass
         finally:
@@ -418,7 +461,7 @@ class Connection:
 
     def _finish(self) -> None:
         self._closing = True
-        self._send_tx.close()
+        self._outbox.release()  # what was not written gives its bytes back to the process budget
         if not self._closed.is_set():
             for slot in self._pending.values():
                 if not slot.done.is_set():

@@ -19,6 +19,7 @@ from galaxynode.identity import Identity
 from galaxynode.net.connection import (AGENT, DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler,
                                        RemoteError, SessionLimits, establish, is_violation, refuse)
 from galaxynode.net.ratelimit import BanList
+from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.transport import Channel, ChannelClosed, format_address, parse_url, serve_channels
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ class Server:
                  limits: SessionLimits = DEFAULT_SESSION_LIMITS, max_connections: int = 1000,
                  max_pending: int = 64, handler_factory: Callable[[Connection], Handler] | None = None,
                  bans: BanList | None = None, listen_urls: Sequence[str] = ("ws://127.0.0.1:0",),
-                 ssl_context: ssl.SSLContext | None = None, agent: str = AGENT):
+                 ssl_context: ssl.SSLContext | None = None, agent: str = AGENT,
+                 output_budget: OutputBudget | None = None):
         if max_connections < 1 or max_pending < 0:
             raise ValueError("max_connections must be positive and max_pending not negative")
         self._listen = []
@@ -86,6 +88,7 @@ class Server:
         self.bans = bans
         self.ssl_context = ssl_context
         self.agent = agent
+        self.output_budget = output_budget or OutputBudget()  # queued output bytes of all sessions (outbox.py)
         self.connections: dict[bytes, Connection] = {}
         self.stats = ServerStats()
         self._live: set[Connection] = set()  # established sessions still running (even if replaced)
@@ -172,7 +175,7 @@ class Server:
             log.info("handshake with %s failed: %s", channel.remote, e)
             self._violation(channel.host, e)
             return
-        conn = Connection(channel, session, limits=self.limits)
+        conn = Connection(channel, session, limits=self.limits, budget=self.output_budget)
         key = conn.peer_key
         if self.handler_factory is not None:
             conn.handler = self.handler_factory(conn)
