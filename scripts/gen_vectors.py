@@ -673,6 +673,91 @@ def invalid_vectors() -> list[dict]:
     return vs
 
 
+def record_vectors() -> dict:
+    """Signed records (docs/gelato/records.md): valid ones with their decoded content, and records every
+    verifier must refuse, each with its check id and code. The verifier's state is in `context`."""
+    from galaxynode import records as r
+
+    kinds = {"node": r.NODE, "event": r.EVENT}
+    node = r.NodeClaim(origin=B, network=NETWORK, seq=TS, issued=TS, expires=TS + 60_000, key=A,
+                       capabilities=("gpu", "cpu"), meta={"region": "eu"})
+    event = r.EventClaim(origin=B, network=NETWORK, seq=TS + 1, topic="node.left", event_id=fid("records/event"),
+                         ts=TS, data={"key": A.hex(), "capabilities": ["gpu"], "meta": {}, "expires": TS})
+
+    def ctx(origin: bytes = B, now: int = TS + 1000) -> dict:
+        return {"origin": origin.hex(), "network": NETWORK, "now": now}
+
+    def raw(kind: str, record: bytes, key: str = "b", prefix: bytes | None = None) -> r.SignedRecord:
+        return r.SignedRecord(record=record, sig=KEYS[key].sign((prefix or kinds[kind].prefix) + record))
+
+    def run_record(kind: str, signed: r.SignedRecord, c: dict) -> Any:
+        return r.verify_record(kinds[kind], signed, origin=bytes.fromhex(c["origin"]), network=c["network"],
+                               now=c["now"])
+
+    valid = []
+    for name, kind, signed in [
+        ("node", "node", r.sign(KEYS["b"], r.NODE, node)),
+        ("event", "event", r.sign(KEYS["b"], r.EVENT, event)),
+        ("node-unknown-field", "node", raw("node", msgpack.packb(node.to_body() | {"future": [1, "x"]},
+                                                                 use_bin_type=True))),
+    ]:
+        run_record(kind, signed, ctx())
+        content = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in msgpack.unpackb(signed.record).items()}
+        valid.append({"name": f"records/{name}", "kind": kind, "signer": "b", "record": signed.record.hex(),
+                      "sig": signed.sig.hex(), "content": content, "context": ctx()})
+
+    node_bytes = msgpack.packb(node.to_body(), use_bin_type=True)
+    invalid = []
+
+    def bad(name: str, description: str, kind: str, signed: r.SignedRecord, check: str, c: dict | None = None) -> None:
+        c = c or ctx()
+        try:
+            run_record(kind, signed, c)
+        except r.RecordError as e:
+            if e.check != check:
+                raise SystemExit(f"record vector {name}: expected {check}, the code says {e.check}: {e.message}")
+        else:
+            raise SystemExit(f"record vector {name}: expected {check}, the code accepts it")
+        invalid.append({"name": f"records/{name}", "description": description, "kind": kind,
+                        "record": signed.record.hex(), "sig": signed.sig.hex(), "context": c, "check": check,
+                        "code": int(r.CHECKS[check][0])})
+
+    good = r.sign(KEYS["b"], r.NODE, node)
+    bad("empty", "an empty record", "node", r.SignedRecord(record=b"", sig=good.sig), "R1")
+    bad("sig-63", "a 63-byte sig", "node", r.SignedRecord(record=good.record, sig=good.sig[:63]), "R1")
+    bad("too-large", "a node record of max_record + 1 bytes", "node",
+        raw("node", msgpack.packb(node.to_body() | {"pad": "x" * (r.MAX_NODE_RECORD - len(node_bytes) - 6)},
+                                  use_bin_type=True)), "R1")
+    bad("not-a-map", "an array", "node", raw("node", msgpack.packb([1, 2])), "R2")
+    bad("trailing", "a second msgpack value after the map", "node", raw("node", node_bytes + b"\xc0"), "R2")
+    bad("duplicate-key", "seq twice", "node", raw("node", pmap([*node.to_body().items(), ("seq", TS + 9)])), "R2")
+    bad("int-key", "an integer map key", "node", raw("node", pmap([*node.to_body().items(), (Raw(b"\x01"), 1)])),
+        "R2")
+    bad("ext", "an ext value", "node", raw("node", pmap([*node.to_body().items(), ("x", Raw(b"\xd4\x01\x00"))])),
+        "R2")
+    bad("missing-key", "no 'key'", "node",
+        raw("node", msgpack.packb({k: v for k, v in node.to_body().items() if k != "key"}, use_bin_type=True)), "R3")
+    bad("other-origin", "origin b, carried as a's", "node", good, "R4", ctx(origin=A))
+    bad("other-network", "signed for othernet", "node",
+        r.sign(KEYS["b"], r.NODE, attrs.evolve(node, network="othernet")), "R5")
+    bad("expired", "verified at expires", "node", good, "R6", ctx(now=node.expires))
+    bad("event-too-old", "an event older than max_event_age_ms", "event", r.sign(KEYS["b"], r.EVENT, event), "R6",
+        ctx(now=TS + r.MAX_EVENT_AGE_MS + 1))
+    bad("signed-by-other", "names b, signed by c", "node", raw("node", node_bytes, "c"), "R8")
+    bad("event-domain", "a node record signed with the event prefix", "node", raw("node", node_bytes, prefix=r.EVENT_PREFIX),
+        "R8")
+    bad("descriptor-domain", "a node record signed with the descriptor prefix", "node",
+        raw("node", node_bytes, prefix=b"gelato/v1/descriptor\0"), "R8")
+    bad("tampered", "seq changed after signing", "node",
+        r.SignedRecord(record=msgpack.packb(node.to_body() | {"seq": TS + 1}, use_bin_type=True), sig=good.sig), "R8")
+    return {"description": "Signed records (docs/gelato/records.md): sig = Ed25519 by origin over prefix || record. "
+                           "valid: verify with the context and decode to content; invalid: refused by check "
+                           "with its code. Keys as in keys.json.",
+            "prefixes": {k: kind.prefix.hex() for k, kind in kinds.items()},
+            "checks": {k: {"code": int(c), "name": c.name.lower(), "checks": what} for k, (c, what) in r.CHECKS.items()},
+            "valid": valid, "invalid": invalid}
+
+
 def outputs() -> dict[Path, str]:
     keys = {"description": "Test keys: Ed25519 seeds (RFC 8032 private keys) and their public keys. "
                            "Never use them outside tests.",
@@ -682,6 +767,7 @@ def outputs() -> dict[Path, str]:
         "messages.json": message_vectors(),
         "handshake.json": handshake_vectors(),
         "session.json": session_vectors(),
+        "records.json": record_vectors(),
         "invalid.json": {"description": "Frames every receiver must reject, each with the error code, the "
                                         "check (framing §5, handshake §5) and the decoder state.",
                          "vectors": invalid_vectors()},
