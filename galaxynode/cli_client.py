@@ -18,7 +18,7 @@ EXIT_USAGE = 2
 
 def _cli_error(message: str, code: int = 1) -> Exception:
     from galaxynode.cli import CliError
-    return CliError(" ".join(message.split("\n")), code)
+    return CliError(printable(" ".join(message.split("\n"))), code)  # pools' refusals are their text
 
 
 # --- argument types ----------------------------------------------------------------------------
@@ -234,9 +234,21 @@ def node_json(rec: Any) -> dict:
 
 
 def format_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None = None) -> str:
-    rows = [headers, *rows] if headers is not None else list(rows)
-    widths = [max(len(str(c)) for c in col) for col in zip(*rows)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    """Aligned columns; every cell goes through printable(), so no cell can break the layout."""
+    rows = [[printable(str(c)) for c in row] for row in ([headers, *rows] if headers is not None else rows)]
+    widths = [max(len(c) for c in col) for col in zip(*rows)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+def printable(text: str) -> str:
+    """Text from the network made safe to print on a terminal: every character that is not
+    printable (ESC of an ANSI sequence, BEL, CR, newline, bidi overrides, ...) becomes its visible
+    escape (\\x1b, \\n, \\u202e), as in the JSON that `watch` prints; printable text, accents
+    included, stays as it is. Without it a node's meta could clear the screen, retitle the window or
+    print fake rows."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 
 
 def nodes_table(records: Sequence[Any], now_ms: int) -> str:
@@ -258,7 +270,7 @@ def event_line(ev: Any, pool_key: bytes, *, as_json: bool) -> str:
     if as_json:
         return json.dumps({"topic": ev.topic, "event_id": ev.event_id.hex(), "origin": _pub(ev.origin),
                            "ts": ev.ts, "data": ev.data, "hops": ev.hops}, default=_json_default)
-    line = f"{_iso(ev.ts)} {ev.topic} {json.dumps(ev.data, default=_json_default, sort_keys=True)}"
+    line = f"{_iso(ev.ts)} {printable(ev.topic)} {json.dumps(ev.data, default=_json_default, sort_keys=True)}"
     return line if ev.origin == pool_key else f"{line} (from {_pub(ev.origin)})"
 
 
@@ -276,7 +288,7 @@ def cmd_node_join(args: argparse.Namespace) -> int:
     def report(st: JoinState) -> None:
         if st.kind == "disconnected":
             why = _describe(st.error, args) or f"{args.url}: {st.error}"
-            print(f"galaxynode: {why}; retrying in {st.retry_in:.1f}s", file=sys.stderr, flush=True)
+            print(f"galaxynode: {printable(why)}; retrying in {st.retry_in:.1f}s", file=sys.stderr, flush=True)
         else:
             print(f"{st.kind} {args.url} as {identity.public_text} (pool {_pub(st.pool_key)}, lease {st.lease.ttl}s)",
                   flush=True)

@@ -27,7 +27,8 @@ from galaxynode.mainnet import Announcer, MainnetServices, open_pool_registry
 from galaxynode.metrics import MetricsServer, daemon_registry
 from galaxynode.modules import Kernel, Module, ModuleContext, StartupError, single_leaf
 from galaxynode.net.connection import SessionLimits
-from galaxynode.net.ratelimit import BanList
+from galaxynode.net.bans import Bans
+from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.server import Server
 from galaxynode.peering import PeerManager
 from galaxynode.plugins import PluginContext, PluginSupervisor
@@ -165,11 +166,13 @@ class NetworkModule(Module):
 
         self.server = Server(rt.identity, network=c.network.id, role=c.node.role, limits=session_limits(c),
                              max_connections=c.server.max_connections, handler_factory=handler_factory,
-                             bans=BanList(c.limits.violations_before_ban, c.limits.ban_seconds),
+                             bans=Bans(c.limits.violations_before_ban, c.limits.ban_seconds,
+                                       window=c.limits.violation_window, exempt=services.registry.table.is_admin),
                              listen_urls=c.server.listen, ssl_context=ssl_context(c),
                              agent=f"galaxynode/{__version__}")
         ctx.container.register("server", self.server)
         try:
+        services.server = self.server  # ADMIN kick/ban close live sessions; bans/unban reach its ban table
             urls = await ctx.nursery.start(self.server.run)
         except BaseExceptionGroup as group:
             leaf = single_leaf(group)

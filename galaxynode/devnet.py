@@ -381,7 +381,8 @@ class Screen:
 
 
 def note(message: str) -> None:
-    print(f"devnet: {message}", file=sys.stderr, flush=True)
+    from galaxynode.cli_client import printable  # daemons' log lines may quote what remote parties sent
+    print(f"devnet: {printable(message)}", file=sys.stderr, flush=True)
 
 
 # --- the command ---------------------------------------------------------------------------------

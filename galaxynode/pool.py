@@ -6,6 +6,7 @@ A node can only act as itself: JOIN/HEARTBEAT/LEAVE always apply to the session'
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from typing import Any, Awaitable, Callable
@@ -172,24 +173,86 @@ class SessionHandler:
         return self.s.status(frame.id)
 
     async def admin(self, conn: Any, frame: Frame) -> Any:
+        """ADMIN (docs/gelato/messages.md §5). kick and ban also end the target key's live session
+        with ERROR kicked / banned, so the node learns it at once instead of finding out (or not)
+        at its next HEARTBEAT; `bans` and `unban` cover the admin bans of the registry and the
+        violation bans of the server (keys and addresses)."""
         a, reg, by = frame.msg, self.s.registry, conn.peer_key
         if not reg.table.is_admin(by):
             raise ProtocolError(ErrorCode.FORBIDDEN, "admin actions need an admin key", frame.id)
-        if a.action in ("kick", "ban", "unban") and a.key is None:
+        if a.action in ("kick", "ban") and a.key is None:
             raise ProtocolError(ErrorCode.INVALID_BODY, f"ADMIN {a.action} needs 'key'", frame.id)
+        if a.action == "unban" and (a.key is None) == (a.address is None):
+            raise ProtocolError(ErrorCode.INVALID_BODY, "ADMIN unban needs one of 'key' and 'address'", frame.id)
+        server = getattr(self.s, "server", None)  # set by the daemon; None when serving without one
+        bans = server.bans if server is not None else None
         if a.action == "kick":
-            if await reg.kick(a.key, by=by) is None:
-                raise ProtocolError(ErrorCode.NOT_FOUND, "no such node", frame.id)
+            entry = await reg.kick(a.key, by=by)
+            kicked = ProtocolError(ErrorCode.KICKED, "kicked by an administrator")
+            if not await _end_session(server, conn, a.key, kicked) and entry is None:
+                raise ProtocolError(ErrorCode.NOT_FOUND, "no such node or session", frame.id)
         elif a.action == "ban":
-            until = reg.clock() + a.duration * 1000 if a.duration else None
-            await reg.ban(a.key, until=until, by=by)
+            await reg.ban(a.key, until=_ban_until(reg.clock(), a.duration, frame.id), by=by)
+            await _end_session(server, conn, a.key, ProtocolError(ErrorCode.BANNED, "banned by an administrator"))
         elif a.action == "unban":
-            await reg.unban(a.key, by=by)
+            if a.key is not None:
+                await reg.unban(a.key, by=by)
+                if bans is not None:
+                    bans.unban_key(a.key)
+            elif bans is not None:
+                bans.unban_address(_address(a.address, frame.id))
+        elif a.action == "bans":
+            return m.AdminResult(re=frame.id, items=tuple(_ban_items(reg, bans)))
         elif a.action == "nodes":
-            entries, _ = reg.query(limit=reg.table.page_max)
-            return m.AdminResult(re=frame.id, items=tuple(node_record(e).to_body() for e in entries))
+            entries, cursor = reg.query(limit=reg.table.page_max, cursor=a.cursor)  # paged like QUERY
+            return m.AdminResult(re=frame.id, items=tuple(node_record(e).to_body() for e in entries), cursor=cursor)
         elif a.action == "peers":
             items = self.s.peers.describe() if self.s.peers else ()
             return m.AdminResult(re=frame.id, items=tuple(items))
-        log.info("admin %s by %s: %s", a.action, conn.peer_key.hex()[:16], a.key.hex() if a.key else "")
+        log.info("admin %s by %s: %s", a.action, conn.peer_key.hex()[:16], a.key.hex() if a.key else a.address or "")
         return m.Ack(re=frame.id)
+
+
+def _ban_until(now_ms: int, duration: int | None, ref: bytes) -> int | None:
+    """The end (ms since epoch) of a ban of `duration` seconds; None (no duration) is permanent."""
+    if duration is None:
+        return None
+    if not 1 <= duration <= m.Admin.MAX_DURATION:  # 0 used to make a permanent ban by accident
+        raise ProtocolError(ErrorCode.INVALID_BODY, f"duration must be 1..{m.Admin.MAX_DURATION} seconds "
+                                                    "(omit it for a permanent ban)", ref)
+    return now_ms + duration * 1000
+
+
+def _address(text: str, ref: bytes) -> str:
+    """An unban target: an IP address, or an IPv6 /64 as `bans` lists it."""
+    try:
+        ipaddress.ip_address(text.removesuffix("/64") if ":" in text else text)
+    except ValueError:
+        raise ProtocolError(ErrorCode.INVALID_BODY, "address must be an IP address (or an IPv6 /64)", ref) from None
+    return text
+
+
+async def _end_session(server: Any, requester: Any, key: bytes, error: ProtocolError) -> bool:
+    """Close `key`'s live session with `error` (bounded by its close_timeout); False if it has none.
+    The requester's own session stays open: it is waiting for the answer."""
+    conn = server.connections.get(key) if server is not None else None
+    if conn is None or conn is requester or conn.closed:
+        return False
+    await conn.close(error)
+    return True
+
+
+def _ban_items(reg: Any, bans: Any) -> list[dict[str, Any]]:
+    """Every ban in force: the registry's admin bans of keys, then the server's violation bans of
+    keys and addresses. `until` is ms since epoch, absent for a permanent ban."""
+    now_ms = reg.clock()
+    items: list[dict[str, Any]] = []
+    for key, until in reg.table.bans().items():
+        if until is None or until > now_ms:
+            items.append({"key": key, "by": "admin", **({} if until is None else {"until": until})})
+    if bans is not None:
+        now = trio.current_time()
+        for ban in bans.list(now):
+            until = now_ms + max(0, round((ban.until - now) * 1000))
+            items.append({ban.kind: ban.subject, "by": "violations", "reason": ban.reason, "until": until})
+    return items

@@ -463,6 +463,19 @@ def invalid_vectors() -> list[dict]:
         E.MALFORMED_FRAME, "F9")
     add("payload-array-key", "an array as a map key in the body",
         signed("a", payload("payload-array-key", body=Raw(b"\x81\x91\x01\x01"))), E.MALFORMED_FRAME, "F9")
+    add("payload-lying-headers", "100 nested arrays declaring 10000 elements each, then the payload ends: "
+        "incomplete, judged before anything is allocated for the declared elements (limits §1.2)",
+        signed("a", b"\x81\xa4body" + b"\xdc\x27\x10" * 100), E.MALFORMED_FRAME, "F9")
+    add("order/structure-before-limit", "an over-long str, and the payload's last byte cut off: "
+        "incomplete beats every other defect",
+        signed("a", payload("order/structure-before-limit", type="GOODBYE",
+                            body={"reason": "shutting down", "more": 1})[:-1]),
+        E.MALFORMED_FRAME, "F9", context=frame_ctx(max_str_len=8))
+    add("order/structure-before-array-limit", "an array longer than max_array_len (2 here) whose last "
+        "element is cut off: incomplete beats the limit judged at its header",
+        signed("a", payload("order/structure-before-array-limit", type="SUBSCRIBE",
+                            body={"topics": ["a", "b", "c"]})[:-1]),
+        E.MALFORMED_FRAME, "F9", context=frame_ctx(max_array_len=2))
 
     # F10-F13: payload map, sender, signature
     add("payload-array", "the payload is an array", signed("a", msgpack.packb(["PING"])), E.MALFORMED_FRAME, "F10")
@@ -669,6 +682,16 @@ def invalid_vectors() -> list[dict]:
         decoder="handshake", context=hs_ctx("opener", now=TS + 2))
     f, r = hello("hs/answer-no-echo", "b", ts=TS + 1)
     add("hs/answer-no-echo", "the answer has no echo", f, E.BAD_NONCE, "H9", ref=r, decoder="handshake",
+    f, _ = hello("hs/preauth-array", x=list(range(33)))
+    add("hs/preauth-array", "an unknown HELLO field holding 33 elements: over the pre-auth max_array_len "
+        "(32, limits §1.1), though within a session's", f, E.LIMIT_EXCEEDED, "F9", decoder="handshake",
+        context=hs_ctx("answerer"))
+    f, r = hello("hs/preauth-depth", x=[[[[1]]]])
+    add("hs/preauth-depth", "an unknown HELLO field nesting the body 5 deep: over the pre-auth max_depth (4)",
+        f, E.LIMIT_EXCEEDED, "F21", ref=r, decoder="handshake", context=hs_ctx("answerer"))
+    f, _ = hello("hs/preauth-frame-size", x=b"\x00" * 4000)
+    add("hs/preauth-frame-size", "a HELLO of more than preauth_frame_size (4096) bytes", f, E.FRAME_TOO_LARGE,
+        "F2", decoder="handshake", context=hs_ctx("answerer"))
         context=hs_ctx("opener", now=TS + 2))
     return vs
 

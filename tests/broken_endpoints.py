@@ -19,7 +19,7 @@ from galaxynode.gelato import codec, handshake
 from galaxynode.gelato.codec import Limits
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import Identity
-from galaxynode.net import BanList, Server, SessionLimits
+from galaxynode.net import Bans, Server, SessionLimits
 from galaxynode.pool import PoolInfo, PoolServices
 from galaxynode.registry import LeaseTable, Registry
 
@@ -30,7 +30,7 @@ LIMITS = SessionLimits(handshake_timeout=0.3, close_timeout=0.5, codec=Limits(ma
 
 
 @asynccontextmanager
-async def endpoint(role: str = "pool", bans: BanList | None = None) -> AsyncIterator[str]:
+async def endpoint(role: str = "pool", bans: Bans | None = None) -> AsyncIterator[str]:
     """A pool (in-memory registry, 1 s minimum lease) or a main net; yields its ws:// URL."""
     identity = Identity.generate()
     bus = EventBus(origin=identity.public)

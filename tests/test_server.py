@@ -12,7 +12,7 @@ from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Limits, decode_frame, encode_frame
 from galaxynode.gelato.errors import ErrorCode
 from galaxynode.identity import Identity
-from galaxynode.net import (BanList, ChannelClosed, RemoteError, Server, SessionClosed, SessionLimits, connect, establish,
+from galaxynode.net import (Bans, ChannelClosed, RemoteError, Server, SessionClosed, SessionLimits, connect, establish,
                             open_channel)
 
 NET = "test"
@@ -95,23 +95,6 @@ def errors(frames):
     return [ErrorCode(f.msg.code) for f in frames if f.type == "ERROR"]
 
 
-# --- the ban list (sans-IO) --------------------------------------------------------------------
-
-def test_ban_list():
-    bans = BanList(violations_before_ban=2, ban_seconds=10, window=100, max_hosts=3)
-    assert not bans.record_violation("a", 0)
-    assert not bans.is_banned("a", 0)
-    assert bans.record_violation("a", 1)
-    assert bans.is_banned("a", 1) and bans.is_banned("a", 10.9) and not bans.is_banned("a", 11.1)
-    assert not bans.record_violation("b", 0)
-    assert not bans.record_violation("b", 200)  # outside the window: counting starts over
-    for host in "cdef":
-        bans.record_violation(host, 300)
-    assert len(bans) == 3 and not bans.is_banned("a", 5)  # oldest forgotten first
-    with pytest.raises(ValueError):
-        BanList(0, 1)
-
-
 # --- abuse -------------------------------------------------------------------------------------
 
 async def test_text_frame_gets_error_1003_and_close(identity_a, identity_b, identity_c):
@@ -173,7 +156,8 @@ async def test_unfinished_handshake_times_out(identity_a, identity_b):
 
 
 async def test_flooding_is_rate_limited_then_banned(identity_a, identity_b, identity_c):
-    bans = BanList(violations_before_ban=2, ban_seconds=60)
+    """In-session abuse bans the key, not the address: another key from the same host still gets in."""
+    bans = Bans(violations_before_ban=2, ban_seconds=60)
     async with pool(identity_a, identity_b, bans=bans) as (server, url):
         for round in range(2):
             async with raw(url, identity_c) as (ch, session):
@@ -186,12 +170,14 @@ async def test_flooding_is_rate_limited_then_banned(identity_a, identity_b, iden
                 assert errors(frames) == [ErrorCode.RATE_LIMITED] and code == 1008
                 assert 15 <= len(frames) - 1 <= 200
                 await eventually(lambda: server.stats.violations == round + 1)
-        assert server.stats.bans == 1
-        with pytest.raises(RemoteError) as e:
-            async with connect(url, identity_c, network=NET, limits=CLIENT_LIMITS):
-                pass
-        assert e.value.code is ErrorCode.TEMPORARILY_BANNED
+        assert server.stats.bans == 1 and bans.key_banned(identity_c.public, trio.current_time())
+        async with connect(url, identity_c, network=NET, limits=CLIENT_LIMITS) as conn:
+            with pytest.raises(SessionClosed) as e:
+                await conn.request(m.Status(), timeout=5)
+        assert isinstance(e.value.error, RemoteError) and e.value.error.code is ErrorCode.TEMPORARILY_BANNED
         assert server.stats.refused_banned == 1
+        async with connect(url, Identity.generate(), network=NET, limits=CLIENT_LIMITS) as conn:
+            assert (await conn.request(m.Status(), timeout=5)).type == "ACK"
 
 
 async def test_pool_sessions_get_the_pool_frame_bucket(identity_a, identity_b, identity_c):

@@ -18,8 +18,9 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("conformance", help="check a Gelato endpoint against the spec, case by case",
                        description="Run the Gelato conformance cases against a live pool or main net. Exit 0 "
                                    "when no case fails, 1 otherwise (or when the endpoint cannot be reached). "
-                                   "Hostile cases get an endpoint's address banned unless it allows many "
-                                   "violations (galaxynode: GALAXYNODE_LIMITS_VIOLATIONS_BEFORE_BAN=1000).")
+                                   "Hostile cases are protocol violations: an endpoint that bans after a few "
+                                   "stops the run, with one line naming the setting (galaxynode: "
+                                   "GALAXYNODE_LIMITS_VIOLATIONS_BEFORE_BAN=1000).")
     p.add_argument("url", type=_url, nargs="?", metavar="URL", help="the endpoint, ws://host:port")
     p.add_argument("--role", choices=("pool", "mainnet"), help="what the endpoint is (default: the role of its HELLO)")
     p.add_argument("--network", default=DEFAULT_NETWORK, metavar="ID",
@@ -102,5 +103,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         print_summary(results, out)
         if args.json:
             write_json(args.json, data)
+    if results.stopped:
+        raise CliError(results.stopped, 1)
     return 0 if data["passed"] else 1
 

@@ -142,14 +142,15 @@ class Link:
 
     # --- receiving ---------------------------------------------------------------------------
     async def receive(self) -> Frame:
-        """The next frame, strictly decoded and (in a session) sequenced. A ban (an ERROR before any
-        session) raises Banned: no later case could run."""
+        """The next frame, strictly decoded and (in a session) sequenced. A ban (ERROR
+        temporarily_banned: before the handshake, or right after it for a banned address or key)
+        raises Banned: no later case could run."""
         data = await self.ch.receive()
         try:
             frame = self.session.decode(data) if self.session is not None else decode_frame(data)
         except ProtocolError as e:
             raise CaseFailed("a valid frame from the endpoint", f"one failing our decoder: {e}") from None
-        if self.session is None and frame.type == "ERROR" and frame.msg.code == ErrorCode.TEMPORARILY_BANNED:
+        if frame.type == "ERROR" and frame.msg.code == ErrorCode.TEMPORARILY_BANNED:
             raise Banned(frame.msg.message)
         return frame
 

@@ -152,21 +152,37 @@ async def run_case(c: Case, opts: Options) -> Result:
     return result
 
 
+class Results(list):
+    """The results of the cases that ran, in order; `stopped` says why the run ended early (a ban),
+    None when every case ran. Cases that did not run have no result: a ban says nothing about them."""
+
+    stopped: str | None = None
+
+
+def stop_line(opts: Options, case: Case, ban: Banned) -> str:
+    """The one line a ban turns the rest of the run into: what happened and which setting to change."""
+    return (f"stopped at case {case.id}: {opts.url} banned this client (temporarily_banned: {_printable(str(ban))}); the suite "
+            f"breaks the protocol on purpose, so allow it more violations (galaxynode: limits.violations_before_ban, "
+            f"e.g. GALAXYNODE_LIMITS_VIOLATIONS_BEFORE_BAN=1000) or lift the ban (galaxynode admin URL --key ADMIN_KEY "
+            f"unban --address ADDRESS), then rerun")
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """The endpoint's words, cut and escaped: one line, no control characters for the terminal."""
+    return repr(text[:limit])[1:-1]
+
+
 async def run_suite(opts: Options, cases: list[Case], *,
-                    progress: Callable[[Result], None] | None = None) -> list[Result]:
-    """Run `cases` one after the other. A ban by the endpoint stops the run: the rest are skipped."""
-    results = []
-    banned = None
+                    progress: Callable[[Result], None] | None = None) -> Results:
+    """Run `cases` one after the other. A ban by the endpoint stops the run (Results.stopped): the
+    case that met it and the rest did not run and get no result."""
+    results = Results()
     for c in cases:
-        if banned is not None:
-            results.append(Result(c, "skipped", note=banned))
-            continue
         try:
             r = await run_case(c, opts)
         except Banned as e:
-            banned = ("not run: the endpoint banned this address (temporarily_banned). Configure it with "
-                      "a high violations_before_ban, e.g. GALAXYNODE_LIMITS_VIOLATIONS_BEFORE_BAN=1000")
-            r = Result(c, "fail", expected="a connection", got=f"temporarily_banned: {e}", note=banned)
+            results.stopped = stop_line(opts, c, e)
+            break
         results.append(r)
         if progress is not None:
             progress(r)
@@ -199,10 +215,12 @@ def print_summary(results: list[Result], out: TextIO) -> None:
 
 
 def report(opts: Options, endpoint: Endpoint, results: list[Result]) -> dict[str, Any]:
+    """`passed` needs every chosen case to have run; `stopped` says why not (a ban), else null."""
+    stopped = getattr(results, "stopped", None)
     return {"endpoint": opts.url, "network": opts.network, "role": opts.role, "key": endpoint.key.hex(),
             "agent": endpoint.agent, "summary": summary(results),
-            "passed": not any(r.outcome == "fail" for r in results),
-            "cases": [r.to_json() for r in results]}
+            "passed": stopped is None and not any(r.outcome == "fail" for r in results),
+            "stopped": stopped, "cases": [r.to_json() for r in results]}
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ class ErrorCode(enum.IntEnum):
     FORBIDDEN = 4000
     NOT_ADMITTED = 4001
     BANNED = 4002
+    KICKED = 4003
     # rate limits
     RATE_LIMITED = 5000
     TOO_MANY_CONNECTIONS = 5001
@@ -77,7 +78,7 @@ FATAL_CODES = frozenset({
     ErrorCode.UNEXPECTED_MESSAGE, ErrorCode.BAD_NONCE, ErrorCode.NETWORK_MISMATCH,
     ErrorCode.SELF_CONNECTION, ErrorCode.WRONG_SID, ErrorCode.BAD_SEQUENCE,
     ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.IDLE_TIMEOUT, ErrorCode.NO_COMMON_VERSION,
-    ErrorCode.DUPLICATE_SESSION, ErrorCode.BANNED, ErrorCode.RATE_LIMITED,
+    ErrorCode.DUPLICATE_SESSION, ErrorCode.BANNED, ErrorCode.KICKED, ErrorCode.RATE_LIMITED,
     ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.TEMPORARILY_BANNED, ErrorCode.SHUTTING_DOWN,
     ErrorCode.SLOW_READER,
 })

@@ -2,10 +2,11 @@
 from galaxynode.net.client import connect
 from galaxynode.net.connection import (Connection, RemoteError, SessionClosed, SessionLimits, establish,
                                        is_violation, refuse)
-from galaxynode.net.ratelimit import BanList, TokenBucket
+from galaxynode.net.bans import Bans
+from galaxynode.net.ratelimit import TokenBucket
 from galaxynode.net.server import Server
 from galaxynode.net.transport import Channel, ChannelClosed, open_channel, serve_channels
 
-__all__ = ["BanList", "Channel", "ChannelClosed", "Connection", "RemoteError", "Server", "SessionClosed",
+__all__ = ["Bans", "Channel", "ChannelClosed", "Connection", "RemoteError", "Server", "SessionClosed",
            "SessionLimits", "TokenBucket", "connect", "establish", "is_violation", "open_channel", "refuse",
            "serve_channels"]

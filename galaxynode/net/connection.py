@@ -85,9 +85,19 @@ _WS_CLOSE = {ErrorCode.TEXT_FRAME: 1003, ErrorCode.FRAME_TOO_LARGE: 1009, ErrorC
              ErrorCode.SHUTTING_DOWN: 1001, ErrorCode.TOO_MANY_CONNECTIONS: 1013,
              ErrorCode.TEMPORARILY_BANNED: 1013, ErrorCode.UNAVAILABLE: 1013}
 
-# Fatal codes that say nothing about the peer's conduct (ours, or ordinary life).
-_NOT_MISBEHAVIOUR = frozenset({ErrorCode.IDLE_TIMEOUT, ErrorCode.SHUTTING_DOWN, ErrorCode.DUPLICATE_SESSION,
-                               ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.TEMPORARILY_BANNED})
+# The codes that are protocol abuse: a peer that sends them ignores the spec (or floods), which no
+# honest client does by mistake. Listed, not "every fatal code but ...", so that a new refusal code
+# never bans anyone by accident: a new abuse code must be added here (and to docs/gelato/errors.md §7).
+# Deliberately absent, because honest clients hit them: well-formed refusals (network_mismatch,
+# not_admitted, banned, temporarily_banned, too_many_connections, duplicate_session,
+# pinned_key_mismatch, self_connection, no_common_version, kicked), ordinary life (idle_timeout,
+# shutting_down), a newer client (unsupported_version) and a skewed clock (stale_timestamp).
+_ABUSE = frozenset({
+    ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.TEXT_FRAME, ErrorCode.LIMIT_EXCEEDED,
+    ErrorCode.BAD_SIGNATURE, ErrorCode.BAD_KEY, ErrorCode.WRONG_SENDER, ErrorCode.UNEXPECTED_MESSAGE,
+    ErrorCode.BAD_NONCE, ErrorCode.WRONG_SID, ErrorCode.BAD_SEQUENCE, ErrorCode.HANDSHAKE_TIMEOUT,
+    ErrorCode.RATE_LIMITED,
+})
 
 
 def ws_close_code(error: ProtocolError | None) -> int:
@@ -95,9 +105,9 @@ def ws_close_code(error: ProtocolError | None) -> int:
 
 
 def is_violation(error: ProtocolError | None) -> bool:
-    """Whether closing a session with this (our) error counts towards a temporary ban."""
-    return (error is not None and not isinstance(error, RemoteError) and error.fatal
-            and error.code not in _NOT_MISBEHAVIOUR)
+    """Whether closing a session with this (our) error counts towards a temporary ban (net/bans.py):
+    only protocol abuse (_ABUSE) does; the peer's own ERRORs never do."""
+    return error is not None and not isinstance(error, RemoteError) and error.code in _ABUSE
 
 
 class RemoteError(ProtocolError):

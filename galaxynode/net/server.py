@@ -18,7 +18,7 @@ from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import Identity
 from galaxynode.net.connection import (AGENT, DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler,
                                        RemoteError, SessionLimits, establish, is_violation, refuse)
-from galaxynode.net.ratelimit import BanList
+from galaxynode.net.bans import Bans, address_group
 from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.transport import Channel, ChannelClosed, format_address, parse_url, serve_channels
 
@@ -32,11 +32,11 @@ HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 class ServerStats:
     accepted: int = 0            # WebSocket connections accepted
     refused_full: int = 0        # over max_connections
-    refused_banned: int = 0      # from a temporarily banned host
+    refused_banned: int = 0      # sessions of a banned key or address, refused after the handshake
     handshake_failed: int = 0
     established: int = 0
     violations: int = 0          # sessions we closed for misbehaviour
-    bans: int = 0                # hosts banned
+    bans: int = 0                # keys and addresses banned
     # Counters of the sessions that ended, plus ERRORs exchanged before a session existed
     # (refusals, failed handshakes); Server.session_stats() adds the live sessions.
     ended: ConnectionStats = attrs.Factory(ConnectionStats)
@@ -60,14 +60,15 @@ class Server:
     `handler_factory(conn)` returns the handler for one established session (see Connection).
     At most `max_connections` sessions (including those still in the handshake); past that a
     client gets ERROR too_many_connections, and past `max_connections + max_pending` open sockets
-    the socket is closed without a word. Hosts that misbehave repeatedly are refused with ERROR
-    temporarily_banned for a while (see BanList). A second session with the same key replaces
+    the socket is closed without a word. Protocol abuse is counted against the session's key, or the
+    address before the handshake (see net/bans.py); a banned key or address is refused with ERROR
+    temporarily_banned after the handshake, admin keys excepted. A second session with the same key replaces
     the first (ERROR duplicate_session on the old one)."""
 
     def __init__(self, identity: Identity, *, network: str, role: str = "pool",
                  limits: SessionLimits = DEFAULT_SESSION_LIMITS, max_connections: int = 1000,
                  max_pending: int = 64, handler_factory: Callable[[Connection], Handler] | None = None,
-                 bans: BanList | None = None, listen_urls: Sequence[str] = ("ws://127.0.0.1:0",),
+                 bans: Bans | None = None, listen_urls: Sequence[str] = ("ws://127.0.0.1:0",),
                  ssl_context: ssl.SSLContext | None = None, agent: str = AGENT,
                  output_budget: OutputBudget | None = None):
         if max_connections < 1 or max_pending < 0:
@@ -131,22 +132,42 @@ class Server:
         if self._scope is not None:
             self._scope.cancel()
 
-    def _violation(self, host: str, error: ProtocolError | None) -> None:
+    def _violation(self, host: str, key: bytes | None, error: ProtocolError | None) -> None:
+        """Count a session we closed for protocol abuse: against its key once the handshake is
+        done (key not None), else against its address."""
         if not is_violation(error):
             return
         self.stats.violations += 1
-        if self.bans is not None and self.bans.record_violation(host, trio.current_time()):
+        if self.bans is not None and self.bans.record_violation(host=host, key=key, now=trio.current_time(),
+                                                                error=error):
             self.stats.bans += 1
-            log.warning("banned %s for %gs after repeated violations (last: %s)", host, self.bans.ban_seconds, error)
+            who = f"key {key.hex()[:16]}" if key is not None else f"address {address_group(host)}"
+            log.warning("banned %s for %gs after repeated violations (last: %s)", who, self.bans.ban_seconds, error)
+
+    def _ban_refusal(self, channel: Channel, key: bytes) -> ProtocolError | None:
+        """Why an authenticated session must end at once: its key or its address is banned. Admin
+        keys are never refused, so an admin on a banned host can still see and lift the ban."""
+        bans = self.bans
+        if bans is None or bans.exempt(key):
+            return None
+        now = trio.current_time()
+        if bans.key_banned(key, now):
+            return ProtocolError(ErrorCode.TEMPORARILY_BANNED, "this key is banned for a while after repeated "
+                                                               "protocol violations")
+        # The transport flags a banned address at accept time; asked here when it did not.
+        banned = getattr(channel, "address_banned", None)
+        if banned is None:
+            banned = bans.address_banned(channel.host, now)
+        if banned:
+            return ProtocolError(ErrorCode.TEMPORARILY_BANNED, "this address is banned for a while after repeated "
+                                                               "protocol violations")
+        return None
 
     async def _serve(self, channel: Channel) -> None:
         self.stats.accepted += 1
         refusal = None
         if self._shutting_down:
             refusal = ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
-        elif self.bans is not None and self.bans.is_banned(channel.host, trio.current_time()):
-            self.stats.refused_banned += 1
-            refusal = ProtocolError(ErrorCode.TEMPORARILY_BANNED, "too many violations; try again later")
         elif self._active >= self.max_connections:
             self.stats.refused_full += 1
             refusal = ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {self.max_connections} connections")
@@ -173,10 +194,17 @@ class Server:
             self.stats.handshake_failed += 1
             self.stats.error_outside_session(e)
             log.info("handshake with %s failed: %s", channel.remote, e)
-            self._violation(channel.host, e)
+            self._violation(channel.host, None, e)
             return
         conn = Connection(channel, session, limits=self.limits, budget=self.output_budget)
         key = conn.peer_key
+        refusal = self._ban_refusal(channel, key)
+        if refusal is not None:
+            self.stats.refused_banned += 1
+            log.info("refused %s (%s): %s", key.hex()[:16], channel.remote, refusal.message)
+            await conn.close(refusal)
+            self.stats.ended.add(conn.stats)
+            return
         if self.handler_factory is not None:
             conn.handler = self.handler_factory(conn)
         old = self.connections.get(key)
@@ -198,5 +226,5 @@ class Server:
             self.stats.ended.add(conn.stats)
             log.info("session with %s closed (%s %s)", key.hex()[:16], conn.close_code,
                      conn.local_error or conn.remote_error or conn.close_reason)
-        self._violation(channel.host, conn.local_error)
+        self._violation(channel.host, key, conn.local_error)
 
