@@ -8,18 +8,32 @@ We own the TCP (and TLS) stream on both sides and only hand it to trio-websocket
 WebSocket protocol: 0.12.2's own client leaks its socket when the server closes first, its
 `connect_websocket_url` has no timeout, and its server waits up to 60 s on a silent peer. Here
 every phase is bounded and the stream is always closed by whoever opened or accepted it.
+
+Every WebSocket frame counts (issue 12: empty continuation frames and PING floods held a pool at
+100% CPU below any message-level limit). A `_FrameGuard` stands between trio-websocket and wsproto:
+it sees each frame trio-websocket consumes (data, continuation, empty or not, PING, PONG, CLOSE),
+charges it to the channel's `frame_budget` and checks the message size in bytes. On a breach it
+stops handing frames over and parks the socket reader (`_GatedStream`): the flood costs nothing
+more, TCP backpressure stops the sender, and the channel can still send, so the session says why
+(`receive()` raises `LimitExceeded`, it sends ERROR and closes). Before the handshake the budget is
+a small fixed allowance and the message size the pre-auth one.
+
+On the accepting side an `admit(host)` hook decides before any byte is read (and before any TLS or
+HTTP work); one deadline runs from accept to the end of the Gelato handshake (`Channel.deadline`).
 """
 from __future__ import annotations
 
 import logging
 import ssl
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable, NoReturn
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import trio
+import wsproto
 from trio_websocket import (ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection,
-                            wrap_client_stream, wrap_server_stream)
+                            WebSocketRequest)
+from wsproto.events import BytesMessage, TextMessage
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +42,15 @@ ABNORMAL = 1006           # no close frame was received (RFC 6455 7.1.5)
 PROTOCOL_ERROR = 1002
 _MESSAGE_QUEUE = 1        # messages trio-websocket buffers before it stops reading the socket
 _RECEIVE_BYTES = 64 * 1024
+_LINGER_BYTES = 1024 * 1024  # read and dropped after a breach, so that our ERROR is not lost to a RST
 _MAX_CLOSE_REASON = 120   # a close frame carries at most 123 bytes of reason
+# WebSocket frames (of any kind) a peer may send before the Gelato handshake is done: it needs 2
+# (HELLO, READY); the rest is slack for a library's PING and a pipelined first request.
+PREAUTH_FRAMES = 16
+# Messages the Gelato handshake takes from the peer (handshake §1): the answerer receives HELLO and
+# READY, the opener HELLO. The pre-auth message size applies to exactly these, so a session frame
+# the opener pipelines right after READY is not held to it however the reads fall.
+_HANDSHAKE_MESSAGES = {"server": 2, "client": 1}
 
 
 class ChannelClosed(Exception):
@@ -39,6 +61,171 @@ class ChannelClosed(Exception):
         super().__init__(f"channel closed ({code}){': ' + reason if reason else ''}")
         self.code = code
         self.reason = reason
+
+
+class LimitExceeded(ChannelClosed):
+    """The peer broke a transport limit: `limit` is "frame_size" (a message longer than allowed)
+    or "frame_rate" (more WebSocket frames than its budget). Receiving is over, but the channel
+    still sends, so the session can answer with an ERROR before it closes."""
+
+    def __init__(self, limit: str, reason: str):
+        super().__init__(1009 if limit == "frame_size" else 1008, reason)
+        self.limit = limit
+
+
+class FrameBudget(Protocol):
+    def take(self, n: float, now: float) -> bool: ...
+
+
+class _Allowance:
+    """A fixed number of frames that never refills (the pre-auth budget)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, frames: int):
+        self.left = frames
+
+    def take(self, n: float, now: float) -> bool:
+        if n <= self.left:
+            self.left -= n
+            return True
+        return False
+
+
+def _over_budget(budget: FrameBudget) -> str:
+    if isinstance(budget, _Allowance):
+        return f"over {PREAUTH_FRAMES} WebSocket frames before the handshake"
+    rate, burst = getattr(budget, "rate", None), getattr(budget, "burst", None)  # a ratelimit.TokenBucket
+    return f"over {rate:g} WebSocket frames/s (burst {burst:g})" if rate and burst else "too many WebSocket frames"
+
+
+class _FrameGuard:
+    """Wraps trio-websocket's wsproto connection: every event trio-websocket pulls is one WebSocket
+    frame it is about to spend work on (a large frame arriving in pieces yields one event per piece,
+    only the last of which completes the frame). Counts those frames and the message bytes, and on a
+    breach ends the event stream for good and parks the reader (see module docstring)."""
+
+    def __init__(self, ws: wsproto.WSConnection, *, max_message_size: int, preauth_message_size: int | None,
+                 preauth_messages: int, budget: FrameBudget | None):
+        self._ws = ws
+        self.max_message_size = max_message_size
+        self.preauth_message_size = min(preauth_message_size or max_message_size, max_message_size)
+        self.preauth_messages = preauth_messages   # messages still held to the pre-auth size
+        self.budget = budget
+        self.breach: LimitExceeded | None = None
+        self.receiving: trio.CancelScope | None = None  # Channel.receive() waiting for a message
+        self.resume = trio.Event()                      # set by Channel.close(): the parked reader sees EOF
+        self._size = 0                                  # bytes of the message being received
+
+    # what trio-websocket uses of a wsproto connection
+    @property
+    def client(self) -> bool:
+        return self._ws.client
+
+    @property
+    def state(self) -> wsproto.ConnectionState:
+        return self._ws.state
+
+    def send(self, event: Any) -> bytes:
+        return self._ws.send(event)
+
+    def receive_data(self, data: bytes | None) -> None:
+        self._ws.receive_data(data)
+
+    def events(self) -> Iterator[Any]:
+        if self.breach is not None:
+            return
+        for event in self._ws.events():
+            kind = type(event)
+            finished = True  # a control frame always arrives whole
+            if kind is BytesMessage or kind is TextMessage:
+                finished = event.frame_finished
+                data = event.data
+                self._size += len(data) if kind is BytesMessage else len(data.encode())
+                limit = self.preauth_message_size if self.preauth_messages > 0 else self.max_message_size
+                if self._size > limit:
+                    self._stop(LimitExceeded("frame_size", f"WebSocket message over {limit} bytes"
+                                             f"{' before the handshake' if self.preauth_messages > 0 else ''}"))
+                    return
+                if event.message_finished:
+                    self._size = 0
+                    self.preauth_messages -= 1
+            if finished and self.budget is not None and not self.budget.take(1, trio.current_time()):
+                self._stop(LimitExceeded("frame_rate", _over_budget(self.budget)))
+                return
+            yield event
+
+    def _stop(self, breach: LimitExceeded) -> None:
+        self.breach = breach
+        if self.receiving is not None:
+            self.receiving.cancel()
+
+
+class _GatedStream(trio.abc.Stream):
+    """The stream as trio-websocket sees it: once the guard has stopped the event stream, reading
+    waits (the socket is not read, so the peer's sends stall) until the channel closes."""
+
+    def __init__(self, stream: trio.abc.Stream, guard: _FrameGuard):
+        self._stream = stream
+        self._guard = guard
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._guard.breach is not None:
+            await self._guard.resume.wait()
+            return b""
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        if self._guard.breach is None:  # else Channel.close lingers first (see _linger)
+            await self._stream.aclose()
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """After a breach the peer's unread bytes sit in our socket, and closing a socket with unread
+    data sends RST, on which the peer's kernel drops our ERROR unread. So, as a web server's
+    lingering close: FIN, then read and discard until the peer closes, at most _LINGER_BYTES (the
+    caller bounds the time)."""
+    raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if not isinstance(raw, trio.SocketStream):
+        return
+    try:
+        await raw.send_eof()
+        left = _LINGER_BYTES
+        while left > 0:
+            data = await raw.receive_some(_RECEIVE_BYTES)
+            if not data:
+                return
+            left -= len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+        pass
+
+
+def _websocket(stream: trio.abc.Stream, side: str, *, max_message_size: int, preauth_message_size: int | None = None,
+               preauth_frames: int | None = None, host: str | None = None, resource: str | None = None,
+               ) -> tuple[WebSocketConnection, _FrameGuard]:
+    """A trio-websocket connection whose wsproto events pass through a _FrameGuard.
+
+    The library's own wrap_*_stream build the wsproto connection themselves, so this does what
+    they do (0.12.2): construct the connection; the caller starts `ws._reader_task` and awaits
+    the upgrade (`_get_request()` / `_open_handshake`). This is the one place that leans on
+    trio-websocket internals. The library's own max_message_size stays the session maximum, a
+    backstop behind the guard's (it closes with 1009 and no ERROR)."""
+    guard = _FrameGuard(wsproto.WSConnection(wsproto.ConnectionType.SERVER if side == "server"
+                                             else wsproto.ConnectionType.CLIENT),
+                        max_message_size=max_message_size, preauth_message_size=preauth_message_size,
+                        preauth_messages=_HANDSHAKE_MESSAGES[side] if preauth_message_size else 0,
+                        budget=_Allowance(preauth_frames) if preauth_frames is not None else None)
+    ws = WebSocketConnection(_GatedStream(stream, guard), guard,  # type: ignore[arg-type]
+                             host=host, path=resource, client_subprotocols=[SUBPROTOCOL] if side == "client" else None,
+                             message_queue_size=_MESSAGE_QUEUE, max_message_size=max_message_size,
+                             receive_buffer_size=_RECEIVE_BYTES)
+    return ws, guard
 
 
 def parse_url(url: str) -> tuple[bool, str, int, str]:
@@ -67,6 +254,13 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return stream.socket if isinstance(stream, trio.SocketStream) else None
 
 
+def _peer_host(stream: trio.abc.Stream) -> str:
+    try:
+        return _socket_of(stream).getpeername()[0]
+    except (AttributeError, OSError):  # not a socket, or already disconnected
+        return "?"
+
+
 def _close_reason(exc: ConnectionClosed) -> ChannelClosed:
     reason = exc.reason
     if reason is None:
@@ -80,16 +274,31 @@ def _truncate(reason: str) -> str:
 
 
 class Channel:
-    """One WebSocket connection carrying Gelato frames."""
+    """One WebSocket connection carrying Gelato frames.
 
-    def __init__(self, ws: WebSocketConnection, stream: trio.abc.Stream, *, close_timeout: float):
+    `deadline` (trio clock), when set, is when the Gelato handshake must be done: on the accepting
+    side it runs from the accept (TLS and the upgrade spent part of it). `frame_budget` is charged
+    one token per WebSocket frame received (see module docstring); the session installs its own
+    (a token bucket) once established, `authenticated()` lifts the pre-auth limits until then.
+    `address_banned`: set on the accepting side when the peer's address was banned at accept
+    (the server refuses every non-admin key after the handshake); None when not known."""
+
+    def __init__(self, ws: WebSocketConnection, stream: trio.abc.Stream, guard: _FrameGuard, *,
+                 close_timeout: float, deadline: float | None = None):
         self._ws = ws
         self._stream = stream
+        self._guard = guard
         self._close_timeout = close_timeout
+        self.deadline = deadline
+        self.address_banned: bool | None = None
+        self.admission: object | None = None  # what serve_channels' admit hook returned for this socket
+        sock = _socket_of(stream)
         try:
-            host, port = _socket_of(stream).getpeername()[:2]
+            host, port = sock.getpeername()[:2]
+            self.local: str = format_address(*sock.getsockname()[:2])
         except (AttributeError, OSError):  # not a socket, or already disconnected
             host, port = "?", 0
+            self.local = "?"
         self.host: str = host
         self.remote: str = format_address(host, port)
 
@@ -100,6 +309,23 @@ class Channel:
     def closed(self) -> bool:
         return self._ws.closed is not None
 
+    @property
+    def frame_budget(self) -> FrameBudget | None:
+        return self._guard.budget
+
+    @frame_budget.setter
+    def frame_budget(self, budget: FrameBudget | None) -> None:
+        self._guard.budget = budget
+
+    def authenticated(self) -> None:
+        """The Gelato handshake is done: messages up to the full size, frames no longer counted
+        against the pre-auth allowance (until the session sets its frame_budget)."""
+        guard = self._guard
+        guard.preauth_messages = 0
+        if isinstance(guard.budget, _Allowance):
+            guard.budget = None
+        self.deadline = None
+
     async def send(self, data: bytes) -> None:
         try:
             await self._ws.send_message(bytes(data))
@@ -107,17 +333,37 @@ class Channel:
             raise _close_reason(e) from None
 
     async def receive(self) -> bytes | str:
-        try:
-            return await self._ws.get_message()
-        except ConnectionClosed as e:
-            raise _close_reason(e) from None
+        """The next message. Raises LimitExceeded once the peer broke a frame limit (the messages
+        it sent before that are still delivered first), ChannelClosed when the channel closed."""
+        guard = self._guard
+        if guard.breach is None:
+            with trio.CancelScope() as guard.receiving:  # cancelled by the guard on a breach
+                try:
+                    return await self._ws.get_message()
+                except ConnectionClosed as e:
+                    if guard.breach is None:
+                        raise _close_reason(e) from None
+                finally:
+                    guard.receiving = None
+        assert guard.breach is not None
+        raise guard.breach
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int | None = None, reason: str = "") -> None:
         """Closing handshake bounded by close_timeout, then the stream is closed regardless.
-        Idempotent; safe to call while cancelled."""
+        Without a code: 1000, or after a breach its code (1009 message too big, 1008). Idempotent;
+        safe to call while cancelled."""
+        breach = self._guard.breach
+        if code is None:
+            code, reason = (1000, reason) if breach is None else (breach.code, reason or breach.reason)
         try:
             with trio.move_on_after(self._close_timeout):
+                # A parked reader (after a breach) reads EOF, which ends the closing handshake at
+                # once. aclose() sends our close frame before that reader can run (no checkpoint
+                # in between), so the peer still gets it.
+                self._guard.resume.set()
                 await self._ws.aclose(code, _truncate(reason) or None)
+                if self._guard.breach is not None:  # (perhaps only now, by what came in while closing)
+                    await _linger(self._stream)
         finally:
             await trio.aclose_forcefully(self._stream)
 
@@ -175,16 +421,17 @@ class _WatchReader:
 
 @asynccontextmanager
 async def open_channel(url: str, *, max_message_size: int, connect_timeout: float,
-                       ssl_context: ssl.SSLContext | None = None,
-                       close_timeout: float = 2.0) -> AsyncIterator[Channel]:
+                       ssl_context: ssl.SSLContext | None = None, close_timeout: float = 2.0,
+                       local_address: str | None = None) -> AsyncIterator[Channel]:
     """Connect to a Gelato endpoint (subprotocol gelato.v1). TCP connect, TLS and the WebSocket
-    upgrade together must finish within connect_timeout."""
+    upgrade together must finish within connect_timeout. `local_address` binds the socket to one
+    of this host's addresses (tests stand for several hosts with 127.0.0.x)."""
     secure, host, port, resource = parse_url(url)
     where = format_address(host, port)
     deadline = trio.current_time() + connect_timeout
     try:
         with trio.fail_at(deadline):
-            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port, local_address=local_address)
     except (OSError, trio.TooSlowError) as e:
         raise ChannelClosed(ABNORMAL, f"cannot connect to {where}: {e or 'timed out'}") from None
     try:
@@ -197,15 +444,17 @@ async def open_channel(url: str, *, max_message_size: int, connect_timeout: floa
                                                 server_hostname=host, https_compatible=True)
                         await stream.do_handshake()
                     with watch.upgrade:
-                        ws = await wrap_client_stream(
-                            watch, stream, host if port == (443 if secure else 80) else where, resource,
-                            subprotocols=[SUBPROTOCOL], message_queue_size=_MESSAGE_QUEUE,
-                            max_message_size=max_message_size, receive_buffer_size=_RECEIVE_BYTES)
+                        ws, guard = _websocket(stream, "client", max_message_size=max_message_size,
+                                               host=host if port == (443 if secure else 80) else where,
+                                               resource=resource)
+                        # as trio_websocket.wrap_client_stream (see _websocket)
+                        watch.start_soon(ws._reader_task)
+                        await ws._open_handshake.wait()
                 if timeout.cancelled_caught:
                     raise ChannelClosed(ABNORMAL, f"WebSocket upgrade with {where} timed out")
                 if watch.upgrade.cancelled_caught:
                     raise ChannelClosed(ABNORMAL, f"{where} closed the connection during the WebSocket upgrade")
-                channel = Channel(ws, stream, close_timeout=close_timeout)
+                channel = Channel(ws, stream, guard, close_timeout=close_timeout)
                 try:
                     if ws.subprotocol != SUBPROTOCOL:
                         raise ChannelClosed(PROTOCOL_ERROR, f"{where} did not accept subprotocol {SUBPROTOCOL}")
@@ -221,18 +470,36 @@ async def open_channel(url: str, *, max_message_size: int, connect_timeout: floa
         await trio.aclose_forcefully(stream)
 
 
+class Admission(Protocol):
+    """What serve_channels' `admit(host)` hook returns for a socket it lets in."""
+
+    def release(self) -> None:
+        """The socket is closed (called exactly once)."""
+
+
 async def serve_channels(handler: Callable[[Channel], Awaitable[None]], host: str | None, port: int, *,
-                         max_message_size: int, ssl_context: ssl.SSLContext | None = None,
+                         max_message_size: int, preauth_message_size: int | None = None,
+                         preauth_frames: int | None = PREAUTH_FRAMES,
+                         ssl_context: ssl.SSLContext | None = None,
                          handshake_timeout: float = 10.0, close_timeout: float = 2.0,
                          max_streams: int | None = None,
+                         admit: Callable[[str], Admission | None] | None = None,
+                         on_upgrade_timeout: Callable[[str], None] | None = None,
                          task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
                          ) -> NoReturn:
     """Accept WebSocket connections offering subprotocol gelato.v1 and run `handler(channel)` for
     each, in its own task; reports (by task_status) the bound (host, port) pairs, so port 0 works.
 
-    TLS and the HTTP upgrade must finish within handshake_timeout. Past max_streams open sockets,
-    new ones are closed at once, before any byte is read. A handler that raises is logged and
-    only its own connection ends."""
+    Admission happens at accept, before any byte is read and before any TLS or HTTP work: past
+    max_streams open sockets, or when `admit(peer_host)` returns None, the socket is closed at once.
+    What admit returns is the channel's `admission`, released when the socket closes.
+
+    One deadline, handshake_timeout from the accept, covers TLS, the HTTP upgrade and (handed on
+    as `channel.deadline`) the Gelato handshake; a socket that misses it during TLS or the upgrade
+    is reported to `on_upgrade_timeout(peer_host)` and closed. Until the handler authenticates the
+    channel, messages are held to preauth_message_size (capped at max_message_size) and the peer
+    to preauth_frames WebSocket frames in all. A handler that raises is logged and only its own
+    connection ends."""
     if ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
     else:
@@ -242,24 +509,37 @@ async def serve_channels(handler: Callable[[Channel], Awaitable[None]], host: st
     async def serve_stream(stream: trio.abc.Stream) -> None:
         nonlocal open_streams
         open_streams += 1
+        ticket = None
         try:
-            if max_streams is None or open_streams <= max_streams:
-                await serve_one(stream)
+            if max_streams is not None and open_streams > max_streams:
+                return
+            if admit is not None:
+                ticket = admit(_peer_host(stream))
+                if ticket is None:
+                    return
+            await serve_one(stream, ticket)
         except Exception:
             log.exception("connection handler failed")
         finally:
             open_streams -= 1
-            await trio.aclose_forcefully(stream)
+            try:
+                await trio.aclose_forcefully(stream)
+            finally:
+                if ticket is not None:
+                    ticket.release()
 
-    async def serve_one(stream: trio.abc.Stream) -> None:
+    async def serve_one(stream: trio.abc.Stream, ticket: Admission | None) -> None:
+        deadline = trio.current_time() + handshake_timeout
         async with trio.open_nursery() as nursery:
             watch = _WatchReader(nursery)
+            # as trio_websocket.wrap_server_stream (see _websocket); TLS happens on the first read
+            conn, guard = _websocket(stream, "server", max_message_size=max_message_size,
+                                     preauth_message_size=preauth_message_size, preauth_frames=preauth_frames)
             ws = None
-            with trio.move_on_after(handshake_timeout), watch.upgrade:
+            with trio.move_on_at(deadline) as timer, watch.upgrade:
                 try:
-                    request = await wrap_server_stream(watch, stream, message_queue_size=_MESSAGE_QUEUE,
-                                                       max_message_size=max_message_size,
-                                                       receive_buffer_size=_RECEIVE_BYTES)
+                    watch.start_soon(conn._reader_task)
+                    request: WebSocketRequest = await conn._get_request()
                     if SUBPROTOCOL in request.proposed_subprotocols:
                         ws = await request.accept(subprotocol=SUBPROTOCOL)
                     else:
@@ -268,8 +548,11 @@ async def serve_channels(handler: Callable[[Channel], Awaitable[None]], host: st
                     pass
             if ws is None:
                 nursery.cancel_scope.cancel()
+                if timer.cancelled_caught and on_upgrade_timeout is not None:
+                    on_upgrade_timeout(_peer_host(stream))
                 return
-            channel = Channel(ws, stream, close_timeout=close_timeout)
+            channel = Channel(ws, stream, guard, close_timeout=close_timeout, deadline=deadline)
+            channel.admission = ticket
             try:
                 await handler(channel)
             finally:
