@@ -7,6 +7,7 @@ stays runnable on its own, with its own detailed report):
   codec       scripts/bench_codec.py       encode/decode vs bare Ed25519 sign/verify
   registry    scripts/bench_registry.py    durable joins/renewals (group commit) vs raw SQLite, query latency
   descriptors (here)                       pool descriptor verify and DescriptorBook.offer vs bare verify
+  events      scripts/bench_events.py      publish with 100k unrelated patterns vs an empty bus
   session     scripts/bench_session.py     signed session vs bare trio-websocket; handshake latency;
                                            concurrent sessions and server memory per session
   heartbeats  scripts/bench_heartbeats.py  pool process CPU for N nodes heartbeating (real daemon)
@@ -39,6 +40,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import bench_codec  # noqa: E402
+import bench_events  # noqa: E402
 import bench_heartbeats  # noqa: E402
 import bench_registry  # noqa: E402
 import bench_session  # noqa: E402
@@ -94,6 +96,7 @@ PARTS: dict[str, Callable[[bool], list[dict]]] = {
     "codec": bench_codec.bench,
     "registry": bench_registry.bench,
     "descriptors": bench_descriptors,
+    "events": bench_events.bench,
     "session": bench_session.bench,
     "heartbeats": bench_heartbeats.bench,
 }
