@@ -108,10 +108,14 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("admin", help="administer a pool (needs an admin key)")
     _add_common(p)
     p.add_argument("--key", required=True, metavar="PATH", help="admin private key file")
-    p.add_argument("action", choices=("kick", "ban", "unban", "peers", "nodes"))
+    p.add_argument("action", choices=("kick", "ban", "unban", "peers", "nodes", "bans"),
+                   help="kick: end a node's lease and session (it may join again); ban: that, and refuse the key "
+                        "until unbanned; unban: lift a key's or (--address) an address's ban; bans: list the bans")
     p.add_argument("node", nargs="?", type=_node_key, metavar="NODE_KEY", help="ed25519:<hex> (kick, ban, unban)")
-    p.add_argument("--duration", type=_positive(int), metavar="S", help="ban for S seconds (default: permanently)")
-    p.add_argument("--json", action="store_true", help="print JSON (peers, nodes)")
+    p.add_argument("--duration", type=_ban_seconds, metavar="S",
+                   help=f"ban for S seconds, at most {_MAX_BAN} (10 years; default: permanently)")
+    p.add_argument("--address", metavar="IP", help="unban: the address (or IPv6 /64) that `bans` lists")
+    p.add_argument("--json", action="store_true", help="print JSON (peers, nodes, bans)")
     p.set_defaults(func=cmd_admin)
 
 
@@ -369,7 +373,11 @@ def cmd_admin(args: argparse.Namespace) -> int:
     from galaxynode.gelato.messages import NodeRecord
     from galaxynode.identity import load_key
     targeted = args.action in ("kick", "ban", "unban")
-    if targeted and args.node is None:
+    if args.address is not None and args.action != "unban":
+        raise _cli_error("--address only applies to unban", EXIT_USAGE)
+    if args.action == "unban" and (args.node is None) == (args.address is None):
+        raise _cli_error("admin unban needs NODE_KEY or --address (one of them)", EXIT_USAGE)
+    if targeted and args.node is None and args.address is None:
         raise _cli_error(f"admin {args.action} needs NODE_KEY", EXIT_USAGE)
     if not targeted and args.node is not None:
         raise _cli_error(f"admin {args.action} takes no NODE_KEY", EXIT_USAGE)
@@ -379,11 +387,17 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with _connect(args, identity) as pool:
-            items = await pool.admin(args.action, key=args.node, duration=args.duration)
+            items = await pool.admin(args.action, key=args.node, duration=args.duration, address=args.address)
         if targeted:
             what = {"kick": "kicked", "ban": "banned", "unban": "unbanned"}[args.action]
             until = f" for {args.duration}s" if args.duration else " permanently" if args.action == "ban" else ""
-            print(f"{what} {_pub(args.node)}{until}")
+            print(f"{what} {_pub(args.node) if args.node is not None else args.address}{until}")
+        elif args.action == "bans":
+            bans = [ban_json(item) for item in items]
+            if args.json:
+                _print_json(bans)
+            else:
+                print(bans_table(bans, _now_ms()) if bans else "no bans")
         elif args.action == "nodes":
             try:
                 nodes = [NodeRecord.from_body(item) for item in items]
@@ -404,6 +418,33 @@ def cmd_admin(args: argparse.Namespace) -> int:
                 print("no peers")
         return 0
     return _run(args, main)
+
+
+_MAX_BAN = 10 * 365 * 86_400  # = gelato.messages.Admin.MAX_DURATION, which the pool enforces
+
+
+def _ban_seconds(text: str) -> int:
+    """--duration: 1..10 years in seconds, refused here rather than by the pool."""
+    n = _positive(int)(text)
+    if n > _MAX_BAN:
+        raise argparse.ArgumentTypeError(f"at most {_MAX_BAN} seconds (10 years); omit it for a permanent ban")
+    return n
+
+
+def ban_json(item: dict) -> dict:
+    """One ADMIN bans item for people: a key as ed25519:<hex>, an address as text."""
+    key = item.get("key")
+    return {"key": _pub(key) if isinstance(key, bytes) else None, "address": item.get("address"),
+            "by": item.get("by"), "until": item.get("until"), "reason": item.get("reason")}
+
+
+def bans_table(bans: Sequence[dict], now_ms: int) -> str:
+    rows = []
+    for b in bans:
+        until = b["until"]
+        left = "permanent" if not isinstance(until, int) else f"in {_duration(max(0, until - now_ms) / 1000)}"
+        rows.append([str(b["key"] or b["address"]), str(b["by"] or "-"), left, str(b["reason"] or "-")])
+    return format_table(rows, ["KEY OR ADDRESS", "BY", "EXPIRES", "REASON"])
 
 
 def _peer_key(value: Any) -> Any:

@@ -41,6 +41,14 @@ PERMANENT_ERRORS = frozenset({
 CONNECTION_ERRORS = (ChannelClosed, SessionClosed, ProtocolError, trio.TooSlowError)
 
 
+def _why(error: BaseException) -> ProtocolError | None:
+    """The ProtocolError behind a lost session: raised as such (a refusal), or the pool's ERROR
+    that ended it (kicked, banned, temporarily_banned ...)."""
+    if isinstance(error, SessionClosed):
+        return error.error if isinstance(error.error, RemoteError) else None
+    return error if isinstance(error, ProtocolError) else None
+
+
 def _identity(key: Identity | str | os.PathLike) -> Identity:
     return key if isinstance(key, Identity) else load_key(key)
 
@@ -185,10 +193,18 @@ class PoolClient:
     async def status(self) -> m.StatusResult:
         return await self._request(m.Status(), "STATUS_RESULT")
 
-    async def admin(self, action: str, key: bytes | None = None, duration: int | None = None) -> list[dict]:
-        """kick/ban/unban (key; ban for `duration` seconds or for ever) return []; peers/nodes
-        return the pool's items. Needs an admin key, else RemoteError forbidden."""
-        msg = m.Admin(action=action, key=key, duration=duration)
+    async def admin(self, action: str, key: bytes | None = None, duration: int | None = None,
+                    address: str | None = None) -> list[dict]:
+        """kick/ban/unban (key; ban for `duration` seconds or for ever; unban an `address`
+        instead) return []; peers/nodes/bans return the pool's items. Needs an admin key, else
+        RemoteError forbidden."""
+        msg = m.Admin(action=action, key=key, duration=duration, address=address)
+        if action == "nodes":  # the pool pages this list (by bytes): follow its cursors
+            items: list[dict] = []
+            async with aclosing(self._pages(msg, "ADMIN_RESULT")) as pages:
+                async for page in pages:
+                    items += page.items
+            return items
         frame = await self.conn.request(msg, timeout=self.timeout)
         if frame.type == "ADMIN_RESULT":
             return list(frame.msg.items)
@@ -283,18 +299,27 @@ class _Keeper:
             try:
                 async with connect(self.url, self.identity, **self.connect_args) as client:
                     self.client = client
+        kicks = 0  # kicked in a row: each waits longer, so a node an admin keeps kicking backs off
                     lease = await client.join(**self.join_args)
                     self.joined = True
                     self._report("rejoined" if ever_joined else "joined", lease=lease, pool_key=client.peer_key)
                     ever_joined, attempt = True, 0
                     await self._hold(client, lease)
             except CONNECTION_ERRORS as e:
-                if isinstance(e, ProtocolError) and e.code in PERMANENT_ERRORS:
-                    raise
+                why = _why(e)
+                if why is not None and why.code in PERMANENT_ERRORS:  # e.g. banned, now or mid-session
+                    if why is e:
+                        raise
+                    raise why from e
                 error = e
             finally:
                 self.client, self.joined = None, False
-            delay = backoff_delay(attempt, self.backoff_min, self.backoff_max)
+            code = why.code if (why := _why(error)) is not None else None
+            kicks = kicks + 1 if code is ErrorCode.KICKED else 0
+            if code is ErrorCode.TEMPORARILY_BANNED:  # refused for minutes: sooner only gets refused again
+                delay = backoff_delay(64, self.backoff_min, self.backoff_max)
+            else:
+                delay = backoff_delay(max(attempt, kicks), self.backoff_min, self.backoff_max)
             attempt += 1
             log.info("session with %s lost (%s); retrying in %.1fs", self.url, error, delay)
             self._report("disconnected", error=error, retry_in=delay)
@@ -339,7 +364,9 @@ async def keep_joined(url: str, identity: Identity | str | os.PathLike, *, capab
     reconnect with exponential backoff and jitter (reset after each successful join). On
     cancellation the lease is given up (LEAVE, then GOODBYE) before returning, within `timeout`.
     Refusals that retrying cannot fix (PERMANENT_ERRORS: bad ttl, not admitted, banned, wrong
-    network or pool key ...) are raised."""
+    network or pool key ...) are raised, also when the pool ends a live session with one (an
+    admin's ban). A kicked node rejoins after a backoff that grows with each kick in a row; a node
+    refused with temporarily_banned waits backoff_max before each retry."""
     if not 0 < backoff_min <= backoff_max or not math.isfinite(backoff_max):
         raise ValueError("need 0 < backoff_min <= backoff_max")
     keeper = _Keeper(url, _identity(identity), on_event=on_event, backoff_min=backoff_min,

@@ -102,7 +102,7 @@ REFUSALS = (ErrorCode.NETWORK_MISMATCH, ErrorCode.NOT_ADMITTED, ErrorCode.BANNED
 ABUSES = (ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.TEXT_FRAME, ErrorCode.LIMIT_EXCEEDED,
           ErrorCode.BAD_SIGNATURE, ErrorCode.BAD_KEY, ErrorCode.WRONG_SENDER, ErrorCode.UNEXPECTED_MESSAGE,
           ErrorCode.BAD_NONCE, ErrorCode.WRONG_SID, ErrorCode.BAD_SEQUENCE, ErrorCode.HANDSHAKE_TIMEOUT,
-          ErrorCode.RATE_LIMITED)
+          ErrorCode.RATE_LIMITED, ErrorCode.SLOW_READER)
 
 
 @pytest.mark.parametrize("code", REFUSALS)
