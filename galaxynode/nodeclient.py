@@ -199,12 +199,6 @@ class PoolClient:
         instead) return []; peers/nodes/bans return the pool's items. Needs an admin key, else
         RemoteError forbidden."""
         msg = m.Admin(action=action, key=key, duration=duration, address=address)
-        if action == "nodes":  # the pool pages this list (by bytes): follow its cursors
-            items: list[dict] = []
-            async with aclosing(self._pages(msg, "ADMIN_RESULT")) as pages:
-                async for page in pages:
-                    items += page.items
-            return items
         frame = await self.conn.request(msg, timeout=self.timeout)
         if frame.type == "ADMIN_RESULT":
             return list(frame.msg.items)
@@ -293,13 +287,13 @@ class _Keeper:
 
     async def _loop(self) -> None:
         attempt = 0
+        kicks = 0  # kicked in a row: each waits longer, so a node an admin keeps kicking backs off
         ever_joined = False
         while True:
             error: BaseException | None = None
             try:
                 async with connect(self.url, self.identity, **self.connect_args) as client:
                     self.client = client
-        kicks = 0  # kicked in a row: each waits longer, so a node an admin keeps kicking backs off
                     lease = await client.join(**self.join_args)
                     self.joined = True
                     self._report("rejoined" if ever_joined else "joined", lease=lease, pool_key=client.peer_key)
