@@ -168,7 +168,7 @@ class Str(Spec):
     def what(self) -> str:
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        return self.pattern_what or f"a string of {self.min_len} to {self.max_len} printable characters"
+        return self.pattern_what or f"a string of {self.min_len} to {self.max_len} bytes of printable characters"
 
     def convert(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -176,7 +176,9 @@ class Str(Spec):
         if self.choices:
             if value not in self.choices:
                 raise self.bad(value)
-        elif not (self.min_len <= len(value) <= self.max_len and value.isprintable()) or (
+        # Lengths in UTF-8 bytes, as on the wire: a name must fit the protocol's bounds (MAX_NAME).
+        elif not (self.min_len <= len(value.encode("utf-8", "surrogatepass")) <= self.max_len
+                  and value.isprintable()) or (
                 self.pattern is not None and not re.fullmatch(self.pattern, value)):
             raise self.bad(value)
         return value
@@ -408,7 +410,8 @@ class _Section:
 
 
 _NAME = dict(max_len=64, pattern=r"[^\s].*[^\s]|[^\s]",
-             pattern_what="1 to 64 printable characters, not starting or ending with a space")
+             pattern_what="1 to 64 printable characters (64 bytes of UTF-8 at most), not starting or ending "
+                          "with a space")
 
 
 @attrs.frozen
