@@ -29,6 +29,7 @@ from galaxynode.modules import Kernel, Module, ModuleContext, StartupError, sing
 from galaxynode.net.connection import SessionLimits
 from galaxynode.net.bans import Bans
 from galaxynode.net.outbox import OutputBudget
+from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.server import Server
 from galaxynode.peering import PeerManager
 from galaxynode.plugins import PluginContext, PluginSupervisor
@@ -78,7 +79,7 @@ class RegistryModule(Module):
                                                 expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
         else:
             table = LeaseTable(min_ttl=rc.min_ttl, max_ttl=rc.max_ttl, default_ttl=rc.default_ttl,
-                               page_max=rc.page_max, admission=admission_from(rt.config))
+                               page_max=rc.page_max, page_bytes=rc.page_bytes, admission=admission_from(rt.config))
             registry = await Registry.open(rt.config.data_path("registry.sqlite"), table, bus,
                                            expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
         ctx.container.register("registry", registry)
@@ -169,7 +170,8 @@ class NetworkModule(Module):
                              bans=Bans(c.limits.violations_before_ban, c.limits.ban_seconds,
                                        window=c.limits.violation_window, exempt=services.registry.table.is_admin),
                              listen_urls=c.server.listen, ssl_context=ssl_context(c),
-                             agent=f"galaxynode/{__version__}")
+                             agent=f"galaxynode/{__version__}",
+                             output_budget=OutputBudget(c.limits.send_queue_total_bytes))
         ctx.container.register("server", self.server)
         try:
         services.server = self.server  # ADMIN kick/ban close live sessions; bans/unban reach its ban table

@@ -145,23 +145,29 @@ class PoolClient:
     async def leave(self) -> None:
         await self._request(m.Leave(), "ACK")
 
-    async def query_pages(self, *, capabilities: Iterable[str] = (), meta: Mapping[str, str] = {},
-                          key: bytes | None = None, limit: int = 100, scope: str = "local",
-                          hops: int = 2) -> AsyncIterator[m.QueryResult]:
-        """Every page of a query (`limit` records each, at most MAX_PAGE), following cursors.
+    async def _pages(self, msg: Any, expect: str) -> AsyncIterator[Any]:
+        """Every reply to a paged request (QUERY, ADMIN nodes), asking again with each reply's cursor
+        until one has none. Pools end a page early when its records would pass their page_bytes, so
+        a page may hold fewer records than asked for: only the cursor says whether more follow."""
+        seen: set[bytes] = set()
+        while True:
+            page = await self._request(msg, expect)
+            yield page
+            if page.cursor is None or page.cursor in seen:  # a repeated cursor would loop forever
+                return
+            seen.add(page.cursor)
+            msg = attrs.evolve(msg, cursor=page.cursor)
+
+    def query_pages(self, *, capabilities: Iterable[str] = (), meta: Mapping[str, str] = {},
+                    key: bytes | None = None, limit: int = 100, scope: str = "local",
+                    hops: int = 2) -> AsyncIterator[m.QueryResult]:
+        """Every page of a query (at most `limit` records each, at most MAX_PAGE), following cursors.
         Pages are QueryResult messages, so `partial` (a peer did not answer) is visible."""
         if not 1 <= limit <= m.MAX_PAGE:
             raise ValueError(f"limit must be 1..{m.MAX_PAGE} per page")
         q = m.Query(capabilities=_names(capabilities, "capabilities"), meta=dict(meta), key=key, limit=limit,
                     scope=scope, hops=hops)
-        seen: set[bytes] = set()
-        while True:
-            page = await self._request(q, "QUERY_RESULT")
-            yield page
-            if page.cursor is None or page.cursor in seen:  # a repeated cursor would loop forever
-                return
-            seen.add(page.cursor)
-            q = attrs.evolve(q, cursor=page.cursor)
+        return self._pages(q, "QUERY_RESULT")
 
     async def query(self, *, capabilities: Iterable[str] = (), meta: Mapping[str, str] = {},
                     key: bytes | None = None, limit: int = 100, scope: str = "local",
@@ -199,6 +205,12 @@ class PoolClient:
         instead) return []; peers/nodes/bans return the pool's items. Needs an admin key, else
         RemoteError forbidden."""
         msg = m.Admin(action=action, key=key, duration=duration, address=address)
+        if action == "nodes":  # the pool pages this list (by bytes): follow its cursors
+            items: list[dict] = []
+            async with aclosing(self._pages(msg, "ADMIN_RESULT")) as pages:
+                async for page in pages:
+                    items += page.items
+            return items
         frame = await self.conn.request(msg, timeout=self.timeout)
         if frame.type == "ADMIN_RESULT":
             return list(frame.msg.items)

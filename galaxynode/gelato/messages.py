@@ -603,9 +603,11 @@ class Admin(Body):
     key: bytes | None = _key(default=None)
     duration: int | None = field("uint", max=MAX_DURATION, default=None)  # seconds, >= 1; absent: permanent
     address: str | None = field("str", min_len=1, max_len=64, default=None)  # unban: an IP address or v6 /64
+    cursor: bytes | None = _cursor(default=None)  # nodes: the next page (from ADMIN_RESULT cursor)
 
 
 @message("ADMIN_RESULT", "admin")
 class AdminResult(Body):
     re: bytes = _ref()
     items: tuple[Any, ...] = field("list", max_len=MAX_PAGE * 10, item=Spec("anymap"), default=())
+    cursor: bytes | None = _cursor(default=None)  # nodes: more records follow; ask again with it

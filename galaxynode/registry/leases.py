@@ -19,6 +19,7 @@ from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.messages import MAX_CAPABILITIES, MAX_META_ENTRIES, MAX_META_VALUE, MAX_NAME, utf8_len
 
 KEY_LEN = 32
+PAGE_BYTES = 256 * 1024  # [registry] page_bytes
 
 
 def _freeze_meta(meta: Mapping[str, str]) -> Mapping[str, str]:
@@ -103,6 +104,26 @@ def _check_meta(meta: Mapping[str, str]) -> Mapping[str, str]:
     return meta
 
 
+# A record's msgpack bytes beyond its strings: the map header, the five field names, key and pool
+# (bin 32 with header), expires (uint64), and the headers of the capabilities array and meta map.
+_RECORD_OVERHEAD = 1 + (4 + 34) + (13 + 5) + (5 + 5) + (8 + 9) + (5 + 34)
+
+
+def _str_bytes(s: str) -> int:
+    n = len(s) if s.isascii() else len(s.encode())
+    return n + (1 if n < 32 else 2 if n < 256 else 3 if n < 65536 else 5)  # msgpack str header
+
+
+def record_bytes(entry: Entry) -> int:
+    """An upper bound of the bytes an entry (or a NodeRecord) takes in a reply: its msgpack encoding
+    as a NodeRecord (UTF-8 bytes, not characters: "é" is two), plus the payload the main net sends."""
+    n = _RECORD_OVERHEAD + sum(map(_str_bytes, entry.capabilities))
+    for k, v in entry.meta.items():
+        n += _str_bytes(k) + _str_bytes(v)
+    payload = getattr(entry, "payload", None)
+    return n if payload is None else n + len(payload) + 5
+
+
 def _terms(capabilities: Iterable[str], meta: Mapping[str, str]) -> list[tuple]:
     """Index terms: one per capability and one per meta (name, value) pair."""
     return [("c", c) for c in capabilities] + [("m", k, v) for k, v in meta.items()]
@@ -112,13 +133,14 @@ class LeaseTable:
     """Registered nodes with their leases, the admission policy and the ban list."""
 
     def __init__(self, *, min_ttl: int = 5, max_ttl: int = 3600, default_ttl: int = 30, page_max: int = 1000,
-                 max_entries: int = 250_000, admission: Admission = Admission()):
+                 max_entries: int = 250_000, admission: Admission = Admission(), page_bytes: int = PAGE_BYTES):
         if not 0 < min_ttl <= default_ttl <= max_ttl:
             raise ValueError("need 0 < min_ttl <= default_ttl <= max_ttl")
         if page_max < 1 or max_entries < 1:
             raise ValueError("page_max and max_entries must be positive")
         self.min_ttl, self.max_ttl, self.default_ttl = min_ttl, max_ttl, default_ttl
         self.page_max = page_max
+        self.page_bytes = page_bytes  # a page's records, as record_bytes() counts them
         self.max_entries = max_entries
         self.admission = admission  # replaceable at runtime (reload)
         self._entries: dict[bytes, Entry] = {}
@@ -264,7 +286,9 @@ class LeaseTable:
         """Entries having all ``capabilities`` and all ``meta`` pairs, ordered by key, one page at a time.
 
         The cursor is a position in key order, so it stays valid while entries come and go. ``limit`` is
-        clamped to 1..page_max. Returns (page, cursor for the next page or None at the end).
+        clamped to 1..page_max, and a page ends early where the next record would take its records past
+        ``page_bytes`` (record_bytes; a page holds at least one), so a reply fits its frame whatever the
+        records hold. Returns (page, cursor for the next page or None at the end).
         """
         after = self._cursor(cursor)
         limit = max(1, min(int(limit), self.page_max))
@@ -305,8 +329,14 @@ class LeaseTable:
                     chunk = [k for k in chunk if k in s]
                 found += chunk
             del found[want:]
-        more = len(found) > limit
-        page = [self._entries[k] for k in found[:limit]]
+        page, size = [], 0
+        for k in found[:limit]:
+            entry = self._entries[k]
+            size += record_bytes(entry)
+            if size > self.page_bytes and page:
+                break
+            page.append(entry)
+        more = len(found) > len(page)
         return page, (page[-1].key if more else None)
 
     # --- internals ------------------------------------------------------------------------------
