@@ -63,10 +63,13 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     E.DUPLICATE_SESSION: "A newer session with the same peer key replaced this one.",
     E.FORBIDDEN: "The session's key may not make this request (e.g. ADMIN without an admin key).",
     E.NOT_ADMITTED: "The key is not on the pool's admission allowlist.",
-    E.BANNED: "The key is banned by an administrator.",
+    E.BANNED: "The key is banned by an administrator (ADMIN ban); its sessions end with it.",
+    E.KICKED: "An administrator removed this key's lease and ended its session (ADMIN kick); it may connect "
+              "and JOIN again.",
     E.RATE_LIMITED: "The session exceeded its frame or byte rate.",
     E.TOO_MANY_CONNECTIONS: "The receiver is at its connection limit.",
-    E.TEMPORARILY_BANNED: "The remote address is banned for a while after repeated misbehaviour.",
+    E.TEMPORARILY_BANNED: "The key (or, for abuse before any handshake, the address) is banned for a while after "
+                          "repeated protocol violations (errors §7).",
     E.NOT_JOINED: "HEARTBEAT or LEAVE from a key that holds no lease.",
     E.BAD_TTL: "The requested lease TTL is outside the pool's configured bounds.",
     E.BAD_CURSOR: "The paging cursor was not issued by this receiver or is malformed.",
@@ -107,8 +110,9 @@ MESSAGE_DOCS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "STATUS": ("request", ("STATUS_RESULT",), "Ask for public information about the receiving pool."),
     "STATUS_RESULT": ("reply", (), "Public facts about the pool: key, name, network, role, version, uptime, counts."),
     "ADMIN": ("request", ("ACK", "ADMIN_RESULT"),
-              "Administrative action by an admin key: kick, ban, unban (ACK) or list nodes, peers (ADMIN_RESULT)."),
-    "ADMIN_RESULT": ("reply", (), "Items listed by an ADMIN nodes or peers action."),
+              "Administrative action by an admin key: kick, ban, unban (ACK) or list nodes, peers, bans "
+              "(ADMIN_RESULT); see §7."),
+    "ADMIN_RESULT": ("reply", (), "Items listed by an ADMIN nodes, peers or bans action."),
 }
 
 STRUCT_DOCS = {
