@@ -133,11 +133,22 @@ CODEC_LIMIT_DOCS = {
     "ts_window_ms": "Largest accepted |ts - now| in ms for frames whose time is checked (the handshake).",
 }
 
+# Handshake frames (limits §1.1): the tighter of these and the session's codec limits.
+PREAUTH_LIMITS = {"preauth_frame_size": codec.PREAUTH_FRAME_SIZE, "max_array_len": codec.PREAUTH_MAX_ARRAY_LEN,
+                  "max_map_len": codec.PREAUTH_MAX_MAP_LEN, "max_depth": codec.PREAUTH_MAX_DEPTH}
+PREAUTH_LIMIT_DOCS = {
+    "preauth_frame_size": "Largest frame before the session is established, in bytes (configurable; also "
+                          "bounds every str and bin in it).",
+    "max_array_len": "Most elements of any array in a handshake frame's payload.",
+    "max_map_len": "Most entries of any map in a handshake frame's payload.",
+    "max_depth": "Deepest nesting within a handshake frame's body (body is level 1).",
+}
+
 SESSION_LIMIT_DOCS = {
     "handshake_timeout": "Seconds from the WebSocket opening to an established session; then HANDSHAKE_TIMEOUT.",
     "idle_timeout": "Seconds without any received frame before closing with IDLE_TIMEOUT.",
     "ping_interval": "Seconds without any received frame before sending PING.",
-    "write_timeout": "Seconds one outgoing frame may wait for the peer to read before the connection is dropped.",
+    "write_timeout": "Seconds the writer may wait for the peer to read one frame; then the session ends (SLOW_READER).",
     "close_timeout": "Seconds allowed for flushing, the final ERROR or GOODBYE and the closing handshake.",
     "frame_rate": "Received frames per second (token bucket rate); beyond it RATE_LIMITED.",
     "frame_burst": "Received frames allowed in a burst (token bucket size).",
@@ -201,11 +212,14 @@ CHECKS: tuple[tuple[str, str, str, tuple[ErrorCode, ...], bool], ...] = (
      (E.MALFORMED_FRAME,), False),
     ("F8", "frame", "A verification key is already known (session frames; READY at the answerer) and the "
      "signature does not verify with it over SIGN_PREFIX || payload.", (E.BAD_SIGNATURE,), False),
-    ("F9", "frame", "Parsing the payload, left to right, meets a defect. A str or bin longer than max_str_len "
-     "or max_bin_len (judged once its bytes are present), an array or map longer than max_array_len or "
-     "max_map_len (judged at its header), or nesting beyond the parser's stack: LIMIT_EXCEEDED. "
-     "Anything else (truncated, trailing bytes, invalid UTF-8, an ext value, an array or map as a map key): "
-     "MALFORMED_FRAME. The first defect met decides.", (E.LIMIT_EXCEEDED, E.MALFORMED_FRAME), False),
+    ("F9", "frame", "Parsing the payload meets a defect. First its structure, before any value is built: "
+     "the payload is not exactly one complete msgpack value (a str, bin, ext, array or map whose declared "
+     "length the bytes that follow cannot hold, bytes after the value, a byte that starts no msgpack type): "
+     "MALFORMED_FRAME; nesting beyond the parser's stack: LIMIT_EXCEEDED; the first such fault decides. "
+     "Then, left to right: a str or bin longer than max_str_len or max_bin_len, an array or map longer than "
+     "max_array_len or max_map_len (judged at its header): LIMIT_EXCEEDED; invalid UTF-8, an ext value, an "
+     "array or map as a map key, a duplicate key: MALFORMED_FRAME; the first defect met decides.",
+     (E.LIMIT_EXCEEDED, E.MALFORMED_FRAME), False),
     ("F10", "frame", "The payload is not a map.", (E.MALFORMED_FRAME,), False),
     ("F11", "frame", "'from' is absent or not a bin of 32 bytes.", (E.BAD_KEY,), False),
     ("F12", "frame", "No verification key is known and the signature does not verify with 'from' over "
@@ -342,6 +356,7 @@ def build() -> dict[str, Any]:
                    for i, st, text, codes, re_ in CHECKS],
         "limits": _limits(codec.Limits, CODEC_LIMIT_DOCS),
         "session_limits": _limits(SessionLimits, SESSION_LIMIT_DOCS, skip=("codec",)),
+        "preauth_limits": {k: {"value": v, "meaning": PREAUTH_LIMIT_DOCS[k]} for k, v in PREAUTH_LIMITS.items()},
         "bounds": {k: {"value": v, "meaning": BOUND_DOCS[k]} for k, v in BOUNDS.items()},
         "errors": {
             "groups": {str(k * 1000): v for k, v in GROUPS.items()},
@@ -470,6 +485,12 @@ def md_codec_limits(spec: dict[str, Any]) -> str:
     return "\n".join(_limit_table(spec["limits"])) + "\n"
 
 
+def md_preauth_limits(spec: dict[str, Any]) -> str:
+    rows = ["| name | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{k}` | {_number(v['value'])} | {_cell(v['meaning'])} |" for k, v in spec["preauth_limits"].items()]
+    return "\n".join(rows) + "\n"
+
+
 def md_session_limits(spec: dict[str, Any]) -> str:
     return "\n".join(_limit_table(spec["session_limits"])) + "\n"
 
@@ -501,7 +522,8 @@ def md_handshake_checks(spec: dict[str, Any]) -> str:
 BLOCKS = {
     "messages.md": {"kinds": md_kinds, "messages": md_messages, "structs": md_structs},
     "errors.md": {"codes": md_errors},
-    "limits.md": {"codec-limits": md_codec_limits, "session-limits": md_session_limits, "bounds": md_bounds},
+    "limits.md": {"codec-limits": md_codec_limits, "preauth-limits": md_preauth_limits,
+                  "session-limits": md_session_limits, "bounds": md_bounds},
     "framing.md": {"decode-order": md_decode_order},
     "handshake.md": {"handshake-checks": md_handshake_checks},
 }
