@@ -170,6 +170,9 @@ async def _terminate(proc: Any) -> None:
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_DROP}
     env["PYTHONUNBUFFERED"] = "1"
+    # Every simulated node and pool connects from 127.0.0.1: one address may use all the slots.
+    env.setdefault("GALAXYNODE_SERVER_MAX_CONNECTIONS_PER_ADDRESS", env.get("GALAXYNODE_SERVER_MAX_CONNECTIONS", "1024"))
+    env.setdefault("GALAXYNODE_SERVER_MAX_PENDING_PER_ADDRESS", env.get("GALAXYNODE_SERVER_MAX_PENDING", "256"))
     return env
 
 

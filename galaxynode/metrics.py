@@ -145,6 +145,10 @@ class DaemonCollector:
                                       labels=["reason"])
         refused.add_metric(["full"], st.refused_full)
         refused.add_metric(["banned"], st.refused_banned)
+        refused.add_metric(["address"], st.refused_address)
+        refused.add_metric(["pending"], st.closed_pending)
+        refused.add_metric(["banned_address"], st.closed_banned)
+        refused.add_metric(["upgrade_timeout"], st.upgrade_timeouts)
         yield refused
         yield CounterMetricFamily("galaxynode_violations", "Sessions closed for misbehaviour.", value=st.violations)
         yield CounterMetricFamily("galaxynode_bans", "Hosts temporarily banned.", value=st.bans)

@@ -219,7 +219,9 @@ class PoolProcess:
 
 
 def pool_env(nodes: int) -> dict[str, str]:
-    return {"GALAXYNODE_SERVER_MAX_CONNECTIONS": str(nodes + FD_HEADROOM),
+    slots = str(nodes + FD_HEADROOM)  # every simulated node connects from 127.0.0.1
+    return {"GALAXYNODE_SERVER_MAX_CONNECTIONS": slots, "GALAXYNODE_SERVER_MAX_CONNECTIONS_PER_ADDRESS": slots,
+            "GALAXYNODE_SERVER_MAX_PENDING": slots, "GALAXYNODE_SERVER_MAX_PENDING_PER_ADDRESS": slots,
             "GALAXYNODE_LOGGING_LEVEL": "info"}
 
 

@@ -119,7 +119,7 @@ async def serve_pool(max_sessions: int) -> None:
     identity = Identity.generate()
     registry = Registry(LeaseTable(), None, bus=None)
     services = PoolServices(PoolInfo(identity.public, "bench", NETWORK), registry, None)
-    server = Server(identity, network=NETWORK, limits=LIMITS, max_connections=max_sessions,
+    server = Server(identity, network=NETWORK, limits=LIMITS, max_connections=max_sessions, max_pending=max_sessions,
                     handler_factory=lambda conn: services.handler())
 
     def stats() -> dict:

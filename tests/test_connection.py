@@ -126,7 +126,7 @@ async def test_handshake_and_request_reply(identity_a, identity_b):
             server = conns[0]
             assert server.peer_key == identity_b.public and server.session.sid == conn.session.sid
             assert server.peer_hello.listen == ("ws://node.example:1",)
-            assert server.remote == f"127.0.0.1:{conn.channel._ws.local.port}"
+            assert server.remote == conn.channel.local
         await wait_for(lambda: server.closed)
         assert server.close_code == 1000 and server.local_error is None
 

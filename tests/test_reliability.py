@@ -44,7 +44,9 @@ pytestmark = pytest.mark.slow
 
 NET = "reliability"
 CLIENT = SessionLimits(frame_rate=1e6, frame_burst=10**6, handshake_timeout=20, close_timeout=1)
-NO_RATE_LIMIT = {"GALAXYNODE_LIMITS_FRAME_RATE": "1000000", "GALAXYNODE_LIMITS_FRAME_BURST": "10000000",
+# Every client here connects from 127.0.0.1, many at once: lift the per-address caps to the totals.
+ONE_HOST = {"GALAXYNODE_SERVER_MAX_CONNECTIONS_PER_ADDRESS": "1024", "GALAXYNODE_SERVER_MAX_PENDING_PER_ADDRESS": "256"}
+NO_RATE_LIMIT = {**ONE_HOST, "GALAXYNODE_LIMITS_FRAME_RATE": "1000000", "GALAXYNODE_LIMITS_FRAME_BURST": "10000000",
                  "GALAXYNODE_LIMITS_BYTE_RATE": "1073741824", "GALAXYNODE_LIMITS_BYTE_BURST": "1073741824"}
 
 KEYS_PER_WORKER = 16     # session keys each of the 16 fuzzing workers cycles through
@@ -376,7 +378,7 @@ async def test_every_acknowledged_join_survives_sigkill(tmp_path):
     acked: set[bytes] = set()
     summary = []
     for rnd in range(rounds):
-        with PoolProcess(data, network=NET, env={}) as pool:
+        with PoolProcess(data, network=NET, env=ONE_HOST) as pool:
             if acked:  # what earlier rounds acknowledged is still there after their kill
                 async with connect(pool.url, Identity.generate(), network=NET) as c:
                     present = {n.key for n in await c.query(limit=100_000)}
@@ -413,7 +415,7 @@ async def test_every_acknowledged_join_survives_sigkill(tmp_path):
             assert lost > 0, "no join was in flight at the kill"
             summary.append(f"round {rnd}: killed after {len(round_acked)} acknowledged joins, {lost} in flight")
             acked |= round_acked
-    with PoolProcess(data, network=NET, env={}) as pool:
+    with PoolProcess(data, network=NET, env=ONE_HOST) as pool:
         async with connect(pool.url, Identity.generate(), network=NET) as c:
             present = {n.key for n in await c.query(limit=100_000)}
         missing = acked - present
@@ -534,7 +536,7 @@ def _cpu(pid: int) -> float:
 
 # --- 4. peer and node churn ------------------------------------------------------------------------
 
-CHURN_ENV = {"GALAXYNODE_REGISTRY_MIN_TTL": "1", "GALAXYNODE_REGISTRY_EXPIRY_INTERVAL": "0.1",
+CHURN_ENV = {**ONE_HOST, "GALAXYNODE_REGISTRY_MIN_TTL": "1", "GALAXYNODE_REGISTRY_EXPIRY_INTERVAL": "0.1",
              "GALAXYNODE_PEERS_RECONNECT_MIN": "0.1", "GALAXYNODE_PEERS_RECONNECT_MAX": "0.5",
              "GALAXYNODE_LOGGING_LEVEL": "info"}
 

@@ -32,7 +32,7 @@ from galaxynode.gelato.handshake import Handshake, Session
 from galaxynode.identity import Identity
 from galaxynode.net.outbox import OutputBudget, Outbox
 from galaxynode.net.ratelimit import TokenBucket
-from galaxynode.net.transport import Channel, ChannelClosed
+from galaxynode.net.transport import Channel, ChannelClosed, LimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,12 @@ async def refuse(channel: Channel, identity: Identity, error: ProtocolError, *,
     await channel.close(ws_close_code(error), error.message)
 
 
+def limit_error(e: LimitExceeded) -> ProtocolError:
+    """The ERROR for a peer that broke a transport limit (transport.LimitExceeded)."""
+    code = ErrorCode.FRAME_TOO_LARGE if e.limit == "frame_size" else ErrorCode.RATE_LIMITED
+    return ProtocolError(code, e.reason)
+
+
 def _error_frame(data: Any, limits: Limits) -> RemoteError | None:
     """If data is a valid ERROR frame, the error it carries (a peer refusing us mid-handshake)."""
     try:
@@ -171,18 +177,25 @@ async def _send_handshake(channel: Channel, data: bytes) -> None:
 async def establish(channel: Channel, identity: Identity, *, opener: bool, network: str, role: str,
                     limits: SessionLimits = DEFAULT_SESSION_LIMITS, pinned_key: bytes | None = None,
                     listen: tuple[str, ...] | list[str] = (), agent: str = AGENT) -> Session:
-    """Run the HELLO/HELLO/READY handshake within limits.handshake_timeout.
+    """Run the HELLO/HELLO/READY handshake by the channel's deadline (the accepting side: one
+    deadline from the accept, TLS and the upgrade included), else within limits.handshake_timeout.
 
     On our rejection the peer gets ERROR and the channel is closed, and the ProtocolError is
-    raised; a peer's ERROR is raised as RemoteError; a channel that closes raises ChannelClosed."""
+    raised; a peer's ERROR is raised as RemoteError; a channel that closes raises ChannelClosed.
+    A peer over the transport's pre-auth limits (message size, WebSocket frames) is refused
+    with frame_too_large or rate_limited. Once established the channel's pre-auth limits are lifted."""
     hs = Handshake(identity, opener=opener, network=network, role=role, pinned_key=pinned_key,
                    agent=agent, listen=tuple(listen), limits=limits.codec)
+    deadline = channel.deadline if channel.deadline is not None else trio.current_time() + limits.handshake_timeout
     try:
-        with trio.fail_after(limits.handshake_timeout):
+        with trio.fail_at(deadline):
             if opener:
                 await _send_handshake(channel, hs.initiate())
             while not hs.established:
-                data = await channel.receive()
+                try:
+                    data = await channel.receive()
+                except LimitExceeded as e:
+                    raise limit_error(e) from None
                 try:
                     reply = hs.receive(data)
                 except ProtocolError as e:
@@ -204,6 +217,7 @@ async def establish(channel: Channel, identity: Identity, *, opener: bool, netwo
         await refuse(channel, identity, error, limits=limits)
         raise error from None
     assert hs.session is not None
+    channel.authenticated()
     return hs.session
 
 
@@ -294,6 +308,9 @@ class Connection:
             self._frames = TokenBucket(limits.pool_frame_rate, limits.pool_frame_burst, now)
         else:
             self._frames = TokenBucket(limits.frame_rate, limits.frame_burst, now)
+        # The transport charges every WebSocket frame (data, continuation, control) to it; the
+        # reader sees a breach as LimitExceeded.
+        channel.frame_budget = self._frames
         self._bytes = TokenBucket(limits.byte_rate, limits.byte_burst, now)
         self._rx_wait_since: float | None = now   # None while the reader is busy with a frame
         self._last_ping = now
@@ -510,6 +527,9 @@ class Connection:
             self._rx_wait_since = trio.current_time()
             try:
                 data = await self.channel.receive()
+            except LimitExceeded as e:
+                await self.close(limit_error(e))
+                return
             except ChannelClosed as e:
                 self._lost(e)
                 return
@@ -520,11 +540,9 @@ class Connection:
             if isinstance(data, str):
                 await self.close(ProtocolError(ErrorCode.TEXT_FRAME, "text messages are not Gelato frames"))
                 return
-            if not (self._frames.take(1, now) and self._bytes.take(len(data), now)):
+            if not self._bytes.take(len(data), now):  # frames: charged by the transport (frame_budget)
                 await self.close(ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    f"over {self._frames.rate:g} frames/s or {lim.byte_rate:g} bytes/s "
-                    f"(bursts {self._frames.burst:g}, {lim.byte_burst})"))
+                    ErrorCode.RATE_LIMITED, f"over {lim.byte_rate:g} bytes/s (burst {lim.byte_burst})"))
                 return
             try:
                 frame = self.session.decode(data)

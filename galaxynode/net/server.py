@@ -1,4 +1,4 @@
-"""Accepting side: listeners, admission (connection limit, temporary bans), one task per session.
+"""Accepting side: listeners, admission (connection slots per address, bans), one task per session.
 
 Every connection runs in its own task; whatever goes wrong in one (a bad peer, a handler bug) is
 contained there, logged, and never reaches the listener or the other sessions.
@@ -20,6 +20,7 @@ from galaxynode.net.connection import (AGENT, DEFAULT_SESSION_LIMITS, Connection
                                        RemoteError, SessionLimits, establish, is_violation, refuse)
 from galaxynode.net.bans import Bans, address_group
 from galaxynode.net.outbox import OutputBudget
+from galaxynode.net.slots import Slot, Slots
 from galaxynode.net.transport import Channel, ChannelClosed, format_address, parse_url, serve_channels
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 class ServerStats:
     accepted: int = 0            # WebSocket connections accepted
     refused_full: int = 0        # over max_connections
+    refused_address: int = 0     # over max_connections_per_address (ERROR too_many_connections)
+    closed_pending: int = 0      # closed unread at accept: over max_pending or max_pending_per_address
+    closed_banned: int = 0       # closed unread at accept: a banned address (beyond its one flagged socket)
+    upgrade_timeouts: int = 0    # TLS or the WebSocket upgrade not done by the handshake deadline (a violation)
     refused_banned: int = 0      # sessions of a banned key or address, refused after the handshake
     handshake_failed: int = 0
     established: int = 0
@@ -58,21 +63,27 @@ class Server:
     """Serves Gelato on `listen_urls` (ws:// or wss://host:port; port 0 picks a free port).
 
     `handler_factory(conn)` returns the handler for one established session (see Connection).
-    At most `max_connections` sessions (including those still in the handshake); past that a
-    client gets ERROR too_many_connections, and past `max_connections + max_pending` open sockets
-    the socket is closed without a word. Protocol abuse is counted against the session's key, or the
+    At accept, before reading a byte (net/slots.py): past `max_pending` sockets not yet through
+    the handshake, or `max_pending_per_address` from one address (IPv6: /64), a new socket is
+    closed unread, and so is a banned address's (but one at a time, flagged, so that an admin
+    there can lift the ban). At most `max_connections` sessions in all and
+    `max_connections_per_address` from one address (both including those still in the
+    handshake); past those a client gets ERROR too_many_connections. The handshake (TLS, upgrade,
+    HELLO/READY) must be done within limits.handshake_timeout of the accept; missing it is a
+    violation of the address. Protocol abuse is counted against the session's key, or the
     address before the handshake (see net/bans.py); a banned key or address is refused with ERROR
     temporarily_banned after the handshake, admin keys excepted. A second session with the same key replaces
     the first (ERROR duplicate_session on the old one)."""
 
     def __init__(self, identity: Identity, *, network: str, role: str = "pool",
                  limits: SessionLimits = DEFAULT_SESSION_LIMITS, max_connections: int = 1000,
-                 max_pending: int = 64, handler_factory: Callable[[Connection], Handler] | None = None,
+                 max_connections_per_address: int | None = None, max_pending: int = 64,
+                 max_pending_per_address: int | None = None, handler_factory: Callable[[Connection], Handler] | None = None,
                  bans: Bans | None = None, listen_urls: Sequence[str] = ("ws://127.0.0.1:0",),
                  ssl_context: ssl.SSLContext | None = None, agent: str = AGENT,
                  output_budget: OutputBudget | None = None):
-        if max_connections < 1 or max_pending < 0:
-            raise ValueError("max_connections must be positive and max_pending not negative")
+        if max_connections < 1 or max_pending < 1:
+            raise ValueError("max_connections and max_pending must be positive")
         self._listen = []
         for url in listen_urls:
             secure, host, port, _ = parse_url(url)
@@ -85,6 +96,9 @@ class Server:
         self.limits = limits
         self.max_connections = max_connections
         self.max_pending = max_pending
+        # None: no cap of its own (the total applies)
+        self.slots = Slots(max_per_address=max_connections_per_address or max_connections, max_pending=max_pending,
+                           max_pending_per_address=max_pending_per_address or max_pending)
         self.handler_factory = handler_factory
         self.bans = bans
         self.ssl_context = ssl_context
@@ -115,9 +129,11 @@ class Server:
                     bound = await nursery.start(partial(
                         serve_channels, self._serve, host, port,
                         max_message_size=self.limits.codec.max_frame_size,
+                        preauth_message_size=self.limits.preauth_frame_size,
                         ssl_context=self.ssl_context if secure else None,
                         handshake_timeout=self.limits.handshake_timeout, close_timeout=self.limits.close_timeout,
-                        max_streams=self.max_connections + self.max_pending))
+                        max_streams=self.max_connections + self.max_pending,
+                        admit=self._admit, on_upgrade_timeout=self._upgrade_timeout))
                     urls += [f"{'wss' if secure else 'ws'}://{format_address(h, p)}" for h, p in bound]
                 self.bound_urls = urls
                 log.info("listening on %s", ", ".join(urls))
@@ -163,14 +179,38 @@ class Server:
                                                                "protocol violations")
         return None
 
+    def _admit(self, host: str) -> Slot | None:
+        """At accept, before any byte is read: a slot, or None to close the socket unread."""
+        banned = self.bans is not None and self.bans.address_banned(host, trio.current_time())
+        slot = self.slots.accept(host, banned=banned)
+        if slot is None:
+            if banned:
+                self.stats.closed_banned += 1
+            else:
+                self.stats.closed_pending += 1
+        return slot
+
+    def _upgrade_timeout(self, host: str) -> None:
+        self.stats.upgrade_timeouts += 1
+        self._violation(host, None, ProtocolError(
+            ErrorCode.HANDSHAKE_TIMEOUT, f"TLS and WebSocket upgrade not done within {self.limits.handshake_timeout:g}s"))
+
     async def _serve(self, channel: Channel) -> None:
         self.stats.accepted += 1
+        slot = channel.admission
+        assert isinstance(slot, Slot)
+        if slot.banned:
+            channel.address_banned = True  # only an admin key gets past the handshake (_ban_refusal)
         refusal = None
         if self._shutting_down:
             refusal = ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
         elif self._active >= self.max_connections:
             self.stats.refused_full += 1
             refusal = ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {self.max_connections} connections")
+        elif slot.over_cap:
+            self.stats.refused_address += 1
+            refusal = ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS,
+                                    f"at most {self.slots.max_per_address} connections from one address")
         if refusal is not None:
             self.stats.error_outside_session(refusal)
             await refuse(channel, self.identity, refusal, limits=self.limits)
@@ -196,6 +236,7 @@ class Server:
             log.info("handshake with %s failed: %s", channel.remote, e)
             self._violation(channel.host, None, e)
             return
+        channel.admission.established()  # type: ignore[union-attr]  # a Slot (_serve)
         conn = Connection(channel, session, limits=self.limits, budget=self.output_budget)
         key = conn.peer_key
         refusal = self._ban_refusal(channel, key)
