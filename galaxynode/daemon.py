@@ -29,7 +29,6 @@ from galaxynode.modules import Kernel, Module, ModuleContext, StartupError, sing
 from galaxynode.net.connection import SessionLimits
 from galaxynode.net.bans import Bans
 from galaxynode.net.outbox import OutputBudget
-from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.server import Server
 from galaxynode.peering import PeerManager
 from galaxynode.plugins import PluginContext, PluginSupervisor
@@ -166,15 +165,18 @@ class NetworkModule(Module):
             return services.handler()
 
         self.server = Server(rt.identity, network=c.network.id, role=c.node.role, limits=session_limits(c),
-                             max_connections=c.server.max_connections, handler_factory=handler_factory,
+                             max_connections=c.server.max_connections,
+                             max_connections_per_address=c.server.max_connections_per_address,
+                             max_pending=c.server.max_pending, max_pending_per_address=c.server.max_pending_per_address,
+                             handler_factory=handler_factory,
                              bans=Bans(c.limits.violations_before_ban, c.limits.ban_seconds,
                                        window=c.limits.violation_window, exempt=services.registry.table.is_admin),
                              listen_urls=c.server.listen, ssl_context=ssl_context(c),
                              agent=f"galaxynode/{__version__}",
                              output_budget=OutputBudget(c.limits.send_queue_total_bytes))
         ctx.container.register("server", self.server)
-        try:
         services.server = self.server  # ADMIN kick/ban close live sessions; bans/unban reach its ban table
+        try:
             urls = await ctx.nursery.start(self.server.run)
         except BaseExceptionGroup as group:
             leaf = single_leaf(group)

@@ -70,6 +70,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     E.TOO_MANY_CONNECTIONS: "The receiver is at its connection limit.",
     E.TEMPORARILY_BANNED: "The key (or, for abuse before any handshake, the address) is banned for a while after "
                           "repeated protocol violations (errors §7).",
+    E.SLOW_READER: "The peer did not read its output: nothing could be written for write_timeout while output was "
+                   "queued (limits §3.1). A reader that is not reading may never see this ERROR.",
     E.NOT_JOINED: "HEARTBEAT or LEAVE from a key that holds no lease.",
     E.BAD_TTL: "The requested lease TTL is outside the pool's configured bounds.",
     E.BAD_CURSOR: "The paging cursor was not issued by this receiver or is malformed.",
@@ -145,18 +147,25 @@ PREAUTH_LIMIT_DOCS = {
 }
 
 SESSION_LIMIT_DOCS = {
-    "handshake_timeout": "Seconds from the WebSocket opening to an established session; then HANDSHAKE_TIMEOUT.",
+    "handshake_timeout": "Seconds from accepting the TCP connection to an established session (TLS, WebSocket upgrade "
+                         "and HELLO/READY together); then HANDSHAKE_TIMEOUT (a socket still in TLS or the upgrade is "
+                         "closed without a word).",
+    "preauth_frame_size": "Largest WebSocket message before the session is established, in bytes (at most "
+                          "max_frame_size); beyond it FRAME_TOO_LARGE (limits §1.1).",
     "idle_timeout": "Seconds without any received frame before closing with IDLE_TIMEOUT.",
     "ping_interval": "Seconds without any received frame before sending PING.",
     "write_timeout": "Seconds the writer may wait for the peer to read one frame; then the session ends (SLOW_READER).",
     "close_timeout": "Seconds allowed for flushing, the final ERROR or GOODBYE and the closing handshake.",
-    "frame_rate": "Received frames per second (token bucket rate); beyond it RATE_LIMITED.",
-    "frame_burst": "Received frames allowed in a burst (token bucket size).",
+    "frame_rate": "Received WebSocket frames per second, every kind (data, continuation, PING, PONG, CLOSE; token "
+                  "bucket rate); beyond it RATE_LIMITED.",
+    "frame_burst": "Received WebSocket frames allowed in a burst (token bucket size).",
     "pool_frame_rate": "frame_rate for sessions whose peer's HELLO role is pool or mainnet (peers relay whole pools' events).",
     "pool_frame_burst": "frame_burst for sessions whose peer's HELLO role is pool or mainnet.",
     "byte_rate": "Received bytes per second (token bucket rate); beyond it RATE_LIMITED.",
     "byte_burst": "Received bytes allowed in a burst; at least max_frame_size.",
     "send_queue": "Outgoing frames queued per session; senders wait (or pushes are dropped) when full.",
+    "send_queue_bytes": "Encoded bytes of the outgoing frames queued per session (plus the one being written); "
+                        "senders wait (or pushes are dropped) when the next frame would pass it.",
     "recv_queue": "Received requests queued for the handler per session.",
 }
 
@@ -165,14 +174,14 @@ BOUNDS = {name: getattr(m, name) for name in (
     "MAX_ENDPOINTS", "MAX_ENDPOINT", "MAX_PAGE", "MAX_CURSOR", "MAX_DESCRIPTOR_RECORD", "MAX_TTL_S", "MAX_HOPS")}
 
 BOUND_DOCS = {
-    "MAX_NAME": "Names: network, pool name, capability, metadata key (characters).",
+    "MAX_NAME": "Names: network, pool name, capability, metadata key (bytes of UTF-8).",
     "MAX_CAPABILITIES": "Capabilities per node, query or descriptor.",
     "MAX_META_ENTRIES": "Metadata entries per node or query.",
-    "MAX_META_VALUE": "Characters per metadata value.",
-    "MAX_TOPIC": "Characters per event topic or pattern.",
+    "MAX_META_VALUE": "Bytes (UTF-8) per metadata value.",
+    "MAX_TOPIC": "Bytes (UTF-8) per event topic or pattern.",
     "MAX_TOPICS": "Patterns per SUBSCRIBE or UNSUBSCRIBE.",
     "MAX_ENDPOINTS": "Listen endpoints per HELLO or descriptor.",
-    "MAX_ENDPOINT": "Characters per endpoint URL.",
+    "MAX_ENDPOINT": "Bytes (UTF-8) per endpoint URL.",
     "MAX_PAGE": "Largest page size (limit) of QUERY and LOOKUP.",
     "MAX_CURSOR": "Bytes per paging cursor.",
     "MAX_DESCRIPTOR_RECORD": "Bytes per signed descriptor record.",
@@ -182,13 +191,14 @@ BOUND_DOCS = {
 
 # How each field kind of the message schema is checked (messages §1.2).
 KIND_DOCS = {
-    "str": "msgpack str (valid UTF-8); min_len/max_len count Unicode code points; choices lists the allowed values.",
+    "str": "msgpack str (valid UTF-8); min_len/max_len count bytes of its UTF-8 encoding (not code points); "
+           "choices lists the allowed values.",
     "bin": "msgpack bin; min_len/max_len count bytes (equal values mean an exact length).",
     "uint": "msgpack integer >= 0 (bool is not an integer); max is inclusive; no max means up to 2^64-1.",
     "bool": "msgpack true or false.",
     "list": "msgpack array of item; min_len/max_len count elements; items are checked in order.",
-    "strmap": f"msgpack map of str to str; max_len counts entries; keys 1..{m.MAX_NAME} code points, "
-              f"values 0..{m.MAX_META_VALUE} code points.",
+    "strmap": f"msgpack map of str to str; max_len counts entries; keys 1..{m.MAX_NAME} bytes, "
+              f"values 0..{m.MAX_META_VALUE} bytes (UTF-8).",
     "struct": "msgpack map checked against the named struct's schema (same rules as a body).",
     "anymap": "msgpack map with any content (keys are strings, as everywhere in the body).",
     "any": "any msgpack value the frame rules allow.",
@@ -397,7 +407,7 @@ def _code(name: str) -> str:
 
 def _bounds(f: dict[str, Any]) -> str:
     k = f["kind"]
-    unit = {"str": " chars", "bin": " bytes", "list": " items", "strmap": " entries"}.get(k, "")
+    unit = {"str": " bytes", "bin": " bytes", "list": " items", "strmap": " entries"}.get(k, "")
     lo, hi = f.get("min_len"), f.get("max_len")
     parts = []
     if lo is not None and lo == hi:
