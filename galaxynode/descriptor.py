@@ -22,7 +22,7 @@ import msgpack
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.messages import (MAX_CAPABILITIES, MAX_DESCRIPTOR_RECORD, MAX_ENDPOINT, MAX_ENDPOINTS,
-                                        MAX_NAME, Body, SignedDescriptor, Spec, field, utf8_len)
+                                        MAX_NAME, Body, SignedDescriptor, Spec, field, is_str_of, utf8_len)
 from galaxynode.identity import Identity, verify
 
 log = logging.getLogger(__name__)
@@ -304,14 +304,6 @@ def _parse_file(data: bytes, max_size: int) -> list | str:
     return items
 
 
-def _usable_capability(c: object) -> bool:
-    """What a verifier accepts as a descriptor capability (1..MAX_NAME bytes of UTF-8)."""
-    try:
-        return isinstance(c, str) and 0 < utf8_len(c) <= MAX_NAME
-    except UnicodeEncodeError:
-        return False
-
-
 _WIDEST_UINT = 2**64 - 1  # msgpack's widest integer: the template is checked at its largest
 
 
@@ -358,7 +350,7 @@ class DescriptorIssuer:
         half its lifetime. Capabilities are given most relevant first; the ones a verifier would
         refuse are skipped, duplicates removed, the rest cut to the protocol's count and then,
         least relevant first, until the record fits max_record bytes."""
-        caps = tuple(c for c in dict.fromkeys(capabilities) if _usable_capability(c))[:MAX_CAPABILITIES]
+        caps = tuple(c for c in dict.fromkeys(capabilities) if is_str_of(c, 1, MAX_NAME))[:MAX_CAPABILITIES]
         cur = self._current
         if (cur is not None and cur.desc.nodes == nodes and self._offered == caps
                 and now < cur.desc.issued + self.ttl_ms // 2):

@@ -81,6 +81,15 @@ def utf8_len(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8"))
 
 
+def is_str_of(s: object, min_bytes: int, max_bytes: int) -> bool:
+    """Whether `s` is a str of min_bytes..max_bytes in UTF-8 (False for one that cannot be encoded):
+    the wire's str bound, for checks outside a message body (stored leases, our own descriptor)."""
+    try:
+        return isinstance(s, str) and min_bytes <= utf8_len(s) <= max_bytes
+    except UnicodeEncodeError:
+        return False
+
+
 def fit_utf8(s: str, max_bytes: int) -> str:
     """The longest prefix of `s` whose UTF-8 form fits `max_bytes`, cut at a character boundary
     (a lone surrogate becomes "?", so the result always encodes)."""

@@ -16,7 +16,7 @@ from typing import Literal
 import attrs
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
-from galaxynode.gelato.messages import MAX_CAPABILITIES, MAX_META_ENTRIES, MAX_META_VALUE, MAX_NAME, utf8_len
+from galaxynode.gelato.messages import MAX_CAPABILITIES, MAX_META_ENTRIES, MAX_META_VALUE, MAX_NAME, is_str_of
 
 KEY_LEN = 32
 PAGE_BYTES = 256 * 1024  # [registry] page_bytes
@@ -71,15 +71,6 @@ def _check_key(key: object, code: ErrorCode = ErrorCode.BAD_KEY) -> bytes:
     return key
 
 
-def _fits(s: object, lo: int, hi: int) -> bool:
-    """A str of lo..hi bytes in UTF-8 (the wire bounds count bytes; so does every budget built
-    from these strings: the pool's descriptor, replies, rows)."""
-    try:
-        return isinstance(s, str) and lo <= utf8_len(s) <= hi
-    except UnicodeEncodeError:
-        return False
-
-
 def _check_caps(capabilities: Iterable[str]) -> tuple[str, ...]:
     """The wire bounds again, for callers that do not come through the codec (plugins, the main
     net, a restored row): a capability that passed here always fits a descriptor or a reply."""
@@ -88,7 +79,7 @@ def _check_caps(capabilities: Iterable[str]) -> tuple[str, ...]:
     caps = tuple(dict.fromkeys(capabilities))  # dedupe, keep order
     if len(caps) > MAX_CAPABILITIES:
         raise ProtocolError(ErrorCode.INVALID_BODY, f"at most {MAX_CAPABILITIES} capabilities")
-    if not all(_fits(c, 1, MAX_NAME) for c in caps):
+    if not all(is_str_of(c, 1, MAX_NAME) for c in caps):
         raise ProtocolError(ErrorCode.INVALID_BODY, f"capabilities must be strings of 1..{MAX_NAME} bytes (UTF-8)")
     return caps
 
@@ -98,7 +89,8 @@ def _check_meta(meta: Mapping[str, str]) -> Mapping[str, str]:
         raise ProtocolError(ErrorCode.INVALID_BODY, "meta must map strings to strings")
     if len(meta) > MAX_META_ENTRIES:
         raise ProtocolError(ErrorCode.INVALID_BODY, f"at most {MAX_META_ENTRIES} meta entries")
-    if not all(_fits(k, 1, MAX_NAME) and _fits(v, 0, MAX_META_VALUE) for k, v in meta.items()):
+    # In bytes, as on the wire: every budget built from these strings (descriptor, replies, rows) is bytes.
+    if not all(is_str_of(k, 1, MAX_NAME) and is_str_of(v, 0, MAX_META_VALUE) for k, v in meta.items()):
         raise ProtocolError(ErrorCode.INVALID_BODY, f"meta keys must be 1..{MAX_NAME} bytes and values "
                                                     f"at most {MAX_META_VALUE} bytes (UTF-8)")
     return meta
