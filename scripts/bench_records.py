@@ -8,15 +8,16 @@ heartbeats (signatures per node per minute, naive vs coarse expiry); bytes added
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_verify import median_rate  # noqa: E402
 
 from galaxynode.gelato import messages as m  # noqa: E402
 from galaxynode.identity import Identity, verify  # noqa: E402
@@ -28,12 +29,8 @@ NET = "main"
 
 
 def us_per_call(fn: Callable[[int], None], n: int, reps: int) -> float:
-    out = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn(n)
-        out.append((time.perf_counter() - start) / n * 1e6)
-    return statistics.median(out)
+    """Median microseconds per call (reps is odd, so the median rate's inverse is the median time)."""
+    return 1e6 / median_rate(fn, n, reps)
 
 
 def main() -> int:
