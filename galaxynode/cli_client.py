@@ -237,11 +237,6 @@ def node_json(rec: Any) -> dict:
             "expires": rec.expires, "pool": _pub(rec.pool)}
 
 
-def format_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None = None) -> str:
-    """Aligned columns; every cell goes through printable(), so no cell can break the layout."""
-    rows = [[printable(str(c)) for c in row] for row in ([headers, *rows] if headers is not None else rows)]
-    widths = [max(len(c) for c in col) for col in zip(*rows)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 def printable(text: str) -> str:
     """Text from the network made safe to print on a terminal: every character that is not
     printable (ESC of an ANSI sequence, BEL, CR, newline, bidi overrides, ...) becomes its visible
@@ -253,6 +248,11 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def format_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None = None) -> str:
+    """Aligned columns; every cell goes through printable(), so no cell can break the layout."""
+    rows = [[printable(str(c)) for c in row] for row in ([headers, *rows] if headers is not None else rows)]
+    widths = [max(len(c) for c in col) for col in zip(*rows)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def nodes_table(records: Sequence[Any], now_ms: int) -> str:

@@ -21,7 +21,7 @@ from galaxynode.gelato import messages as m
 from galaxynode.gelato.errors import ErrorCode
 from galaxynode.identity import Identity, write_key
 from galaxynode.net import ChannelClosed, RemoteError, SessionClosed, establish, open_channel
-from galaxynode.nodeclient import connect
+from galaxynode.nodeclient import JoinState, connect, keep_joined
 
 ADMIN = Identity.generate()
 ENV = {"GALAXYNODE_ADMISSION_ADMINS": ADMIN.public_text}
@@ -167,6 +167,45 @@ def test_kick_and_ban_end_the_session_with_an_error_the_node_sees(tmp_path):
                 with pytest.raises(RemoteError) as e:  # nothing left to kick
                     await admin.admin("kick", key=node.public)
                 assert e.value.code is ErrorCode.NOT_FOUND
+        trio.run(main)
+
+
+def test_keep_joined_rejoins_after_a_kick_and_stops_when_banned(tmp_path):
+    """A kicked node comes back after its backoff (no hot loop: one rejoin per kick); a banned one
+    stops with the pool's `banned` instead of retrying."""
+    with live_pool(tmp_path / "pool", env=ENV) as pool:
+        async def main():
+            node = Identity.generate()
+            states: list[JoinState] = []
+            joined = trio.Event()
+
+            def on_event(st: JoinState) -> None:
+                states.append(st)
+                if st.kind in ("joined", "rejoined"):
+                    joined.set()
+            ended: list[BaseException] = []
+
+            async def keeper():
+                try:
+                    await keep_joined(pool.url, node, network=NETWORK, on_event=on_event, backoff_min=0.2,
+                                      backoff_max=2.0)
+                except RemoteError as e:
+                    ended.append(e)
+            with trio.fail_after(20):
+                async with connect(pool.url, ADMIN, network=NETWORK) as admin, trio.open_nursery() as nursery:
+                    nursery.start_soon(keeper)
+                    for _ in range(2):
+                        await joined.wait()
+                        joined = trio.Event()
+                        await admin.admin("kick", key=node.public)
+                    await joined.wait()
+                    await admin.admin("ban", key=node.public)  # keep_joined must end by itself
+            assert [e.code for e in ended] == [ErrorCode.BANNED]
+            kinds = [st.kind for st in states]
+            assert kinds == ["joined", "disconnected", "rejoined", "disconnected", "rejoined"], kinds
+            delays = [st.retry_in for st in states if st.kind == "disconnected"]
+            assert all(refusal(st.error) is ErrorCode.KICKED for st in states if st.kind == "disconnected")
+            assert 0.2 <= delays[0] <= 0.4 and 0.4 <= delays[1] <= 0.8  # backoff doubles per kick in a row
         trio.run(main)
 
 
