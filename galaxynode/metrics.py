@@ -150,8 +150,8 @@ class DaemonCollector:
         refused.add_metric(["banned_address"], st.closed_banned)
         refused.add_metric(["upgrade_timeout"], st.upgrade_timeouts)
         yield refused
-        yield CounterMetricFamily("galaxynode_violations", "Sessions closed for misbehaviour.", value=st.violations)
-        yield CounterMetricFamily("galaxynode_bans", "Hosts temporarily banned.", value=st.bans)
+        yield CounterMetricFamily("galaxynode_violations", "Sessions closed for protocol abuse.", value=st.violations)
+        yield CounterMetricFamily("galaxynode_bans", "Keys and addresses temporarily banned.", value=st.bans)
 
     def _plugins(self, supervisor: Any) -> Iterator[Metric]:
         restarts = CounterMetricFamily("galaxynode_plugin_restarts", "Plugin restarts after a crash.",
