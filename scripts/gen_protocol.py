@@ -43,7 +43,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     E.TEXT_FRAME: "A WebSocket text message arrived; Gelato frames are binary messages.",
     E.UNKNOWN_TYPE: "The payload names a message type the receiver does not know; in a session its seq is consumed.",
     E.INVALID_BODY: "The body does not match its type's schema (missing field, wrong type, out of bounds).",
-    E.LIMIT_EXCEEDED: "The payload breaks a msgpack length limit or the body nesting limit.",
+    E.LIMIT_EXCEEDED: "The payload breaks a msgpack length limit or the body nesting limit; in answer to "
+                      "SUBSCRIBE (not fatal there): more topic patterns than the session may hold (messages §5).",
     E.NOT_SUPPORTED: "A valid request this endpoint does not serve (e.g. ADMIN sent to a main net).",
     E.BAD_SIGNATURE: "The Ed25519 signature does not verify with the sender's key.",
     E.BAD_KEY: "'from' is absent or not a 32-byte public key.",
@@ -102,7 +103,8 @@ MESSAGE_DOCS: dict[str, tuple[str, tuple[str, ...], str]] = {
               "one page at a time; scope peers also asks peered pools, at most hops away."),
     "QUERY_RESULT": ("reply", (), "One page of node records; cursor continues, partial means some peers missed the deadline."),
     "SUBSCRIBE": ("request", ("ACK",),
-                  "Receive EVENTs whose topic matches any pattern (* one segment, # or ** the rest)."),
+                  "Receive EVENTs whose topic matches any pattern (* one segment, # or ** the rest); patterns "
+                  "are added to those held, within the subscription caps of messages §5."),
     "UNSUBSCRIBE": ("request", ("ACK",), "Stop receiving the given patterns."),
     "EVENT": ("push", (), "An event on a subscribed topic; origin is the pool where it happened."),
     "ANNOUNCE": ("request", ("LEASE",), "Register a pool's own signed descriptor at the main net."),
@@ -166,6 +168,8 @@ SESSION_LIMIT_DOCS = {
     "send_queue": "Outgoing frames queued per session; senders wait (or pushes are dropped) when full.",
     "send_queue_bytes": "Encoded bytes of the outgoing frames queued per session (plus the one being written); "
                         "senders wait (or pushes are dropped) when the next frame would pass it.",
+    "max_subscriptions": "Topic patterns one session may hold (duplicates and `#`/`**` spellings count once); a "
+                         "SUBSCRIBE past it is refused whole with LIMIT_EXCEEDED, not fatal (messages §5).",
     "recv_queue": "Received requests queued for the handler per session.",
 }
 
