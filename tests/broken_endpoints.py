@@ -25,7 +25,7 @@ from galaxynode.registry import LeaseTable, Registry
 
 NETWORK = "conformance-test"
 # Fast timeouts and a small frame limit keep a whole suite run short; no bans unless asked for.
-LIMITS = SessionLimits(handshake_timeout=0.3, close_timeout=0.5, codec=Limits(max_frame_size=64 * 1024),
+LIMITS = SessionLimits(handshake_timeout=1.0, close_timeout=0.5, codec=Limits(max_frame_size=64 * 1024),
                        frame_rate=100, frame_burst=100, byte_burst=64 * 1024)
 
 

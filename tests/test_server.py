@@ -16,7 +16,7 @@ from galaxynode.net import (Bans, ChannelClosed, RemoteError, Server, SessionClo
                             open_channel)
 
 NET = "test"
-SERVER_LIMITS = SessionLimits(handshake_timeout=0.3, close_timeout=0.5, frame_rate=100, frame_burst=20,
+SERVER_LIMITS = SessionLimits(handshake_timeout=1.0, close_timeout=0.5, frame_rate=100, frame_burst=20,
                               pool_frame_rate=100, pool_frame_burst=300,
                               codec=Limits(max_frame_size=8192), byte_rate=20_000, byte_burst=16_384)
 CLIENT_LIMITS = SessionLimits(close_timeout=0.5, codec=Limits(max_frame_size=8192), byte_burst=16_384)

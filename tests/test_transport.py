@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from galaxynode.gelato import messages as m
 from galaxynode.identity import Identity
 from galaxynode.net import Server, connect
-from galaxynode.net.transport import (ChannelClosed, open_channel, parse_url, raise_single,
+from galaxynode.net.transport import (ChannelClosed, LimitExceeded, open_channel, parse_url, raise_single,
                                       serve_channels)
 
 LIMIT = 64 * 1024
@@ -269,3 +269,81 @@ async def test_gelato_session_over_wss(tls, identity_a, identity_b):
             async with connect(url, Identity.generate(), network="t", connect_timeout=5):
                 pass
         nursery.cancel_scope.cancel()
+
+
+# --- frame guard: every WebSocket frame counts, pre-auth limits ----------------------------------
+
+class Budget:
+    def __init__(self, frames):
+        self.left = frames
+
+    def take(self, n, now):
+        if n <= self.left:
+            self.left -= n
+            return True
+        return False
+
+
+async def receive_until_breach(ch, got, *, authenticate=False, budget=None):
+    if authenticate:
+        ch.authenticated()
+    if budget is not None:
+        ch.frame_budget = budget
+    try:
+        while True:
+            got.append(await ch.receive())
+    except LimitExceeded as e:
+        got.append(e)
+        await ch.close()  # the breach's close code by default
+
+
+async def test_a_frame_budget_breach_stops_reading_and_closes_with_its_code():
+    got = []
+    async with serving(partial(receive_until_breach, got=got, authenticate=True, budget=Budget(5))) as port, \
+            channel(port) as ch:
+        for i in range(4):  # control frames count (unsolicited PONGs: nothing waits for an answer)
+            await ch._ws.pong(b"%d" % i)
+        with pytest.raises(ChannelClosed) as e:  # sending or then receiving
+            for _ in range(5):
+                await ch.send(b"m")
+            await ch.receive()
+        assert e.value.code == 1008
+    *messages, breach = got
+    assert breach.limit == "frame_rate" and messages == [b"m"]  # 5 frames: 4 PONGs, 1 message
+
+
+async def test_preauth_frames_and_message_size():
+    got = []
+    async with serving(partial(receive_until_breach, got=got), preauth_frames=4) as port, channel(port) as ch:
+        for _ in range(6):
+            await ch.send(b"x")
+        with pytest.raises(ChannelClosed):
+            await ch.receive()
+    assert got[:4] == [b"x"] * 4 and got[4].limit == "frame_rate"
+    got.clear()
+    async with serving(partial(receive_until_breach, got=got), preauth_message_size=100) as port, \
+            channel(port) as ch:
+        await ch.send(b"y" * 101)
+        with pytest.raises(ChannelClosed) as e:
+            await ch.receive()
+        assert e.value.code == 1009
+    assert got[0].limit == "frame_size"
+
+
+async def test_preauth_size_holds_the_handshake_messages_only():
+    """The answerer's peer sends HELLO and READY before the session: a session frame pipelined right
+    behind them is held to the full size however the reads fall."""
+    got = []
+
+    async def two_then_authenticate(ch):
+        got.extend([await ch.receive(), await ch.receive()])
+        ch.authenticated()
+        got.append(await ch.receive())
+    async with serving(two_then_authenticate, preauth_message_size=100) as port, channel(port) as ch:
+        await ch.send(b"a" * 100)
+        await ch.send(b"b" * 100)
+        await ch.send(b"c" * 5000)
+        with trio.fail_after(5):
+            while len(got) < 3:
+                await trio.sleep(0.01)
+    assert [len(x) for x in got] == [100, 100, 5000]

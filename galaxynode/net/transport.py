@@ -33,7 +33,7 @@ import trio
 import wsproto
 from trio_websocket import (ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection,
                             WebSocketRequest)
-from wsproto.events import BytesMessage, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,10 @@ class FrameBudget(Protocol):
 class _Allowance:
     """A fixed number of frames that never refills (the pre-auth budget)."""
 
-    __slots__ = ("left",)
+    __slots__ = ("frames", "left")
 
     def __init__(self, frames: int):
-        self.left = frames
+        self.frames = self.left = frames
 
     def take(self, n: float, now: float) -> bool:
         if n <= self.left:
@@ -94,9 +94,12 @@ class _Allowance:
 
 def _over_budget(budget: FrameBudget) -> str:
     if isinstance(budget, _Allowance):
-        return f"over {PREAUTH_FRAMES} WebSocket frames before the handshake"
+        return f"over {budget.frames} WebSocket frames before the handshake"
     rate, burst = getattr(budget, "rate", None), getattr(budget, "burst", None)  # a ratelimit.TokenBucket
     return f"over {rate:g} WebSocket frames/s (burst {burst:g})" if rate and burst else "too many WebSocket frames"
+
+
+_FRAME_EVENTS = frozenset({BytesMessage, TextMessage, Ping, Pong, CloseConnection})
 
 
 class _FrameGuard:
@@ -138,6 +141,9 @@ class _FrameGuard:
         for event in self._ws.events():
             kind = type(event)
             finished = True  # a control frame always arrives whole
+            if kind not in _FRAME_EVENTS:  # the HTTP upgrade, not a WebSocket frame
+                yield event
+                continue
             if kind is BytesMessage or kind is TextMessage:
                 finished = event.frame_finished
                 data = event.data
