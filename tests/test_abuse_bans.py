@@ -47,6 +47,16 @@ async def refused_with(url: str, identity: Identity, *, network: str = NETWORK) 
     return None
 
 
+async def until_closed(ch) -> None:
+    """Read (and drop) what the pool sends until it closes the channel."""
+    with trio.fail_after(5):
+        try:
+            while True:
+                await ch.receive()
+        except ChannelClosed:
+            pass
+
+
 async def replay_frame(url: str, identity: Identity) -> None:
     """In-session abuse: the same signed frame twice (bad_sequence), via the session API."""
     async with open_channel(url, max_message_size=1 << 20, connect_timeout=5) as ch:
@@ -54,24 +64,14 @@ async def replay_frame(url: str, identity: Identity) -> None:
         data = session.encode(m.Status())
         await ch.send(data)
         await ch.send(data)
-        with trio.fail_after(5):
-            try:
-                while True:
-                    await ch.receive()
-            except ChannelClosed:
-                pass
+        await until_closed(ch)
 
 
 async def garbage_before_handshake(url: str) -> None:
     """Pre-auth abuse: bytes that are no frame, as the first message."""
     async with open_channel(url, max_message_size=1 << 20, connect_timeout=5) as ch:
         await ch.send(b"\xc1 not msgpack")
-        with trio.fail_after(5):
-            try:
-                while True:
-                    await ch.receive()
-            except ChannelClosed:
-                pass
+        await until_closed(ch)
 
 
 async def admin_bans(url: str) -> list[dict]:

@@ -148,8 +148,25 @@ async def run_case(c: Case, opts: Options) -> Result:
             result.outcome, result.expected = "fail", "the case to run"
             result.got = f"suite error: {type(e).__name__}: {e}"
             result.note = "".join(traceback.format_exception(e, limit=-3))
+    if result.outcome == "fail":
+        await check_ban(opts)
     result.seconds = time.monotonic() - started
     return result
+
+
+async def check_ban(opts: Options) -> None:
+    """Raise Banned if the endpoint now bans us. An endpoint may close a banned address's sockets
+    without a word (galaxynode does, but for one it lets through to the handshake), which a case
+    would report as a failure: before a failure is reported, one plain handshake asks."""
+    try:
+        with trio.move_on_after(opts.timeout):
+            async with open_link(opts) as link:
+                await link.ping()
+    except Exception as exc:
+        e = _leaf(exc)
+        if isinstance(e, Banned):
+            raise e from None
+        # anything else: not a ban; the case's own failure stands
 
 
 class Results(list):
