@@ -302,7 +302,8 @@ def test_to_toml_round_trips(tmp_path):
 
 
 @settings(max_examples=50, deadline=None)
-@given(name=st.text(min_size=1, max_size=64).filter(lambda s: s.isprintable() and s == s.strip()),
+@given(name=st.text(min_size=1, max_size=64).filter(lambda s: s.isprintable() and s == s.strip()
+                                                     and len(s.encode()) <= 64),  # names: 64 bytes of UTF-8
        value=st.recursive(st.booleans() | st.integers(-2**63, 2**63 - 1)
                           | st.floats(allow_nan=False) | st.text(),
                           lambda inner: st.lists(inner, max_size=3)
