@@ -176,16 +176,19 @@ async def _send_handshake(channel: Channel, data: bytes) -> None:
 
 async def establish(channel: Channel, identity: Identity, *, opener: bool, network: str, role: str,
                     limits: SessionLimits = DEFAULT_SESSION_LIMITS, pinned_key: bytes | None = None,
-                    listen: tuple[str, ...] | list[str] = (), agent: str = AGENT) -> Session:
+                    listen: tuple[str, ...] | list[str] = (), agent: str = AGENT,
+                    on_error: Callable[[ProtocolError], None] | None = None) -> Session:
     """Run the HELLO/HELLO/READY handshake by the channel's deadline (the accepting side: one
     deadline from the accept, TLS and the upgrade included), else within limits.handshake_timeout.
 
     On our rejection the peer gets ERROR and the channel is closed, and the ProtocolError is
     raised; a peer's ERROR is raised as RemoteError; a channel that closes raises ChannelClosed.
     A peer over the transport's pre-auth limits (message size, WebSocket frames) is refused
-    with frame_too_large or rate_limited. Once established the channel's pre-auth limits are lifted."""
+    with frame_too_large or rate_limited. Once established the channel's pre-auth limits are lifted.
+    `on_error(error)` hears of our rejection before the peer does (see Connection.on_error)."""
     hs = Handshake(identity, opener=opener, network=network, role=role, pinned_key=pinned_key,
-                   agent=agent, listen=tuple(listen), limits=limits.codec)
+                   agent=agent, listen=tuple(listen), limits=limits.codec,
+                   preauth_frame_size=limits.preauth_frame_size)
     deadline = channel.deadline if channel.deadline is not None else trio.current_time() + limits.handshake_timeout
     try:
         with trio.fail_at(deadline):
@@ -209,11 +212,15 @@ async def establish(channel: Channel, identity: Identity, *, opener: bool, netwo
         await channel.close()
         raise
     except ProtocolError as e:
+        if on_error is not None:
+            on_error(e)
         await refuse(channel, identity, e, limits=limits)
         raise
     except trio.TooSlowError:
         error = ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT,
                               f"handshake not finished within {limits.handshake_timeout:g}s")
+        if on_error is not None:
+            on_error(error)
         await refuse(channel, identity, error, limits=limits)
         raise error from None
     assert hs.session is not None
@@ -291,6 +298,9 @@ class Connection:
         self.handler = handler
         self.stats = ConnectionStats()
         self.local_error: ProtocolError | None = None   # the fatal ERROR we closed the session with
+        # Told of that ERROR before the peer is: a server counts the violation before the offender
+        # can reconnect, so "refused on the next attempt" does not race the closing handshake.
+        self.on_error: Callable[[ProtocolError], None] | None = None
         self.remote_error: RemoteError | None = None    # an ERROR the peer sent that answered no request
         self.close_code: int | None = None
         self.close_reason = ""
@@ -456,6 +466,8 @@ class Connection:
             return
         self._closing = True
         self.local_error = error
+        if error is not None and self.on_error is not None:
+            self.on_error(error)
         self.close_code = ws_close_code(error)
         self.close_reason = error.message if error is not None else reason
         self._outbox.close()  # the writer drains what is queued, then stops

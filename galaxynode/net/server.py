@@ -229,16 +229,17 @@ class Server:
         started = trio.current_time()
         try:
             session = await establish(channel, self.identity, opener=False, network=self.network, role=self.role,
-                                      limits=self.limits, listen=self.bound_urls, agent=self.agent)
+                                      limits=self.limits, listen=self.bound_urls, agent=self.agent,
+                                      on_error=partial(self._violation, channel.host, None))
         except ProtocolError as e:
             self.stats.handshake_failed += 1
             self.stats.error_outside_session(e)
             log.info("handshake with %s failed: %s", channel.remote, e)
-            self._violation(channel.host, None, e)
             return
         channel.admission.established()  # type: ignore[union-attr]  # a Slot (_serve)
         conn = Connection(channel, session, limits=self.limits, budget=self.output_budget)
         key = conn.peer_key
+        conn.on_error = partial(self._violation, channel.host, key)
         refusal = self._ban_refusal(channel, key)
         if refusal is not None:
             self.stats.refused_banned += 1
@@ -267,5 +268,4 @@ class Server:
             self.stats.ended.add(conn.stats)
             log.info("session with %s closed (%s %s)", key.hex()[:16], conn.close_code,
                      conn.local_error or conn.remote_error or conn.close_reason)
-        self._violation(channel.host, key, conn.local_error)
 
