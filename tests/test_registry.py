@@ -344,3 +344,16 @@ def test_restore_keeps_remaining_time_and_drops_the_rest():
     assert len(t) == 1 and t.get(k(1)) == live and live.expires - (T0 + 10_000) == 20_000
     assert t.query(capabilities=["gpu"])[0] == [live]
     assert t.next_expiry() == live.expires and t.is_banned(k(3), T0 + 10_000)
+
+
+def test_restore_drops_rows_outside_the_byte_bounds():
+    """A row stored when bounds counted characters (32 capabilities of 62 two-byte characters)
+    would be served in replies strict clients refuse and could not fit a descriptor: dropped."""
+    src = LeaseTable()
+    ok = src.join(k(1), ttl=30, capabilities=["gpu"], now=T0)
+    fat = Entry(key=k(2), capabilities=tuple(f"{i:02d}" + "é" * 62 for i in range(32)), meta={},
+                expires=T0 + 30_000, ttl=30, joined=T0)
+    fat_meta = Entry(key=k(3), capabilities=(), meta={"m": "é" * 200}, expires=T0 + 30_000, ttl=30, joined=T0)
+    t = LeaseTable()
+    dropped, _ = t.restore([ok, fat, fat_meta], {}, now=T0)
+    assert {e.key for e in dropped} == {k(2), k(3)} and len(t) == 1

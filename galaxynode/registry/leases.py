@@ -84,6 +84,14 @@ def _check_caps(capabilities: Iterable[str]) -> tuple[str, ...]:
     return caps
 
 
+def _within_bounds(entry: Entry) -> bool:
+    try:
+        _check_meta(entry.meta)
+        return _check_caps(entry.capabilities) == tuple(entry.capabilities)
+    except ProtocolError:
+        return False
+
+
 def _check_meta(meta: Mapping[str, str]) -> Mapping[str, str]:
     if not isinstance(meta, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise ProtocolError(ErrorCode.INVALID_BODY, "meta must map strings to strings")
@@ -195,7 +203,8 @@ class LeaseTable:
     def restore(self, entries: Iterable[Entry], bans: Mapping[bytes, int | None], now: int
                 ) -> tuple[list[Entry], list[bytes]]:
         """Replace the contents with stored state. Returns (dropped entries, lapsed bans) so the caller can
-        delete them from the store; entries are dropped when expired, banned or no longer admitted."""
+        delete them from the store; entries are dropped when expired, banned, no longer admitted, or
+        outside today's wire bounds (a row stored by an older version, e.g. limits in characters)."""
         self._entries.clear()
         self._keys.clear()
         self._index.clear()
@@ -204,7 +213,8 @@ class LeaseTable:
         lapsed = [k for k in bans if k not in self._bans]
         dropped = []
         for e in entries:
-            if e.expires <= now or self.is_banned(e.key, now) or not self.admission.admits(e.key):
+            if (e.expires <= now or self.is_banned(e.key, now) or not self.admission.admits(e.key)
+                    or not _within_bounds(e)):
                 dropped.append(e)
             else:
                 self._put(e)
