@@ -12,6 +12,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Sequence
 
+from galaxynode.logs import printable
+
 DEFAULT_NETWORK = "galaxy-dev"  # = nodeclient.DEFAULT_NETWORK (not imported: keeps --help light)
 EXIT_USAGE = 2
 
@@ -235,17 +237,6 @@ def _duration(seconds: float) -> str:
 def node_json(rec: Any) -> dict:
     return {"key": _pub(rec.key), "capabilities": list(rec.capabilities), "meta": dict(rec.meta),
             "expires": rec.expires, "pool": _pub(rec.pool)}
-
-
-def printable(text: str) -> str:
-    """Text from the network made safe to print on a terminal: every character that is not
-    printable (ESC of an ANSI sequence, BEL, CR, newline, bidi overrides, ...) becomes its visible
-    escape (\\x1b, \\n, \\u202e), as in the JSON that `watch` prints; printable text, accents
-    included, stays as it is. Without it a node's meta could clear the screen, retitle the window or
-    print fake rows."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def format_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None = None) -> str:

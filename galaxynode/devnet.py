@@ -384,7 +384,7 @@ class Screen:
 
 
 def note(message: str) -> None:
-    from galaxynode.cli_client import printable  # daemons' log lines may quote what remote parties sent
+    from galaxynode.logs import printable  # daemons' log lines may quote what remote parties sent
     print(f"devnet: {printable(message)}", file=sys.stderr, flush=True)
 
 

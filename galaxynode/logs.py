@@ -9,6 +9,26 @@ import time
 _PLAIN = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+def printable(text: str) -> str:
+    """Text from the network made safe to print on a terminal or in a log line: every character
+    that is not printable (ESC of an ANSI sequence, BEL, CR, newline, bidi overrides, ...) becomes
+    its visible escape (\\x1b, \\n, \\u202e), as in the JSON that `watch` prints; printable text,
+    accents included, stays as it is. Without it a node's meta could clear the screen, retitle the
+    window, or forge log lines and table rows."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class PlainFormatter(logging.Formatter):
+    """One line per record: the message is escaped (log messages quote what remote parties sent);
+    a traceback, which is ours, follows as usual."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -25,7 +45,7 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "info", fmt: str = "plain") -> None:
     """(Re)configure the root logger; called again on SIGHUP."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_PLAIN))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter(_PLAIN))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -109,3 +109,20 @@ def test_nodes_table_and_json_never_carry_raw_controls(as_json):
             assert c not in text
     else:
         assert_escaped(nodes_table([rec], 0))
+
+
+def test_plain_log_lines_escape_remote_text():
+    """Log messages quote remote text (refusal reasons, peer names): a newline in it cannot forge a
+    second journal line, an ESC cannot reach the terminal of `journalctl -f`; tracebacks stay."""
+    import logging
+    from galaxynode.logs import PlainFormatter
+    fmt = PlainFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "refused %s", ("x\nINFO forged\x1b[2J",), None)
+    line = fmt.format(record)
+    assert "\n" not in line and "\x1b" not in line and "x\\nINFO forged\\x1b[2J" in line
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    assert "Traceback" in fmt.format(record).splitlines()[1]
