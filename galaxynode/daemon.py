@@ -77,8 +77,10 @@ class RegistryModule(Module):
             registry = await open_pool_registry(rt.config.data_path("mainnet.sqlite"), bus,
                                                 expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
         else:
+            # A page and its frame (header, signature, cursor) must fit the peer's max_frame_size too.
+            page_bytes = min(rc.page_bytes, rt.config.limits.max_frame_size // 2)
             table = LeaseTable(min_ttl=rc.min_ttl, max_ttl=rc.max_ttl, default_ttl=rc.default_ttl,
-                               page_max=rc.page_max, page_bytes=rc.page_bytes, admission=admission_from(rt.config))
+                               page_max=rc.page_max, page_bytes=page_bytes, admission=admission_from(rt.config))
             registry = await Registry.open(rt.config.data_path("registry.sqlite"), table, bus,
                                            expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
         ctx.container.register("registry", registry)

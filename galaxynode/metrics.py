@@ -62,12 +62,32 @@ class DaemonCollector:
             for d in ("inbound", "outbound"):
                 g.add_metric([d], directions[d])
             yield g
+            manager = c.get("peers")
+            g = GaugeMetricFamily("galaxynode_peers_standing", "Peer pools by standing (low: queries skip them).",
+                                  labels=["standing"])
+            for standing, n in manager.standing_counts().items():
+                g.add_metric([standing], n)
+            yield g
+            st = manager.stats
+            yield CounterMetricFamily("galaxynode_peer_queries_skipped", "Peer answers not waited for (low standing).",
+                                      value=st.queries_skipped)
+            yield CounterMetricFamily("galaxynode_peers_not_accepted",
+                                      "Sessions claiming role pool that the peering policy served as nodes.",
+                                      value=st.not_accepted)
+            yield CounterMetricFamily("galaxynode_peers_evicted", "Peers that gave their slot to a better newcomer.",
+                                      value=st.evicted)
         if "registry" in c:
             registry = c.get("registry")
             yield GaugeMetricFamily("galaxynode_registry_nodes", "Leases held (nodes; pools on a main net).",
                                     value=len(registry.table))
             yield CounterMetricFamily("galaxynode_leases_expired", "Leases that ran out without renewal.",
                                       value=registry.expired)
+            yield CounterMetricFamily("galaxynode_registry_commit_failures",
+                                      "Registry commits the store refused (e.g. disk full).",
+                                      value=registry.commit_failures)
+            yield CounterMetricFamily("galaxynode_registry_changes_refused",
+                                      "Changes rolled back and answered unavailable because their commit failed.",
+                                      value=registry.changes_refused)
         if "bus" in c:
             bus = c.get("bus")
             yield CounterMetricFamily("galaxynode_events_published", "Events published on the bus.",

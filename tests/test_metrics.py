@@ -117,6 +117,8 @@ async def test_handshake_join_and_bad_frame_are_counted(tmp_path):
                             and value(s, "galaxynode_sessions_connected", role="node") == 0)
     assert value(after, "galaxynode_handshakes_total", result="ok") == 1
     assert value(after, "galaxynode_handshakes_total", result="failed") == 0
+    assert value(after, "galaxynode_registry_commit_failures_total") == 0
+    assert value(after, "galaxynode_registry_changes_refused_total") == 0
     assert value(after, "galaxynode_handshake_duration_seconds_count") == 1
     assert value(after, "galaxynode_handshake_duration_seconds_bucket", le="+Inf") == 1
     assert 0 < value(after, "galaxynode_handshake_duration_seconds_sum") < 2
