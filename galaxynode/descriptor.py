@@ -10,9 +10,11 @@ A higher ``seq`` from the same key replaces a lower one.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
@@ -140,6 +142,10 @@ def _check_current(desc: Descriptor, *, now: int, network: str | None, max_lifet
         raise _bad(f"expired {now - desc.expires} ms ago")
     if desc.issued > now + max_skew_ms:
         raise _bad(f"issued {desc.issued - now} ms in the future")
+    # Issuers use seq = max(previous + 1, now_ms): a seq past the clock's reach would lock the key
+    # out of replacing its own descriptor (nothing newer could follow 2**64 - 1) for a lifetime.
+    if desc.seq > now + max_skew_ms:
+        raise _bad(f"seq {desc.seq} is more than {max_skew_ms} ms past the clock ({now})")
     if network is not None and desc.network != network:
         raise _bad(f"descriptor is for network {desc.network!r}, not {network!r}")
 
@@ -168,57 +174,170 @@ def sign_descriptor(identity: Identity, descriptor: Descriptor, *,
     return SignedDescriptor(record=record, sig=identity.sign(SIGN_PREFIX + record))
 
 
-@attrs.frozen
+# Standing of a held descriptor, lowest evicted first. PINNED: this pool's static peers (and any
+# key the operator pins): never evicted, never refused for room. VERIFIED: a peer's own descriptor
+# (its key proven by the session handshake) or one from the main net (which dialled its endpoint).
+# RELAYED: anything else a peer passed on; the only kind the per-source and per-network quotas count.
+RELAYED, VERIFIED, PINNED = 0, 1, 2
+
+
+def network_prefix(host: str) -> str:
+    """The network a host is in, for quotas: IPv4 /24, IPv6 /48 (an IPv4-mapped address counts as
+    IPv4), a DNS name as itself (lower-cased). One operator usually holds a whole /24 or /48."""
+    host = host.strip("[]").split("%", 1)[0].lower()
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    bits = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network((ip, bits), strict=False))
+
+
+def endpoint_network(desc: Descriptor) -> str:
+    """network_prefix of the host of the descriptor's first endpoint (the one pools dial)."""
+    if not desc.endpoints:
+        return ""
+    try:
+        return network_prefix(urlsplit(desc.endpoints[0]).hostname or "")
+    except ValueError:
+        return ""
+
+
+@attrs.define
 class _Entry:
     desc: Descriptor
     signed: SignedDescriptor
+    rank: int = RELAYED
+    source: Any = None   # who brought it (a peer key, "mainnet"); quotas count RELAYED entries per source
+    seen: int = 0        # ms of the last offer of these (or newer) bytes
 
 
 class DescriptorBook:
     """The newest verified descriptor per pool key, bounded by max_entries.
 
-    When full (after dropping expired entries) new keys are refused with UNAVAILABLE rather than
-    evicting held ones: keys are free to mint, so eviction would let anyone flush the book, while
-    refusal heals by itself as entries expire (at most max_lifetime_ms later).
+    Keys are free to mint, so the book must not be a first-come store: it keeps at most
+    `max_per_source` relayed descriptors per source (the peer that sent them) and `max_per_network`
+    relayed descriptors whose first endpoint is in one network (network_prefix); past those a new
+    key is refused with UNAVAILABLE. When the book is full, a new descriptor evicts the held one of
+    lowest standing (relayed < verified < pinned), least recently seen first, but only one of no
+    higher standing than itself: junk from one peer can evict only older junk, never a verified
+    pool, and a pinned key (a static peer) always fits.
     """
 
     def __init__(self, *, max_entries: int = 10_000, max_record: int = MAX_DESCRIPTOR_RECORD,
-                 max_lifetime_ms: int = MAX_LIFETIME_MS, max_skew_ms: int = MAX_SKEW_MS):
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
+                 max_lifetime_ms: int = MAX_LIFETIME_MS, max_skew_ms: int = MAX_SKEW_MS,
+                 max_per_source: int = 256, max_per_network: int = 64, pinned: Iterable[bytes] = ()):
+        if min(max_entries, max_per_source, max_per_network) < 1:
+            raise ValueError("max_entries, max_per_source and max_per_network must be at least 1")
         self.max_entries = max_entries
         self.max_record = max_record
         self.max_lifetime_ms = max_lifetime_ms
         self.max_skew_ms = max_skew_ms
+        self.max_per_source = max_per_source
+        self.max_per_network = max_per_network
+        self.pinned: set[bytes] = set(pinned)
+        self.evicted = 0  # descriptors dropped to make room (metrics, tests)
         self._entries: dict[bytes, _Entry] = {}
+        self._by_source: Counter[Any] = Counter()   # RELAYED entries per source
+        self._by_network: Counter[str] = Counter()  # RELAYED entries per endpoint network
         self._next_expiry: int | None = None  # lower bound of held expiries: prune only when useful
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def offer(self, signed: SignedDescriptor, *, now: int, network: str | None = None) -> Descriptor:
-        """Verify and keep if newer. Returns the descriptor now held for that key."""
+    def pin(self, key: bytes) -> None:
+        """Always keep (room is made) and never evict `key`'s descriptor: e.g. a static peer's."""
+        self.pinned.add(key)
+        e = self._entries.get(key)
+        if e is not None:
+            self._count(e, -1)
+            e.rank = PINNED
+
+    def _count(self, e: _Entry, n: int) -> None:
+        if e.rank == RELAYED:
+            self._by_source[e.source] += n
+            self._by_network[endpoint_network(e.desc)] += n
+            for counter, k in ((self._by_source, e.source), (self._by_network, endpoint_network(e.desc))):
+                if counter[k] <= 0:
+                    del counter[k]
+
+    def _drop(self, key: bytes) -> _Entry:
+        e = self._entries.pop(key)
+        self._count(e, -1)
+        return e
+
+    def offer(self, signed: SignedDescriptor, *, now: int, network: str | None = None, source: Any = None,
+              verified: bool = False) -> Descriptor:
+        """Verify and keep if newer. Returns the descriptor now held for that key. `source` names
+        who sent it (quotas); `verified`: its key and endpoint are known to belong together (the
+        sender's own descriptor, or from the main net)."""
         desc = decode_record(signed.record, max_record=self.max_record)
         held = self._entries.get(desc.key)
         if held is None or held.signed != signed:  # the exact bytes already held were verified once
             _check_signature(desc, signed)
         _check_current(desc, now=now, network=network, max_lifetime_ms=self.max_lifetime_ms,
                        max_skew_ms=self.max_skew_ms)
+        rank = PINNED if desc.key in self.pinned else VERIFIED if verified else RELAYED
         if held is not None:
             if desc.seq == held.desc.seq and signed.record == held.signed.record:
+                held.seen = max(held.seen, now)
+                if rank > held.rank:  # the same bytes, now from a better source
+                    self._count(held, -1)
+                    held.rank, held.source = rank, source
                 return held.desc
             if desc.seq <= held.desc.seq:
                 raise ProtocolError(ErrorCode.STALE_DESCRIPTOR,
                                     f"seq {desc.seq} is not newer than held seq {held.desc.seq}")
-        elif len(self._entries) >= self.max_entries:
-            if self._next_expiry is not None and self._next_expiry <= now:
-                self.prune(now)
-            if len(self._entries) >= self.max_entries:
-                raise ProtocolError(ErrorCode.UNAVAILABLE, f"descriptor book full ({self.max_entries} pools)")
-        self._entries[desc.key] = _Entry(desc, signed)
-        if self._next_expiry is None or desc.expires < self._next_expiry:
-            self._next_expiry = desc.expires
+            rank = max(rank, held.rank)  # a newer version keeps the standing the key earned
+            if rank > RELAYED or (held.source == source and endpoint_network(held.desc) == endpoint_network(desc)):
+                self._replace(held, _Entry(desc, signed, rank, source if rank == RELAYED or held.rank == RELAYED
+                                           else held.source, now))
+                return desc
+            self._drop(desc.key)  # a relayed update from elsewhere is admitted like a new key
+            try:
+                self._admit(_Entry(desc, signed, rank, source, now), now)
+            except ProtocolError:
+                self._entries[desc.key] = held  # refused: keep what we had
+                self._count(held, +1)
+                raise
+            return desc
+        self._admit(_Entry(desc, signed, rank, source, now), now)
         return desc
+
+    def _replace(self, held: _Entry, new: _Entry) -> None:
+        self._count(held, -1)
+        self._entries[new.desc.key] = new
+        self._count(new, +1)
+        self._note_expiry(new.desc.expires)
+
+    def _note_expiry(self, expires: int) -> None:
+        if self._next_expiry is None or expires < self._next_expiry:
+            self._next_expiry = expires
+
+    def _admit(self, e: _Entry, now: int) -> None:
+        """A key not held: quotas, then room (pruning, then evicting), then in."""
+        if e.rank == RELAYED:
+            if self._by_source[e.source] >= self.max_per_source:
+                raise ProtocolError(ErrorCode.UNAVAILABLE,
+                                    f"source holds {self.max_per_source} relayed descriptors already")
+            net = endpoint_network(e.desc)
+            if self._by_network[net] >= self.max_per_network:
+                raise ProtocolError(ErrorCode.UNAVAILABLE,
+                                    f"{self.max_per_network} relayed descriptors with endpoints in {net} already")
+        if len(self._entries) >= self.max_entries and self._next_expiry is not None and self._next_expiry <= now:
+            self.prune(now)
+        if len(self._entries) >= self.max_entries:
+            victim = min(self._entries.values(), key=lambda v: (v.rank, v.seen), default=None)
+            if victim is None or (victim.rank > e.rank or victim.rank == PINNED) and e.rank != PINNED:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, f"descriptor book full ({self.max_entries} pools)")
+            if victim.rank != PINNED:  # a book full of pinned keys grows past max_entries for another pin
+                self._drop(victim.desc.key)
+                self.evicted += 1
+        self._entries[e.desc.key] = e
+        self._count(e, +1)
+        self._note_expiry(e.desc.expires)
 
     def get(self, key: bytes) -> Descriptor | None:
         """The held descriptor, possibly expired until the next prune."""
@@ -230,21 +349,28 @@ class DescriptorBook:
         entry = self._entries.get(key)
         return entry.signed if entry else None
 
+    def verified(self, key: bytes) -> bool:
+        """Whether the descriptor held for `key` is verified or pinned (not only relayed)."""
+        entry = self._entries.get(key)
+        return entry is not None and entry.rank > RELAYED
+
     def all(self, now: int) -> list[Descriptor]:
         return [e.desc for e in self._entries.values() if e.desc.expires > now]
 
     def prune(self, now: int) -> list[Descriptor]:
         expired = [k for k, e in self._entries.items() if e.desc.expires <= now]
-        removed = [self._entries.pop(k).desc for k in expired]
+        removed = [self._drop(k).desc for k in expired]
         self._next_expiry = min((e.desc.expires for e in self._entries.values()), default=None)
         return removed
 
     # --- persistence (blocking file I/O: call through trio.to_thread from async code) ------
 
     def dump(self) -> bytes:
-        """The held descriptors as received, serialised (call from the owning task: it reads the book)."""
+        """The held descriptors as received, serialised (call from the owning task: it reads the
+        book); each marked whether it was verified, so a restart does not promote relayed ones."""
         return msgpack.packb({"version": FILE_VERSION,
-                              "descriptors": [e.signed.to_body() for e in self._entries.values()]},
+                              "descriptors": [{**e.signed.to_body(), "verified": e.rank > RELAYED}
+                                              for e in self._entries.values()]},
                              use_bin_type=True)
 
     def to_disk(self, path: str | os.PathLike) -> None:
@@ -277,7 +403,9 @@ class DescriptorBook:
             try:
                 if not isinstance(item, dict):
                     raise ProtocolError(ErrorCode.BAD_DESCRIPTOR, "entry is not a map")
-                book.offer(SignedDescriptor.from_body(item), now=now, network=network)
+                verified = item.pop("verified", True)  # files saved before the mark: all came verified
+                book.offer(SignedDescriptor.from_body(item), now=now, network=network, verified=verified is True,
+                           source="disk")
             except ProtocolError as e:
                 skipped.append(e.message)
         if skipped:

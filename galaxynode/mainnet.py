@@ -12,25 +12,28 @@ network go into ``meta`` so LOOKUP filters through the registry's indexes. The r
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from functools import partial
 from typing import Any, Callable, Iterable
 
+import attrs
 import msgpack
 import trio
 
 from galaxynode.descriptor import (write_atomic, MAX_LIFETIME_MS, MAX_SKEW_MS, Descriptor, DescriptorBook, DescriptorIssuer,
-                                   decode_record, verify_descriptor)
+                                   decode_record, network_prefix, verify_descriptor)
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import Identity
 from galaxynode.net.client import connect
 from galaxynode.net.connection import DEFAULT_SESSION_LIMITS, Connection, SessionClosed, SessionLimits
-from galaxynode.net.transport import ChannelClosed
+from galaxynode.net.slots import address_group
+from galaxynode.net.transport import ChannelClosed, parse_url
 from galaxynode.pool import PoolInfo, PoolServices, SessionHandler
 from galaxynode.registry import LeaseTable, Registry
 from galaxynode.registry.leases import Entry
@@ -98,6 +101,205 @@ def unpack_signed(payload: bytes | None) -> m.SignedDescriptor | None:
         return None
 
 
+# --- poisoning defences (sans-IO) --------------------------------------------------------------
+
+def remote_host(remote: str) -> str:
+    """The host of a Connection.remote ("1.2.3.4:5", "[::1]:5")."""
+    host = remote.rsplit(":", 1)[0] if remote.count(":") == 1 or remote.startswith("[") else remote
+    return host.strip("[]")
+
+
+def dial_target(url: str) -> str:
+    """What a dial costs someone: the host and port a URL points at (paths and schemes aside),
+    so 3,000 URLs that differ only in their path count as one target."""
+    _, host, port, _ = parse_url(url)
+    return f"{host.lower()}:{port}"
+
+
+class TargetBudget:
+    """At most `per_window` uses per target in any `window` seconds (sliding). Bounded memory: at
+    most `max_targets` targets are tracked; past that, new targets are refused until old uses age
+    out (refusing costs nobody a dial)."""
+
+    def __init__(self, per_window: int, window: float, *, max_targets: int = 100_000):
+        if per_window < 1 or window <= 0:
+            raise ValueError("per_window must be at least 1 and window positive")
+        self.per_window, self.window, self.max_targets = per_window, window, max_targets
+        self._uses: dict[str, deque[float]] = {}
+
+    def _live(self, target: str, now: float) -> deque[float]:
+        uses = self._uses.get(target)
+        if uses is None:
+            return deque()
+        while uses and uses[0] <= now - self.window:
+            uses.popleft()
+        if not uses:
+            del self._uses[target]
+        return uses
+
+    def used(self, target: str, now: float) -> int:
+        return len(self._live(target, now))
+
+    def allow(self, target: str, now: float) -> bool:
+        """Take one use of `target` if it has any left (True), else False."""
+        uses = self._live(target, now)
+        if len(uses) >= self.per_window:
+            return False
+        if target not in self._uses:
+            if len(self._uses) >= self.max_targets:
+                for t in list(self._uses):
+                    self._live(t, now)
+                if len(self._uses) >= self.max_targets:
+                    return False
+            self._uses[target] = uses
+        uses.append(now)
+        return True
+
+
+class RateBuckets:
+    """A token bucket per address group (`rate` per second, `burst`), at most `max_groups` tracked
+    (the fullest are forgotten first: a forgotten bucket is a full one)."""
+
+    def __init__(self, rate: float, burst: float, *, max_groups: int = 65_536):
+        self.rate, self.burst, self.max_groups = rate, burst, max_groups
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, group: str, now: float) -> bool:
+        tokens, at = self._buckets.pop(group, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        ok = tokens >= 1
+        self._buckets[group] = (tokens - 1 if ok else tokens, now)
+        if len(self._buckets) > self.max_groups:
+            self._buckets.popitem(last=False)
+        return ok
+
+
+class Verdicts:
+    """Cached outcomes of dial-backs per (URL, key): a proven pair is not redialled before `ok_ttl`
+    seconds, a failed one is refused without dialling for `fail_ttl` (so nobody can have the same
+    unverified claim dialled again and again). LRU-bounded to `max_size` pairs."""
+
+    def __init__(self, ok_ttl: float, fail_ttl: float, *, max_size: int = 100_000):
+        self.ok_ttl, self.fail_ttl, self.max_size = ok_ttl, fail_ttl, max_size
+        self._cache: OrderedDict[tuple[str, bytes], tuple[str | None, float]] = OrderedDict()
+
+    def get(self, url: str, key: bytes, now: float) -> tuple[bool, str | None] | None:
+        """(True, None) proven, (False, why) failed recently, None unknown."""
+        hit = self._cache.get((url, key))
+        if hit is None or hit[1] <= now:
+            return None
+        self._cache.move_to_end((url, key))
+        return (hit[0] is None, hit[0])
+
+    def put(self, url: str, key: bytes, why: str | None, now: float) -> None:
+        self._cache[(url, key)] = (why, now + (self.ok_ttl if why is None else self.fail_ttl))
+        self._cache.move_to_end((url, key))
+        while len(self._cache) > self.max_size:
+            self._cache.popitem(last=False)
+
+
+@attrs.frozen(kw_only=True)
+class MainnetPolicy:
+    """What the main net demands before it lists a pool (config [mainnet], docs/gelato/peering.md §7.10).
+    Times are seconds."""
+
+    verify: bool = True             # dial the first endpoint back and check the key answering there
+    verify_timeout: float = 5.0     # connect + handshake of one dial-back
+    verify_ttl: float = 3600.0      # a proven (URL, key) is not redialled for this long
+    verify_retry: float = 600.0     # a failed (URL, key) is refused without a dial for this long
+    dials_per_target: int = 4       # dial-backs of one host:port per dial_window, whoever asks
+    dial_window: float = 3600.0
+    max_verifications: int = 16     # dial-backs in flight at once
+    pools_per_address: int = 16     # listed pools announced from one address (IPv6: /64)
+    pools_per_prefix: int = 64      # listed pools announced from one IPv4 /24 or IPv6 /48
+    announce_rate: float = 1.0      # announces per second per address that need a check (new or changed claims)
+    announce_burst: int = 16
+
+
+class Reachability:
+    """Proof of reachability: dial the URL a descriptor names and check that the key answering
+    there is the descriptor's key. Bounded so that the main net cannot be aimed at a third party:
+    a target (host:port) is dialled at most `dials_per_target` times per `dial_window` whatever the
+    claims, the verdict on each (URL, key) is cached, and at most `max_verifications` dials run at once."""
+
+    def __init__(self, identity: Identity, *, network: str, policy: MainnetPolicy,
+                 limits: SessionLimits = DEFAULT_SESSION_LIMITS, ssl_context: Any = None,
+                 clock: Callable[[], float] = trio.current_time):
+        self.identity, self.network, self.policy, self.limits = identity, network, policy, limits
+        self.ssl_context, self.clock = ssl_context, clock
+        self.verdicts = Verdicts(policy.verify_ttl, policy.verify_retry)
+        self.budget = TargetBudget(policy.dials_per_target, policy.dial_window)
+        self.limiter = trio.CapacityLimiter(policy.max_verifications)
+        self.dials = 0  # dial-backs made (metrics, tests)
+
+    def known(self, url: str, key: bytes) -> bool:
+        """Whether (url, key) is proven and needs no dial now."""
+        v = self.verdicts.get(url, key, self.clock())
+        return v is not None and v[0]
+
+    async def check(self, url: str, key: bytes) -> None:
+        """Return if `key` answers at `url`; else ProtocolError: bad_descriptor (it did not, now or
+        recently) or unavailable (the target's dial budget is spent; retry later)."""
+        now = self.clock()
+        v = self.verdicts.get(url, key, now)
+        if v is not None:
+            if v[0]:
+                return
+            raise ProtocolError(ErrorCode.BAD_DESCRIPTOR, f"endpoint {url} not verified (cached): {v[1]}")
+        target = dial_target(url)
+        if not self.budget.allow(target, now):
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"{target} was dialled {self.policy.dials_per_target} times "
+                                                       f"in {self.policy.dial_window:g} s; retry later")
+        async with self.limiter:
+            self.dials += 1
+            why = await self._dial(url, key)
+        self.verdicts.put(url, key, why, self.clock())
+        if why is not None:
+            raise ProtocolError(ErrorCode.BAD_DESCRIPTOR, f"endpoint {url} not verified: {why}")
+
+    async def _dial(self, url: str, key: bytes) -> str | None:
+        try:
+            with trio.fail_after(self.policy.verify_timeout):
+                async with connect(url, self.identity, network=self.network, role="mainnet", limits=self.limits,
+                                   pinned_key=key, ssl_context=self.ssl_context,
+                                   connect_timeout=self.policy.verify_timeout):
+                    return None
+        except trio.TooSlowError:
+            return f"no answer within {self.policy.verify_timeout:g} s"
+        except ProtocolError as e:
+            return f"{e.code.name.lower()}: {e.message}"[:200]
+        except Exception as e:  # whatever stops the dial (refused, reset, TLS, garbage) is a failed proof
+            return f"{type(e).__name__}: {e}"[:200]
+
+
+DISCOVER_DIALS_PER_HOUR = 6  # [mainnet] discover_dials
+
+
+def discover_budget(dials_per_hour: int = DISCOVER_DIALS_PER_HOUR, *, give_up_after: int = 3) -> TargetBudget:
+    """The pool side's bound on dialling what the main net lists: a discovered host:port is taken
+    up at most dials_per_hour // give_up_after times an hour (each take-up dials it at most
+    give_up_after times in a row before giving up), so at most `dials_per_hour` failing dials."""
+    return TargetBudget(max(1, dials_per_hour // max(1, give_up_after)), 3600.0)
+
+
+def sample_order(entries: list[Entry], seed: bytes) -> list[Entry]:
+    """A random order spread over source prefixes, fixed by `seed` (so pages of one LOOKUP series
+    agree): prefixes in a seeded shuffle, keys within each in a seeded shuffle, then one from each
+    prefix in turn. A prefix holding many pools gets no more of the first places than one holding one."""
+    def rank(b: bytes) -> bytes:
+        return hashlib.blake2b(b, key=seed, digest_size=8).digest()
+    groups: dict[str, list[Entry]] = {}
+    for e in entries:
+        groups.setdefault(e.meta.get("prefix", "?"), []).append(e)
+    lanes = [sorted(g, key=lambda e: rank(e.key)) for _, g in sorted(groups.items(), key=lambda kv: rank(kv[0].encode()))]
+    out: list[Entry] = []
+    depth = 0
+    while len(out) < len(entries):
+        out.extend(lane[depth] for lane in lanes if depth < len(lane))
+        depth += 1
+    return out
+
+
 # --- main net ----------------------------------------------------------------------------------
 
 class MainnetServices(PoolServices):
@@ -107,7 +309,8 @@ class MainnetServices(PoolServices):
 
     def __init__(self, info: PoolInfo, registry: Registry, bus: Any, *, event_queue: int = 256,
                  max_reply_bytes: int = 256 * 1024, max_lifetime_ms: int = MAX_LIFETIME_MS,
-                 max_skew_ms: int = MAX_SKEW_MS):
+                 max_skew_ms: int = MAX_SKEW_MS, policy: MainnetPolicy | None = None,
+                 reachability: Reachability | None = None, clock: Callable[[], float] = trio.current_time):
         if info.role != "mainnet":
             raise ValueError("a main net's PoolInfo has role 'mainnet'")
         if max_reply_bytes < m.MAX_DESCRIPTOR_RECORD + 128:
@@ -117,6 +320,14 @@ class MainnetServices(PoolServices):
         self.max_lifetime_ms = max_lifetime_ms
         self.max_skew_ms = max_skew_ms
         self.refused = 0  # announces refused (metrics)
+        # Poisoning defences: without `reachability` nothing is dialled back (embedded and unit
+        # uses); the quotas and the announce rate apply whenever a policy is given.
+        self.policy = policy or (reachability.policy if reachability else None)
+        self.reachability = reachability
+        self.clock = clock
+        p = self.policy
+        self.announce_rate = RateBuckets(p.announce_rate, p.announce_burst) if p else None
+        self._listed: dict[str, set[bytes]] = {}  # address group / prefix -> keys announced from it
 
     def handler(self) -> "MainnetSession":
         return MainnetSession(self)
@@ -134,16 +345,44 @@ class MainnetServices(PoolServices):
         except ProtocolError:
             return None
 
-    async def announce(self, peer_key: bytes, signed: m.SignedDescriptor) -> Entry:
-        """Verify and register `signed` on behalf of the session with `peer_key`; ProtocolError if
-        refused. Returns the registry entry once it is durable."""
+    async def announce(self, peer_key: bytes, signed: m.SignedDescriptor, remote: str = "?") -> Entry:
+        """Verify and register `signed` on behalf of the session with `peer_key` from address
+        `remote`; ProtocolError if refused. Returns the registry entry once it is durable."""
         try:
-            return await self._announce(peer_key, signed)
+            return await self._announce(peer_key, signed, remote)
         except ProtocolError:
             self.refused += 1
             raise
 
-    async def _announce(self, peer_key: bytes, signed: m.SignedDescriptor) -> Entry:
+    def _sources(self, remote: str) -> tuple[str, str]:
+        host = remote_host(remote)
+        return "a:" + address_group(host), "p:" + network_prefix(host)
+
+    def _listed_from(self, group: str) -> set[bytes]:
+        """Keys currently listed that were announced from `group` (dead ones dropped on the way)."""
+        keys = self._listed.get(group, set())
+        for k in [k for k in keys if self.registry.get(k) is None]:
+            keys.discard(k)
+        return keys
+
+    def _admit(self, key: bytes, remote: str, url: str) -> None:
+        """Announce rate and per-address / per-prefix quotas, for a claim that is new or changed."""
+        p = self.policy
+        assert p is not None and self.announce_rate is not None
+        addr, prefix = self._sources(remote)
+        listed = self.registry.get(key) is not None
+        if self.reachability is not None and self.reachability.known(url, key) and listed:
+            return  # a refresh of a proven, listed claim costs nothing to check
+        if not self.announce_rate.take(addr, self.clock()):
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"more than {p.announce_rate:g} announces per second "
+                                                       f"from {addr[2:]} need checking; retry later")
+        if listed:
+            return
+        for group, cap in ((addr, p.pools_per_address), (prefix, p.pools_per_prefix)):
+            if len(self._listed_from(group)) >= cap:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, f"{cap} pools are listed from {group[2:]} already")
+
+    async def _announce(self, peer_key: bytes, signed: m.SignedDescriptor, remote: str) -> Entry:
         reg, table = self.registry, self.registry.table
         now = reg.clock()
         desc = verify_descriptor(signed, now=now, network=self.info.network, max_lifetime_ms=self.max_lifetime_ms,
@@ -152,6 +391,14 @@ class MainnetServices(PoolServices):
             raise ProtocolError(ErrorCode.FORBIDDEN, "a pool can only announce its own descriptor")
         if desc.role != "pool":
             raise ProtocolError(ErrorCode.BAD_DESCRIPTOR, f"the main net registers pools, not {desc.role!r}")
+        if self.policy is not None:
+            url = desc.endpoints[0] if desc.endpoints else ""
+            if self.reachability is not None and not url:
+                raise ProtocolError(ErrorCode.BAD_DESCRIPTOR, "no endpoint to verify: the main net lists reachable pools")
+            self._admit(desc.key, remote, url)
+            if self.reachability is not None:
+                await self.reachability.check(url, desc.key)  # may take verify_timeout
+            now = reg.clock()
         held = self.held(desc.key, now)
         changed = held is None or held[1] != signed
         if held is not None and changed and desc.seq <= held[0].seq:
@@ -164,31 +411,60 @@ class MainnetServices(PoolServices):
             raise ProtocolError(ErrorCode.BAD_DESCRIPTOR,
                                 f"expires in {desc.expires - now} ms; leases here last at least {table.min_ttl} s")
         # No await between the seq check and the table update inside join(): they are atomic.
+        addr, prefix = self._sources(remote)
         entry = await reg.join(desc.key, capabilities=desc.capabilities,
-                               meta={"name": desc.name, "network": desc.network}, ttl=ttl,
+                               meta={"name": desc.name, "network": desc.network, "prefix": prefix[2:]}, ttl=ttl,
                                payload=pack_signed(signed))
+        if self.policy is not None:
+            for group in (addr, prefix):
+                self._listed.setdefault(group, set()).add(desc.key)
         if changed and self.bus is not None:
             self.bus.publish("pool.announced", {"key": desc.key.hex(), "name": desc.name, "network": desc.network,
                                                 "endpoints": list(desc.endpoints), "seq": desc.seq})
         return entry
 
     def lookup(self, q: m.Lookup) -> tuple[list[m.SignedDescriptor], bytes | None]:
-        """One page of registered descriptors matching `q`, as received, and the next cursor."""
-        meta = {k: v for k, v in (("network", q.network), ("name", q.name)) if v is not None}
-        entries, cursor = self.registry.query(capabilities=(q.capability,) if q.capability else (), meta=meta,
-                                              limit=q.limit, cursor=q.cursor)
+        """One page of registered descriptors matching `q`, as received, and the next cursor.
+
+        Not in key order (keys are free to grind, so whoever sorts first would fill every first
+        page): a random order spread over the prefixes the pools announced from (sample_order).
+        The cursor is 8 bytes of seed and 4 of offset; the pages of one series follow one order."""
+        if q.cursor is None:
+            seed, offset = os.urandom(8), 0
+        elif len(q.cursor) == 12:
+            seed, offset = q.cursor[:8], int.from_bytes(q.cursor[8:], "big")
+        else:
+            raise ProtocolError(ErrorCode.BAD_CURSOR, "not a cursor of this main net")
+        entries = sample_order(self._matching(q), seed)
+        limit = max(1, min(q.limit, self.registry.table.page_max))
+        page = entries[offset:offset + limit]
         out: list[m.SignedDescriptor] = []
-        size = 0
-        for i, e in enumerate(entries):
+        size = taken = 0
+        for e in page:
             signed = unpack_signed(e.payload)
-            if signed is None:
+            if signed is not None:
+                size += len(signed.record) + len(signed.sig) + 16  # + msgpack framing of the pair
+                if size > self.max_reply_bytes and out:
+                    break
+                out.append(signed)
+            else:
                 log.error("registered pool %s has no readable descriptor; skipped", e.key.hex()[:16])
-                continue
-            size += len(signed.record) + len(signed.sig) + 16  # + msgpack framing of the pair
-            if size > self.max_reply_bytes:
-                return out, entries[i - 1].key  # i > 0: one descriptor always fits
-            out.append(signed)
-        return out, cursor
+            taken += 1
+        end = offset + taken
+        return out, (seed + end.to_bytes(4, "big") if end < len(entries) else None)
+
+    def _matching(self, q: m.Lookup) -> list[Entry]:
+        """Every live registered pool matching `q`'s filters (the registry's indexes do the filtering)."""
+        meta = {k: v for k, v in (("network", q.network), ("name", q.name)) if v is not None}
+        caps = (q.capability,) if q.capability else ()
+        found: list[Entry] = []
+        cursor = None
+        while True:
+            entries, cursor = self.registry.query(capabilities=caps, meta=meta, limit=self.registry.table.page_max,
+                                                  cursor=cursor)
+            found.extend(entries)
+            if cursor is None:
+                return found
 
 
 class MainnetSession(SessionHandler):
@@ -203,7 +479,7 @@ class MainnetSession(SessionHandler):
                        "UNSUBSCRIBE": self.unsubscribe, "STATUS": self.status}
 
     async def announce(self, conn: Any, frame: Frame) -> m.Lease:
-        entry = await self.s.announce(conn.peer_key, frame.msg.descriptor)
+        entry = await self.s.announce(conn.peer_key, frame.msg.descriptor, conn.remote)
         return m.Lease(re=frame.id, ttl=entry.ttl, expires=entry.expires)
 
     async def lookup(self, conn: Any, frame: Frame) -> m.LookupResult:
@@ -290,6 +566,13 @@ class Announcer:
         self.failures = 0  # sessions that ended in an error or could not be opened
         self.rejected = 0  # descriptors from the main net that did not verify
         self.task_failures = TaskFailures(log)  # what raised in here: logged once, counted, retried
+        self._lookup_soon = False  # lookup_soon(): LOOKUP at the next check, not at next_lookup
+
+    def lookup_soon(self) -> None:
+        """LOOKUP again at the next check (within check_interval, so at most one early LOOKUP per
+        check_interval however often this is called): the peering policy met a pool dialling us
+        that the main net may have listed since our last LOOKUP (peerpolicy.py, accept = "listed")."""
+        self._lookup_soon = True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the saved book (reported started once loaded), then keep the main net session
@@ -333,7 +616,8 @@ class Announcer:
                 announced = signed
                 remaining = max(0, lease.expires - self.clock()) / 1000
                 renew_at = trio.current_time() + min(self.announce_interval, remaining / 2)
-            if trio.current_time() >= next_lookup:
+            if trio.current_time() >= next_lookup or self._lookup_soon:
+                self._lookup_soon = False
                 await self._lookup(conn)
                 next_lookup = trio.current_time() + self.lookup_interval
             with trio.move_on_at(min(renew_at, next_lookup, trio.current_time() + self.check_interval)):
@@ -374,8 +658,10 @@ class Announcer:
         if changed:
             await self._save()
 
-    def _offer(self, descriptors: Iterable[m.SignedDescriptor], found: list[Descriptor]) -> bool:
-        """Verify into the book; appends what the book now holds for each pool. True if the book changed."""
+    def _offer(self, descriptors: Iterable[m.SignedDescriptor], found: list[Descriptor], *,
+               verified: bool = True) -> bool:
+        """Verify into the book (as verified: the main net proved each pool's endpoint, unless
+        `verified` is False); appends what the book now holds for each pool. True if the book changed."""
         changed = False
         now = self.clock()
         for signed in descriptors:
@@ -389,7 +675,8 @@ class Announcer:
                 continue
             try:
                 before = self.book.signed(key)
-                found.append(self.book.offer(signed, now=now, network=self.network))
+                found.append(self.book.offer(signed, now=now, network=self.network, source="mainnet",
+                                             verified=verified))
                 changed |= self.book.signed(key) != before
             except ProtocolError as e:
                 if e.code == ErrorCode.STALE_DESCRIPTOR:  # we hold a newer one (from a peer)
@@ -409,10 +696,12 @@ class Announcer:
             DescriptorBook.from_disk, self.book_path, now, network=self.network, max_entries=b.max_entries,
             max_record=b.max_record, max_lifetime_ms=b.max_lifetime_ms, max_skew_ms=b.max_skew_ms))
         found: list[Descriptor] = []
-        signed = [s for d in saved.all(now) if (s := saved.signed(d.key)) is not None]
-        for i in range(0, len(signed), 64):  # verifying is ~150 us each: let others run between chunks
-            self._offer(signed[i:i + 64], found)
-            await trio.sleep(0)
+        for verified in (True, False):
+            signed = [s for d in saved.all(now) if saved.verified(d.key) is verified
+                      and (s := saved.signed(d.key)) is not None]
+            for i in range(0, len(signed), 64):  # verifying is ~150 us each: let others run between chunks
+                self._offer(signed[i:i + 64], found, verified=verified)
+                await trio.sleep(0)
         if found:
             log.info("loaded %d known pools from %s", len(found), self.book_path)
             self._hand_over(found)

@@ -303,7 +303,7 @@ NAMES = st.text(min_size=1, max_size=64).filter(lambda s: len(s.encode()) <= 64)
 
 @FAST
 @given(name=NAMES, network=NAMES, caps=st.lists(NAMES, max_size=32),
-       nodes=st.integers(0, 2**64 - 1), seq=st.integers(0, 2**64 - 1), role=st.sampled_from(["pool", "mainnet"]),
+       nodes=st.integers(0, 2**64 - 1), seq=st.integers(0, NOW + 120_000), role=st.sampled_from(["pool", "mainnet"]),
        hosts=st.lists(st.from_regex(r"[a-z0-9]{1,20}(\.[a-z]{2,5})?", fullmatch=True), max_size=8))
 def test_valid_descriptors_round_trip(name, network, caps, nodes, seq, role, hosts):
     d = desc(name=name, network=network, capabilities=tuple(caps), nodes=nodes, seq=seq, role=role,
@@ -373,9 +373,9 @@ def test_book_all_and_prune():
 def test_book_bounded():
     ids = [Identity.from_seed(bytes([i]) * 32) for i in range(1, 5)]
     book = DescriptorBook(max_entries=2)
-    book.offer(sign_descriptor(ids[0], desc(ids[0], expires=NOW + 1000)), now=NOW)
-    book.offer(sign_descriptor(ids[1], desc(ids[1])), now=NOW)
-    with pytest.raises(ProtocolError) as info:
+    book.offer(sign_descriptor(ids[0], desc(ids[0], expires=NOW + 1000)), now=NOW, verified=True)
+    book.offer(sign_descriptor(ids[1], desc(ids[1])), now=NOW, verified=True)
+    with pytest.raises(ProtocolError) as info:  # relayed never evicts verified
         book.offer(sign_descriptor(ids[2], desc(ids[2])), now=NOW)
     assert info.value.code == ErrorCode.UNAVAILABLE
     book.offer(sign_descriptor(ids[1], desc(ids[1], seq=8)), now=NOW)  # known keys still update

@@ -167,7 +167,7 @@ async def test_pools_are_listed_filtered_and_paged(tmp_path, recording_bus):
                 pages.append([d.key for d in page])
                 if cursor is None:
                     break
-            assert pages == [[k] for k in sorted(p.public for p in POOLS)]
+            assert sorted(pages) == [[k] for k in sorted(p.public for p in POOLS)]  # each once, random order
 
             with pytest.raises(RemoteError) as info:
                 await conn.request(m.Lookup(cursor=b"nope"), timeout=5)
@@ -323,7 +323,7 @@ async def test_refused_announce_backs_off_and_keeps_trying(tmp_path, recording_b
     bus = recording_bus()
     async with mainnet(None, bus) as mn, trio.open_nursery() as nursery:
         async with connect(mn.url, POOLS[0], network=NET, role="pool", limits=LIMITS) as conn:
-            await announce(conn, sign_descriptor(POOLS[0], descriptor(POOLS[0], seq=now_ms() + HOUR)))
+            await announce(conn, sign_descriptor(POOLS[0], descriptor(POOLS[0], seq=now_ms() + 100_000)))  # within the seq bound
         side = pool_side(0, mn.url, tmp_path)
         await nursery.start(side.announcer.run)
         await wait_for(lambda: side.announcer.failures >= 3)
@@ -397,7 +397,7 @@ async def test_lookup_reply_is_cut_to_its_byte_budget(recording_bus):
         keys += [verify_descriptor(s, now=now_ms()).key for s in page]
         if cursor is None:
             break
-    assert keys == sorted(p.public for p in POOLS) and pages >= 2
+    assert sorted(keys) == sorted(p.public for p in POOLS) and pages >= 2  # each once, random order
 
 
 async def test_pool_topics_and_table(recording_bus):
