@@ -543,6 +543,7 @@ class PeersConfig(_Section):
     target: int = _setting(Int(0, 1024), 8)
     reconnect_min: float = _setting(Float(0.01, 3600, " seconds"), 1.0)
     reconnect_max: float = _setting(Float(0.01, 86_400, " seconds"), 60.0)
+    query_budget: int = _setting(Int(0, 1024), 8)
 
     def _check(self) -> None:
         if self.reconnect_max < self.reconnect_min:

@@ -211,7 +211,7 @@ class PeeringModule(Module):
                             static=[(p.url, p.key) for p in c.peers.static], max_peers=c.limits.max_peers,
                             reconnect_min=c.peers.reconnect_min, reconnect_max=c.peers.reconnect_max,
                             issuer=issuer, book=book, listen=server.bound_urls, ssl_context=None,
-                            target=c.peers.target)
+                            target=c.peers.target, query_budget=c.peers.query_budget)
         services.peers = peers
         ctx.container.register("peers", peers)
         await ctx.nursery.start(peers.run)

@@ -70,6 +70,7 @@ class Event:
     ts: int
     origin: bytes | None = None  # key of the pool where it happened; None: here
     hops: int = 0
+    signed: Any = None  # the origin's SignedRecord (relayed events), forwarded unaltered to peers
 
 
 class _Node:
@@ -371,10 +372,10 @@ class EventBus:
         sub._patterns.clear()
 
     def publish(self, topic: str, data: Mapping[str, Any] | None = None, *, event_id: bytes | None = None,
-                origin: bytes | None = None, ts: int | None = None, hops: int = 0) -> Event:
+                origin: bytes | None = None, ts: int | None = None, hops: int = 0, signed: Any = None) -> Event:
         validate_topic(topic)
         event = Event(topic, dict(data or {}), event_id or os.urandom(16),
-                      ts if ts is not None else time.time_ns() // 1_000_000, origin, hops)
+                      ts if ts is not None else time.time_ns() // 1_000_000, origin, hops, signed)
         self.published += 1
         for sub in self._trie.match(tuple(topic.split("."))):
             sub._offer(event)

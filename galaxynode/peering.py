@@ -25,6 +25,7 @@ together these end loops in any topology (tested on a triangle).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import ssl
 from collections import OrderedDict
@@ -43,7 +44,9 @@ from galaxynode.net.client import connect
 from galaxynode.net.connection import (DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler, SessionClosed,
                                        SessionLimits)
 from galaxynode.net.transport import ChannelClosed, parse_url
-from galaxynode.pool import node_record
+from galaxynode.pool import is_pool_session, node_record
+from galaxynode.records import EventSeqs, NodeSeqs, RecordError, RecordSigner, accept_event, accept_node, matches
+from galaxynode.registry.leases import record_bytes
 from galaxynode.registry.service import wall_clock_ms
 from galaxynode.resilience import TaskFailures
 
@@ -65,6 +68,10 @@ class PeerStats:
     events_looped: int = 0       # our own events coming back
     events_too_far: int = 0      # past max_event_hops
     events_refused: int = 0      # topic outside the relayed families, or not accepted by the bus
+    events_forged: int = 0       # refused by attribution: unsigned, or not verifying, for its origin
+    records_refused: int = 0     # peer query records refused by attribution (records.md §6.2)
+    records_filtered: int = 0    # peer query records outside the query's filter
+    queries_duplicate: int = 0   # peer QUERYs whose id was seen: answered locally, not fanned out
     descriptors_accepted: int = 0
     descriptors_refused: int = 0
 
@@ -134,6 +141,38 @@ class PeerSession:
             mgr._detach(self)
 
 
+def _reply_bytes(n: m.NodeRecord) -> int:
+    """What a record takes in a QUERY_RESULT, as page_bytes counts it: the record plus its envelope."""
+    return record_bytes(n) + (len(n.signed.record) + m.SignedRecord.SIG_OVERHEAD if n.signed is not None else 0)
+
+
+def _page(re: bytes, q: m.Query, found: dict[tuple[bytes, bytes], tuple[int, m.NodeRecord]], ends: list[bytes],
+          limit: int, page_bytes: int, partial: bool) -> m.QueryResult:
+    """The merged page (peering §4.3): keys up to the smallest cursor any source returned (past it
+    that source has not answered yet), then whole node keys (a node held by several pools is never
+    split across pages) while they fit `limit` records and `page_bytes`; the cursor is the last
+    key kept. The first key always goes in, at most `limit` of its records, so paging progresses."""
+    end = min(ends) if ends else None
+    records = sorted((n for _, n in found.values() if end is None or n.key <= end), key=lambda n: (n.key, n.pool))
+    kept: list[m.NodeRecord] = []
+    size, i, more = 0, 0, end is not None
+    while i < len(records):
+        j = i
+        while j < len(records) and records[j].key == records[i].key:
+            j += 1
+        group = records[i:j]
+        weight = sum(map(_reply_bytes, group))
+        if kept and (len(kept) + len(group) > limit or size + weight > page_bytes):
+            more = True
+            break
+        kept.extend(group[:limit])
+        size, i = size + weight, j
+    cursor = None
+    if more and q.key is None:
+        cursor = kept[-1].key if kept else end
+    return m.QueryResult(re=re, nodes=tuple(kept), partial=partial, cursor=cursor)
+
+
 async def _until_closed(fn: Callable[[Any], Any], arg: Any) -> None:
     """Run one task of a session; the session closing ends it quietly, also when the task
     raised it from a nursery of its own (as an exception group)."""
@@ -170,7 +209,8 @@ class PeerManager:
                  issuer: DescriptorIssuer | None = None, book: DescriptorBook | None = None,
                  descriptor_interval: float = 5.0, descriptor_batch: int = 64, connect_timeout: float = 10.0,
                  listen: Sequence[str] = (), ssl_context: ssl.SSLContext | None = None,
-                 clock: Callable[[], int] = wall_clock_ms, target: int = 8, give_up_after: int = 3):
+                 clock: Callable[[], int] = wall_clock_ms, target: int = 8, give_up_after: int = 3,
+                 query_budget: int = 8):
         if max_peers < 1 or dedup_size < 1:
             raise ValueError("max_peers and dedup_size must be at least 1")
         if min(reconnect_min, query_timeout, request_timeout, descriptor_interval, connect_timeout) <= 0:
@@ -179,6 +219,8 @@ class PeerManager:
             raise ValueError("reconnect_max must be at least reconnect_min")
         if not 0 <= max_query_hops <= m.MAX_HOPS or not 0 <= max_event_hops <= m.MAX_HOPS:
             raise ValueError(f"hop limits must be in 0..{m.MAX_HOPS}")
+        if not 0 <= query_budget <= m.MAX_QUERY_BUDGET:
+            raise ValueError(f"query_budget must be in 0..{m.MAX_QUERY_BUDGET}")
         if not 1 <= descriptor_batch <= 256:
             raise ValueError("descriptor_batch must be in 1..256 (the DESCRIPTORS limit)")
         if any(not f or "." in f or f in ("*", "#", "**") for f in relay_families):
@@ -227,6 +269,13 @@ class PeerManager:
         self._dialled: set[Connection] = set()        # live sessions we opened (the server counts the rest)
         self._dialled_ended = ConnectionStats()
         self.task_failures = TaskFailures(log)  # descriptor rebuild, dialling: they go on (metrics)
+        # Attribution (records.md): our records signed once, others' verified at every hop.
+        self.query_budget = query_budget
+        self.signer = RecordSigner(identity, network=network)
+        self.node_seqs = NodeSeqs()
+        self.event_seqs = EventSeqs()
+        self._queries: OrderedDict[bytes, None] = OrderedDict()  # query ids seen (duplicate suppression)
+        self._event_sigs: OrderedDict[bytes, m.SignedRecord | None] = OrderedDict()  # our events, signed once
 
     # --- what the pool services use ------------------------------------------------------------
 
@@ -484,40 +533,107 @@ class PeerManager:
         their partial answers still reach the pool that asked them."""
         return self.query_timeout * hops / max(1, self.max_query_hops)
 
+    async def own_records(self, entries: Iterable[Any], *, pool: bytes | None) -> list[m.NodeRecord]:
+        """Our nodes' records for a pool, which may relay them: each with our signed record (the
+        signer caches it and re-signs once per granularity). One too large to sign goes unsigned:
+        the asker may use it as our own word but relays it no further (records.md §6.2)."""
+        now, out = self.clock(), []
+        for i, e in enumerate(entries):
+            if i and i % _VERIFY_CHUNK == 0:
+                await trio.sleep(0)
+            try:
+                signed = self.signer.node(e.key, capabilities=e.capabilities, meta=e.meta, expires=e.expires, now=now)
+            except ValueError:
+                signed = None
+            out.append(node_record(e, pool=pool, signed=signed))
+        return out
+
+    def _first_query(self, qid: bytes) -> bool:
+        if qid in self._queries:
+            self._queries.move_to_end(qid)
+            return False
+        self._queries[qid] = None
+        if len(self._queries) > self.dedup_size:
+            self._queries.popitem(last=False)
+        return True
+
     async def query(self, frame: Frame) -> m.QueryResult:
-        """QUERY scope "peers": our registry plus every peer's answer (but the asker's)."""
+        """QUERY scope "peers" (peering §4): our registry plus the peers' answers, each record
+        verified and re-filtered (records.md §6.4), merged by (origin, key), and cut where every
+        source is complete, at `limit` and at page_bytes.
+
+        Fan-out is bounded by the query's budget: the peer QUERYs it may still cause across the
+        mesh, which we clamp to our own `query_budget`, spend one per peer asked and share out among
+        them. A query id seen before (another path) is answered from our registry only."""
         q, own = frame.msg, self.identity.public
+        from_peer = frame.sender in self._peers
         entries, cursor = self.registry.query(capabilities=q.capabilities, meta=q.meta, key=q.key, limit=q.limit,
                                               cursor=q.cursor)
-        limit = max(1, min(q.limit, self.registry.table.page_max))
-        found = {e.key: node_record(e, pool=own) for e in entries}
-        more, partial = cursor is not None, False
+        if from_peer:
+            local = await self.own_records(entries, pool=own)
+        else:
+            local = [node_record(e, pool=own) for e in entries]
         hops = min(q.hops, self.max_query_hops)
+        budget = self.query_budget if q.budget is None else min(q.budget, self.query_budget)
+        qid = q.qid if from_peer and q.qid is not None else os.urandom(16)  # a node's id is not trusted
+        if not self._first_query(qid):
+            self.stats.queries_duplicate += 1
+            hops = 0
         peers = [s for k, s in self._peers.items() if k != frame.sender] if hops > 0 else []
+        random.shuffle(peers)
+        peers = peers[:budget]
+        answers: dict[bytes, m.QueryResult] = {}
         if peers:
-            ask = attrs.evolve(q, scope="peers", hops=hops - 1)
-            answers: dict[bytes, m.QueryResult] = {}
+            spare, n = budget - len(peers), len(peers)
             async with trio.open_nursery() as nursery:
-                for s in peers:
+                for i, s in enumerate(peers):
+                    ask = attrs.evolve(q, scope="peers", hops=hops - 1, qid=qid,
+                                       budget=spare // n + (1 if i < spare % n else 0))
                     nursery.start_soon(self._ask, s, ask, self._peer_timeout(hops), answers)
-            for s in peers:
-                r = answers.get(s.key)
-                if r is None:
-                    partial = True
-                    continue
-                partial |= r.partial
-                more |= r.cursor is not None
-                records = sorted((n for n in r.nodes if q.cursor is None or n.key > q.cursor), key=lambda n: n.key)
-                for n in records[:limit]:
-                    n = n if n.pool is not None else attrs.evolve(n, pool=s.key)
-                    held = found.get(n.key)
-                    if held is None or n.expires > held.expires:
-                        found[n.key] = n
-        nodes = sorted(found.values(), key=lambda n: n.key)
-        more |= len(nodes) > limit
-        nodes = nodes[:limit]
-        return m.QueryResult(re=frame.id, nodes=tuple(nodes), partial=partial,
-                             cursor=nodes[-1].key if more and nodes and q.key is None else None)
+        limit = max(1, min(q.limit, self.registry.table.page_max))
+        found: dict[tuple[bytes, bytes], tuple[int, m.NodeRecord]] = {(own, n.key): (0, n) for n in local}
+        ends = [cursor] if cursor is not None else []  # where each source's page ended
+        partial = False
+        for s in peers:
+            r = answers.get(s.key)
+            if r is None:
+                partial = True
+                continue
+            partial |= r.partial
+            if r.cursor is not None and q.key is None and (q.cursor is None or r.cursor > q.cursor):
+                ends.append(r.cursor)
+            await self._merge(s, r.nodes[:limit], q, found, relaying=from_peer)
+        return _page(frame.id, q, found, ends, limit, self.registry.table.page_bytes, partial)
+
+    async def _merge(self, s: PeerSession, nodes: Sequence[m.NodeRecord], q: m.Query,
+                     found: dict[tuple[bytes, bytes], tuple[int, m.NodeRecord]], *, relaying: bool) -> None:
+        """Add one peer's records to `found`: attribution checked (records.md §6.2), the signed
+        content used, the query's filter re-applied; per (origin, key) the highest seq stays."""
+        own, now, refused = self.identity.public, self.clock(), None
+        for i, n in enumerate(nodes):
+            if i and i % _VERIFY_CHUNK == 0:
+                await trio.sleep(0)
+            try:
+                a = accept_node(n, n.signed, sender=s.key, own=own, network=self.network, now=now,
+                                seqs=self.node_seqs)
+            except RecordError as e:
+                if e.check != "A2":  # our own records coming back: we answered for ourselves
+                    self.stats.records_refused += 1
+                    refused = refused or e
+                continue
+            c = a.claim
+            if not matches(c, capabilities=q.capabilities, meta=q.meta, key=q.key, cursor=q.cursor):
+                self.stats.records_filtered += 1
+                continue
+            if relaying and a.signed is None:  # the sender's own word: not ours to pass on
+                continue
+            held = found.get((a.origin, c.key))
+            if held is None or c.seq > held[0]:
+                found[(a.origin, c.key)] = (c.seq, m.NodeRecord(
+                    key=c.key, capabilities=tuple(c.capabilities), meta=dict(c.meta), expires=c.expires,
+                    pool=a.origin, signed=a.signed))
+        if refused is not None:
+            log.info("peer %s: refused records in a query answer: %s", s.key.hex()[:16], refused.message)
 
     async def _ask(self, s: PeerSession, q: m.Query, timeout: float, answers: dict[bytes, m.QueryResult]) -> None:
         assert s.conn is not None
@@ -546,17 +662,40 @@ class PeerManager:
         except (ProtocolError, trio.TooSlowError) as e:  # the session itself goes on
             log.warning("peer %s refused our subscription: %s", s.key.hex()[:16], e or "timed out")
 
-    def _first_sight(self, origin: bytes, event_id: bytes) -> bool:
+    def event_envelope(self, ev: Any) -> m.SignedRecord | None:
+        """What a peer gets with bus event `ev`: for a relayed one the origin's envelope (None: the
+        sender's own unsigned word, relayed no further), for ours our signature, made once per
+        event however many peers it goes to. None for one of ours too large to sign."""
+        if ev.origin is not None:
+            return ev.signed
+        if ev.id in self._event_sigs:
+            return self._event_sigs[ev.id]
+        try:
+            signed = self.signer.event(ev.topic, ev.id, ev.ts, ev.data, now=self.clock())
+        except (ValueError, TypeError):  # too large, or data msgpack cannot carry
+            signed = None
+        self._event_sigs[ev.id] = signed
+        if len(self._event_sigs) > self.dedup_size:
+            self._event_sigs.popitem(last=False)
+        return signed
+
+    def _first_sight(self, origin: bytes, event_id: bytes, *, commit: bool) -> bool:
+        """Whether (origin, event_id) is new; `commit` records it, which happens only once the
+        event verified (records.md §5.1: a forged copy must not make the real one a duplicate)."""
         k = (origin, event_id)
         if k in self._seen:
             self._seen.move_to_end(k)
             return False
-        self._seen[k] = None
-        if len(self._seen) > self.dedup_size:
-            self._seen.popitem(last=False)
+        if commit:
+            self._seen[k] = None
+            if len(self._seen) > self.dedup_size:
+                self._seen.popitem(last=False)
         return True
 
     async def _on_event(self, conn: Connection, frame: Frame) -> None:
+        """A peer's EVENT: loops, foreign families, hop limit and duplicates are dropped; then the
+        attribution rules (records.md §6.2, §6.5) decide, and what is published (and relayed on)
+        is the origin's signed content."""
         s = self._active(conn, frame)
         ev, st = frame.msg, self.stats
         if ev.origin == self.identity.public:
@@ -568,12 +707,24 @@ class PeerManager:
         if ev.hops + 1 > self.max_event_hops:
             st.events_too_far += 1
             return None
-        if not self._first_sight(ev.origin, ev.event_id):
+        if not self._first_sight(ev.origin, ev.event_id, commit=False):
             st.events_duplicate += 1
             return None
         try:
-            self.bus.publish(ev.topic, dict(ev.data), event_id=ev.event_id, origin=ev.origin, ts=ev.ts,
-                             hops=ev.hops + 1)
+            a = accept_event(ev, ev.signed, sender=s.key, own=self.identity.public, network=self.network,
+                             now=self.clock(), seqs=self.event_seqs)
+        except RecordError as e:
+            if e.check in ("S1", "S2"):  # the same event by another path, or a replay: no answer
+                st.events_duplicate += 1
+                return None
+            st.events_forged += 1
+            log.info("peer %s: event %s refused: %s", s.key.hex()[:16], ev.topic, e.message)
+            raise ProtocolError(e.code, f"event refused: {e.message}", frame.id) from None
+        self._first_sight(ev.origin, ev.event_id, commit=True)
+        c = a.claim
+        try:
+            self.bus.publish(c.topic, dict(c.data), event_id=c.event_id, origin=a.origin, ts=c.ts,
+                             hops=ev.hops + 1, signed=a.signed)
         except ValueError as e:
             st.events_refused += 1
             raise ProtocolError(ErrorCode.INVALID_BODY, f"event not accepted: {e}", frame.id) from None

@@ -24,14 +24,20 @@ from galaxynode.net.connection import SessionClosed
 log = logging.getLogger(__name__)
 
 
-def node_record(entry: Any, pool: bytes | None = None) -> m.NodeRecord:
+def node_record(entry: Any, pool: bytes | None = None, signed: m.SignedRecord | None = None) -> m.NodeRecord:
     return m.NodeRecord(key=entry.key, capabilities=tuple(entry.capabilities), meta=dict(entry.meta),
-                        expires=entry.expires, pool=pool)
+                        expires=entry.expires, pool=pool, signed=signed)
 
 
-def event_message(ev: Any, origin: bytes) -> m.Event:
+def event_message(ev: Any, origin: bytes, signed: m.SignedRecord | None = None) -> m.Event:
     return m.Event(topic=ev.topic, event_id=ev.id, origin=ev.origin or origin, ts=ev.ts,
-                   data=dict(ev.data), hops=ev.hops)
+                   data=dict(ev.data), hops=ev.hops, signed=signed)
+
+
+def is_pool_session(conn: Any) -> bool:
+    """Whether the session's peer speaks as a pool: it is sent signed records (records.md §8.2)."""
+    hello = getattr(conn, "peer_hello", None)
+    return hello is not None and hello.role == "pool"
 
 
 @attrs.define
@@ -109,6 +115,9 @@ class SessionHandler:
             return await self.s.peers.query(frame)
         entries, cursor = self.s.registry.query(capabilities=q.capabilities, meta=q.meta, key=q.key,
                                                 limit=q.limit, cursor=q.cursor)
+        if self.s.peers is not None and is_pool_session(conn):  # a pool may relay them: signed
+            nodes = await self.s.peers.own_records(entries, pool=None)
+            return m.QueryResult(re=frame.id, nodes=tuple(nodes), cursor=cursor)
         return m.QueryResult(re=frame.id, nodes=tuple(node_record(e) for e in entries), cursor=cursor)
 
     # events ---------------------------------------------------------------------------------
@@ -156,11 +165,17 @@ class SessionHandler:
         try:
             await self._subscribed.wait()
             assert self.sub is not None
+            to_pool = self.s.peers is not None and is_pool_session(conn)
             async for ev in self.sub:
                 if ev.origin is not None and ev.origin != self.s.info.key and not self.include_peers:
                     continue
+                signed = ev.signed  # a relayed event's origin signature (nodes may verify it)
+                if to_pool:  # a pool gets each event with its origin's signature, or not at all
+                    signed = self.s.peers.event_envelope(ev)
+                    if signed is None and ev.origin is not None:
+                        continue
                 try:
-                    await conn.send(event_message(ev, self.s.info.key))
+                    await conn.send(event_message(ev, self.s.info.key, signed))
                 except SessionClosed:  # the subscriber went away: nothing left to push to
                     return
         finally:

@@ -30,15 +30,15 @@ import attrs
 import msgpack
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
-from galaxynode.gelato.messages import (MAX_CAPABILITIES, MAX_META_ENTRIES, MAX_NAME, MAX_TOPIC, MAX_TTL_S, Body,
-                                        Spec, field)
+from galaxynode.gelato.messages import (MAX_CAPABILITIES, MAX_META_ENTRIES, MAX_NAME, MAX_SIGNED_RECORD, MAX_TOPIC,
+                                        MAX_TTL_S, Body, SignedRecord, Spec, field)
 from galaxynode.identity import Identity, verify
 
 NODE_PREFIX = b"gelato/v1/node-record\0"
 EVENT_PREFIX = b"gelato/v1/event\0"
 SIG_LEN = 64
 MAX_NODE_RECORD = 16 * 1024   # a NodeRecord at its field bounds encodes to ~13 KiB
-MAX_EVENT_RECORD = 64 * 1024
+MAX_EVENT_RECORD = MAX_SIGNED_RECORD  # the envelope (messages.SignedRecord) is the wire struct
 MAX_RECORD_FIELDS = 64        # top-level entries, known plus future ones
 MAX_RECORD_DEPTH = 16         # the record map is level 1 (as a frame body, framing §2.7)
 MAX_SKEW_MS = 120_000
@@ -75,15 +75,6 @@ class RecordError(ProtocolError):
 
 
 # --- the envelope and the kinds ----------------------------------------------------------------
-
-@attrs.frozen(kw_only=True)
-class SignedRecord(Body):
-    """The envelope. Proposed wire struct (messages §4): optional field ``signed`` of NodeRecord
-    and EVENT. Bounds are checked per kind by `decode` (R1), not here."""
-
-    record: bytes = field("bin", min_len=1, max_len=MAX_EVENT_RECORD)
-    sig: bytes = field("bin", min_len=SIG_LEN, max_len=SIG_LEN)
-
 
 @attrs.frozen(kw_only=True)
 class NodeClaim(Body):

@@ -100,13 +100,15 @@ MESSAGE_DOCS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "LEAVE": ("request", ("ACK",), "Remove the session key's registration."),
     "QUERY": ("request", ("QUERY_RESULT",),
               "Find nodes by capabilities (all must match), metadata (all entries equal) or key, "
-              "one page at a time; scope peers also asks peered pools, at most hops away."),
+              "one page at a time; scope peers also asks peered pools, at most hops away and within a "
+              "fan-out budget, under one query id (peering §4)."),
     "QUERY_RESULT": ("reply", (), "One page of node records; cursor continues, partial means some peers missed the deadline."),
     "SUBSCRIBE": ("request", ("ACK",),
                   "Receive EVENTs whose topic matches any pattern (* one segment, # or ** the rest); patterns "
                   "are added to those held, within the subscription caps of messages §5."),
     "UNSUBSCRIBE": ("request", ("ACK",), "Stop receiving the given patterns."),
-    "EVENT": ("push", (), "An event on a subscribed topic; origin is the pool where it happened."),
+    "EVENT": ("push", (), "An event on a subscribed topic; origin is the pool where it happened, signed its "
+                          "signature of it (records.md §8)."),
     "ANNOUNCE": ("request", ("LEASE",), "Register a pool's own signed descriptor at the main net."),
     "LOOKUP": ("request", ("LOOKUP_RESULT",), "Find pool descriptors by network, capability or name, one page at a time."),
     "LOOKUP_RESULT": ("reply", (), "One page of signed descriptors, exactly as their pools signed them."),
@@ -121,7 +123,10 @@ MESSAGE_DOCS: dict[str, tuple[str, tuple[str, ...], str]] = {
 
 STRUCT_DOCS = {
     "NodeRecord": "A registered node: its key, capabilities, metadata and lease expiry (ms); "
-                  "pool is set on records relayed from another pool.",
+                  "pool is set on records relayed from another pool, signed is that pool's signed record "
+                  "(records.md §8).",
+    "SignedRecord": "A record signed by its origin pool (records.md §2): msgpack record bytes and the origin's "
+                    "Ed25519 signature over the kind's prefix and the record.",
     "SignedDescriptor": "A pool descriptor record (msgpack bytes) and its Ed25519 signature (discovery).",
 }
 
@@ -175,7 +180,8 @@ SESSION_LIMIT_DOCS = {
 
 BOUNDS = {name: getattr(m, name) for name in (
     "MAX_NAME", "MAX_CAPABILITIES", "MAX_META_ENTRIES", "MAX_META_VALUE", "MAX_TOPIC", "MAX_TOPICS",
-    "MAX_ENDPOINTS", "MAX_ENDPOINT", "MAX_PAGE", "MAX_CURSOR", "MAX_DESCRIPTOR_RECORD", "MAX_TTL_S", "MAX_HOPS")}
+    "MAX_ENDPOINTS", "MAX_ENDPOINT", "MAX_PAGE", "MAX_CURSOR", "MAX_DESCRIPTOR_RECORD", "MAX_TTL_S", "MAX_HOPS",
+    "MAX_QUERY_BUDGET", "MAX_SIGNED_RECORD")}
 
 BOUND_DOCS = {
     "MAX_NAME": "Names: network, pool name, capability, metadata key (bytes of UTF-8).",
@@ -191,6 +197,8 @@ BOUND_DOCS = {
     "MAX_DESCRIPTOR_RECORD": "Bytes per signed descriptor record.",
     "MAX_TTL_S": "Largest lease TTL a message can carry, in seconds.",
     "MAX_HOPS": "Largest hop count of a relayed QUERY or EVENT.",
+    "MAX_QUERY_BUDGET": "Largest fan-out budget of a QUERY: peer QUERYs it may still cause (peering §4).",
+    "MAX_SIGNED_RECORD": "Bytes per signed record of any kind (records.md §9 bounds each kind).",
 }
 
 # How each field kind of the message schema is checked (messages §1.2).

@@ -232,7 +232,7 @@ async def test_peer_query_merges_pools_and_deduplicates(recording_bus):
         await join(b, NODES[2], capabilities=["gpu"])
         await join(b, NODES[3])
         await join(a, NODES[4], ttl=30)
-        await join(b, NODES[4], ttl=60)  # on both pools: the later lease wins
+        await join(b, NODES[4], ttl=60)  # on both pools: one record per pool (records.md §6.4)
         async with client(a, NODES[5]) as conn:
             local = await query(conn)
             assert {n.key for n in local.nodes} == {NODES[i].public for i in (0, 1, 4)}
@@ -240,10 +240,11 @@ async def test_peer_query_merges_pools_and_deduplicates(recording_bus):
             everything = await query(conn, scope="peers", hops=1)
             assert not everything.partial and everything.cursor is None
             keys = [n.key for n in everything.nodes]
-            assert keys == sorted(NODES[i].public for i in range(5))
-            owner = {n.key: n.pool for n in everything.nodes}
-            assert owner == {NODES[0].public: a.key, NODES[1].public: a.key, NODES[2].public: b.key,
-                             NODES[3].public: b.key, NODES[4].public: b.key}
+            assert keys == sorted([NODES[i].public for i in range(5)] + [NODES[4].public])
+            owner = {(n.key, n.pool) for n in everything.nodes}
+            assert owner == {(NODES[0].public, a.key), (NODES[1].public, a.key), (NODES[2].public, b.key),
+                             (NODES[3].public, b.key), (NODES[4].public, a.key), (NODES[4].public, b.key)}
+            assert all(n.signed is not None for n in everything.nodes if n.pool == b.key)  # relayed: signed
             gpu = await query(conn, scope="peers", capabilities=["gpu"])
             assert {n.key for n in gpu.nodes} == {NODES[0].public, NODES[2].public}
             # Pages of 2 across both pools: the same keys in the same order, each once.

@@ -30,6 +30,8 @@ MAX_CURSOR = 128
 MAX_DESCRIPTOR_RECORD = 4096
 MAX_TTL_S = 86_400
 MAX_HOPS = 8
+MAX_QUERY_BUDGET = 1024     # peer QUERYs one QUERY may cause across the mesh (peering §4)
+MAX_SIGNED_RECORD = 65_536  # the largest kind's max_record (records.md §9)
 ROLES = ("node", "pool", "mainnet", "probe")
 
 
@@ -420,12 +422,24 @@ def _limit(): return field("uint", max=MAX_PAGE, default=100)
 # --- structs -----------------------------------------------------------------------------------
 
 @struct
+class SignedRecord(Body):
+    """A record signed by its origin pool (records.md §2); the kind's bounds are checked by
+    galaxynode.records.decode, which knows the kind from where the envelope was found."""
+
+    record: bytes = field("bin", min_len=1, max_len=MAX_SIGNED_RECORD)
+    sig: bytes = field("bin", min_len=64, max_len=64)
+
+    SIG_OVERHEAD: ClassVar[int] = 80  # bytes beside `record` when encoded: sig, keys, headers
+
+
+@struct
 class NodeRecord(Body):
     key: bytes = _key()
     capabilities: tuple[str, ...] = _caps(default=())
     meta: dict = _meta(default={})
     expires: int = field("uint")  # ms since epoch
     pool: bytes | None = _key(default=None)  # set on records relayed from another pool
+    signed: SignedRecord | None = field("struct", struct=SignedRecord, default=None)  # the origin's (records.md §8)
 
 
 @struct
@@ -521,6 +535,8 @@ class Query(Body):
     cursor: bytes | None = _cursor(default=None)
     scope: str = field("str", choices=("local", "peers"), default="local")
     hops: int = field("uint", max=MAX_HOPS, default=2)
+    budget: int | None = field("uint", max=MAX_QUERY_BUDGET, default=None)  # peer QUERYs it may still cause
+    qid: bytes | None = _ref(default=None)  # one id per query across the mesh (duplicate suppression)
 
 
 @message("QUERY_RESULT", "registry")
@@ -552,6 +568,7 @@ class Event(Body):
     ts: int = field("uint")
     data: dict = field("anymap", default={})
     hops: int = field("uint", max=MAX_HOPS, default=0)
+    signed: SignedRecord | None = field("struct", struct=SignedRecord, default=None)  # the origin's (records.md §8)
 
 
 # --- discovery and peering ---------------------------------------------------------------------
