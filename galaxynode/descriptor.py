@@ -275,11 +275,13 @@ class DescriptorBook:
         sender's own descriptor, or from the main net)."""
         desc = decode_record(signed.record, max_record=self.max_record)
         held = self._entries.get(desc.key)
+        rank = PINNED if desc.key in self.pinned else VERIFIED if verified else RELAYED
+        if held is None and rank == RELAYED:
+            self._check_quota(desc, source)  # before the signature: a flood past its quota costs no verify
         if held is None or held.signed != signed:  # the exact bytes already held were verified once
             _check_signature(desc, signed)
         _check_current(desc, now=now, network=network, max_lifetime_ms=self.max_lifetime_ms,
                        max_skew_ms=self.max_skew_ms)
-        rank = PINNED if desc.key in self.pinned else VERIFIED if verified else RELAYED
         if held is not None:
             if desc.seq == held.desc.seq and signed.record == held.signed.record:
                 held.seen = max(held.seen, now)
@@ -316,16 +318,18 @@ class DescriptorBook:
         if self._next_expiry is None or expires < self._next_expiry:
             self._next_expiry = expires
 
+    def _check_quota(self, desc: Descriptor, source: Any) -> None:
+        if self._by_source[source] >= self.max_per_source:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"source holds {self.max_per_source} relayed descriptors already")
+        net = endpoint_network(desc)
+        if self._by_network[net] >= self.max_per_network:
+            raise ProtocolError(ErrorCode.UNAVAILABLE,
+                                f"{self.max_per_network} relayed descriptors with endpoints in {net} already")
+
     def _admit(self, e: _Entry, now: int) -> None:
         """A key not held: quotas, then room (pruning, then evicting), then in."""
         if e.rank == RELAYED:
-            if self._by_source[e.source] >= self.max_per_source:
-                raise ProtocolError(ErrorCode.UNAVAILABLE,
-                                    f"source holds {self.max_per_source} relayed descriptors already")
-            net = endpoint_network(e.desc)
-            if self._by_network[net] >= self.max_per_network:
-                raise ProtocolError(ErrorCode.UNAVAILABLE,
-                                    f"{self.max_per_network} relayed descriptors with endpoints in {net} already")
+            self._check_quota(e.desc, e.source)
         if len(self._entries) >= self.max_entries and self._next_expiry is not None and self._next_expiry <= now:
             self.prune(now)
         if len(self._entries) >= self.max_entries:
