@@ -260,3 +260,15 @@ def test_merged_page_is_cut_by_bytes_and_keeps_a_node_key_whole():
     assert [(n.key[0], n.pool[0]) for n in page.nodes] == [(1, 1), (2, 1), (2, 2)]
     assert page.cursor == bytes([2]) * 32
     assert _page(b"r" * 16, q, _found(*recs), [], 10, 1 << 20, False).cursor is None
+
+
+async def test_conformance_attribution_cases_pass_on_a_pool_that_accepts_any_peer(tmp_path):
+    """The attribution cases (galaxynode/conformance/cases_attribution.py) pass against our pool;
+    the two that need the probe as a peer run only under [peers] accept = "any"."""
+    from galaxynode.conformance.probe import Options
+    from galaxynode.conformance.runner import all_cases, run_suite
+    cases = [c for c in all_cases() if c.fn.__module__.endswith("cases_attribution")]
+    with live_pool(tmp_path / "p", env={"GALAXYNODE_PEERS_ACCEPT": "any"}) as p:
+        results = await run_suite(Options(url=p.url, network=NETWORK, role="pool"), cases)
+    assert [(r.case.fn.__name__, r.outcome) for r in results] == [(c.fn.__name__, "pass") for c in cases], \
+        [(r.expected, r.got, r.note) for r in results]
