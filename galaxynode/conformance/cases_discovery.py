@@ -2,8 +2,9 @@
 descriptor, relays it unaltered, and refuses forged, foreign, expired and older ones. Main net
 endpoints only.
 
-The descriptors name endpoint ws://127.0.0.1:9 (discard) and live at most a few minutes, so a pool
-that discovers them from a shared main net only ever dials its own loopback.
+The descriptors name the announcing link's own listener (probe.LISTENING: a main net dials it back
+and must find the link's key there, peering §7.10), else ws://127.0.0.1:9 (discard), and live at most
+a few minutes, so a pool that discovers them from a shared main net only ever dials loopback.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from contextlib import AsyncExitStack
 import attrs
 import trio
 
-from galaxynode.conformance.probe import CaseFailed, CaseSkipped, Link, Options, describe, open_link
+from galaxynode.conformance.probe import LISTENING, CaseFailed, CaseSkipped, Link, Options, describe, open_link
 from galaxynode.conformance.runner import case
 from galaxynode.descriptor import SIGN_PREFIX, Descriptor
 from galaxynode.gelato import messages as m
@@ -29,7 +30,8 @@ LIFETIME_LADDER = (2, 3, 5, 10, 15, 20, 30, 60)
 def descriptor(identity: Identity, opts: Options, **fields: object) -> Descriptor:
     now = now_ms()
     base = Descriptor(key=identity.public, name=f"conformance-{os.urandom(6).hex()}", network=opts.network,
-                      endpoints=("ws://127.0.0.1:9",), capabilities=("conformance",), nodes=0, issued=now,
+                      endpoints=(LISTENING.get(identity.public, "ws://127.0.0.1:9"),), capabilities=("conformance",),
+                      nodes=0, issued=now,
                       expires=now + LIFETIME_MS, seq=now)
     return attrs.evolve(base, **fields)
 

@@ -8,7 +8,7 @@ strictly, so a malformed or badly signed reply fails the case that received it.
 from __future__ import annotations
 
 import os
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
 import attrs
@@ -291,13 +291,43 @@ class Link:
 _FATAL = frozenset(int(c) for c in ErrorCode if c.fatal)
 
 
+# A main net dials an announced pool's first endpoint back and lists it only if the announcing key
+# answers there (peering §7.10). So a role-pool link to a main net answers at a listener of its own,
+# with its key, on `listen_host` (loopback: the suite and the main net on one host); descriptors of
+# that key name its URL (cases_discovery.descriptor).
+LISTEN_HOST = "127.0.0.1"
+LISTENING: dict[bytes, str] = {}
+
+
+@asynccontextmanager
+async def answering(identity: Identity, opts: Options) -> AsyncIterator[str]:
+    """A Gelato listener with `identity`'s key for the duration of the block; yields its URL."""
+    import trio
+    from galaxynode.net.server import Server
+    server = Server(identity, network=opts.network, role="pool", listen_urls=(f"ws://{LISTEN_HOST}:0",))
+    async with trio.open_nursery() as nursery:
+        url = (await nursery.start(server.run))[0]
+        LISTENING[identity.public] = url
+        try:
+            yield url
+        finally:
+            LISTENING.pop(identity.public, None)
+            await server.shutdown()
+            nursery.cancel_scope.cancel()
+
+
 @asynccontextmanager
 async def open_link(opts: Options, identity: Identity | None = None, *, handshake: bool = True,
                     role: str = "probe") -> AsyncIterator[Link]:
-    """A connection with a fresh key (unless given), after the handshake unless handshake=False."""
-    async with open_channel(opts.url, max_message_size=opts.max_frame_size * 2 + 4096,
-                            connect_timeout=opts.timeout, close_timeout=1.0) as ch:
-        link = Link(ch, identity or Identity.generate(), opts)
+    """A connection with a fresh key (unless given), after the handshake unless handshake=False.
+    A role-pool link to a main net also answers at its own listener (LISTENING)."""
+    identity = identity or Identity.generate()
+    async with AsyncExitStack() as stack:
+        if role == "pool" and opts.role == "mainnet" and identity.public not in LISTENING:
+            await stack.enter_async_context(answering(identity, opts))
+        ch = await stack.enter_async_context(open_channel(opts.url, max_message_size=opts.max_frame_size * 2 + 4096,
+                                                          connect_timeout=opts.timeout, close_timeout=1.0))
+        link = Link(ch, identity, opts)
         if handshake:
             await link.handshake(role)
         yield link
