@@ -556,6 +556,20 @@ class MainnetConfig(_Section):
     url: str = _setting(Url(empty_ok=True), "")
     announce_interval: float = _setting(Float(1, 86_400, " seconds"), 30.0)
     descriptor_ttl: int = _setting(Int(10, 86_400), 300)
+    discover_dials: int = _setting(Int(1, 10_000), 6)
+    verify: bool = _setting(Bool(), True)
+    verify_timeout: float = _setting(Float(0.1, 60, " seconds"), 5.0)
+    verify_ttl: float = _setting(Float(1, 86_400, " seconds"), 3600.0)
+    verify_retry: float = _setting(Float(1, 86_400, " seconds"), 600.0)
+    dials_per_target: int = _setting(Int(1, 10_000), 4)
+    dial_window: float = _setting(Float(1, 86_400, " seconds"), 3600.0)
+    max_verifications: int = _setting(Int(1, 1024), 16)
+    pools_per_address: int = _setting(Int(1, 1_000_000), 16)
+    pools_per_prefix: int = _setting(Int(1, 1_000_000), 64)
+    announce_rate: float = _setting(Float(0.001, 10_000, " per second"), 1.0)
+    announce_burst: int = _setting(Int(1, 100_000), 16)
+    book_per_peer: int = _setting(Int(1, 1_000_000), 256)
+    book_per_network: int = _setting(Int(1, 1_000_000), 64)
 
     def _check(self) -> None:
         if self.announce_interval >= self.descriptor_ttl:

@@ -23,7 +23,8 @@ from galaxynode.datadir import locked, private_dir, private_umask
 from galaxynode.identity import Identity, load_or_create_key, warn_if_exposed
 from galaxynode.logs import setup_logging
 from galaxynode.descriptor import DescriptorBook, DescriptorIssuer
-from galaxynode.mainnet import Announcer, MainnetServices, open_pool_registry
+from galaxynode.mainnet import (Announcer, MainnetPolicy, MainnetServices, Reachability, discover_budget,
+                                open_pool_registry)
 from galaxynode.metrics import MetricsServer, daemon_registry
 from galaxynode.modules import Kernel, Module, ModuleContext, StartupError, single_leaf
 from galaxynode.net.connection import SessionLimits
@@ -98,8 +99,24 @@ class ServicesModule(Module):
         rt: Runtime = ctx.config
         c = rt.config
         info = PoolInfo(rt.identity.public, c.node.name, c.network.id, role=c.node.role)
-        cls = MainnetServices if c.node.role == "mainnet" else PoolServices
-        ctx.container.register("services", cls(info, ctx.container.get("registry"), ctx.container.get("bus")))
+        registry, bus = ctx.container.get("registry"), ctx.container.get("bus")
+        if c.node.role == "mainnet":
+            policy, mc = mainnet_policy(c), c.mainnet
+            reach = Reachability(rt.identity, network=c.network.id, policy=policy,
+                                 limits=session_limits(c)) if mc.verify else None
+            services = MainnetServices(info, registry, bus, policy=policy, reachability=reach)
+        else:
+            services = PoolServices(info, registry, bus)
+        ctx.container.register("services", services)
+
+
+def mainnet_policy(config: Config) -> MainnetPolicy:
+    mc = config.mainnet
+    return MainnetPolicy(verify=mc.verify, verify_timeout=mc.verify_timeout, verify_ttl=mc.verify_ttl,
+                         verify_retry=mc.verify_retry, dials_per_target=mc.dials_per_target,
+                         dial_window=mc.dial_window, max_verifications=mc.max_verifications,
+                         pools_per_address=mc.pools_per_address, pools_per_prefix=mc.pools_per_prefix,
+                         announce_rate=mc.announce_rate, announce_burst=mc.announce_burst)
 
 
 class PluginsModule(Module):
@@ -205,13 +222,15 @@ class PeeringModule(Module):
         registry, bus = ctx.container.get("registry"), ctx.container.get("bus")
         issuer = DescriptorIssuer(rt.identity, name=c.node.name, network=c.network.id,
                                   endpoints=server.bound_urls, ttl_ms=c.mainnet.descriptor_ttl * 1000)
-        book = DescriptorBook()
+        book = DescriptorBook(max_per_source=c.mainnet.book_per_peer, max_per_network=c.mainnet.book_per_network,
+                              pinned=[p.key for p in c.peers.static if p.key is not None])
         peers = PeerManager(rt.identity, network=c.network.id, registry=registry, bus=bus,
                             pool_handler=services.handler, limits=session_limits(c),
                             static=[(p.url, p.key) for p in c.peers.static], max_peers=c.limits.max_peers,
                             reconnect_min=c.peers.reconnect_min, reconnect_max=c.peers.reconnect_max,
                             issuer=issuer, book=book, listen=server.bound_urls, ssl_context=None,
                             target=c.peers.target, query_budget=c.peers.query_budget)
+        peers.discover_budget = discover_budget(c.mainnet.discover_dials, give_up_after=peers.give_up_after)
         services.peers = peers
         ctx.container.register("peers", peers)
         await ctx.nursery.start(peers.run)

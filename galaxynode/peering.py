@@ -39,7 +39,7 @@ from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import Identity
-from galaxynode.mainnet import node_summary
+from galaxynode.mainnet import dial_target, discover_budget, node_summary
 from galaxynode.net.client import connect
 from galaxynode.net.connection import (DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler, SessionClosed,
                                        SessionLimits)
@@ -398,10 +398,16 @@ class PeerManager:
         if self._nursery is None:
             return
         known = {p.key for p in self.static} | set(self.discovered_peers)
+        if not hasattr(self, "discover_budget"):  # the daemon sets it from [mainnet] discover_dials
+            self.discover_budget = discover_budget(give_up_after=self.give_up_after)
         for d in descriptors:
             if len(self.discovered_peers) >= self.target:
                 break
             if d.key == self.identity.public or d.key in known or d.network != self.network or not d.endpoints:
+                continue
+            # A poisoned main net must not aim our dialler at a third party: each host:port is
+            # taken up at most a few times per hour, however many keys name it.
+            if not self.discover_budget.allow(dial_target(d.endpoints[0]), trio.current_time()):
                 continue
             peer = StaticPeer(d.endpoints[0], d.key)
             self.discovered_peers[d.key] = peer
@@ -511,9 +517,13 @@ class PeerManager:
             if i and i % _VERIFY_CHUNK == 0:
                 await trio.sleep(0)
             try:
-                if decode_record(signed.record, max_record=self.book.max_record).key == self.identity.public:
+                key = decode_record(signed.record, max_record=self.book.max_record).key
+                if key == self.identity.public:
                     continue  # our own, relayed back: we know better
-                self.book.offer(signed, now=now, network=self.network)
+                # The peer's own descriptor is verified (the handshake proved its key); the rest it
+                # only relays, counted against its quota in the book.
+                self.book.offer(signed, now=now, network=self.network, source=conn.peer_key,
+                                verified=key == conn.peer_key)
                 self.stats.descriptors_accepted += 1
             except ProtocolError as e:
                 refused += 1
