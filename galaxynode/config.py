@@ -540,6 +540,10 @@ class AdmissionConfig(_Section):
 class PeersConfig(_Section):
     SECTION = "peers"
     static: tuple[StaticPeer, ...] = _setting(ListOf(Peer(), max_items=1024), ())
+    accept: str = _setting(Str(choices=("static", "listed", "any")), "listed")
+    max_inbound: int = _setting(Int(0, 1024), 24)
+    max_outbound: int = _setting(Int(0, 1024), 8)
+    max_misses: int = _setting(Int(1, 1000), 2)
     target: int = _setting(Int(0, 1024), 8)
     reconnect_min: float = _setting(Float(0.01, 3600, " seconds"), 1.0)
     reconnect_max: float = _setting(Float(0.01, 86_400, " seconds"), 60.0)

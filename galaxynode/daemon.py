@@ -31,6 +31,7 @@ from galaxynode.net.connection import SessionLimits
 from galaxynode.net.bans import Bans
 from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.server import Server
+from galaxynode.peerpolicy import PeerPolicy
 from galaxynode.peering import PeerManager
 from galaxynode.plugins import PluginContext, PluginSupervisor
 from galaxynode.pool import PoolInfo, PoolServices
@@ -229,6 +230,8 @@ class PeeringModule(Module):
                             static=[(p.url, p.key) for p in c.peers.static], max_peers=c.limits.max_peers,
                             reconnect_min=c.peers.reconnect_min, reconnect_max=c.peers.reconnect_max,
                             issuer=issuer, book=book, listen=server.bound_urls, ssl_context=None,
+                            policy=PeerPolicy(c.peers.accept, max_misses=c.peers.max_misses),
+                            max_inbound=c.peers.max_inbound, max_outbound=c.peers.max_outbound,
                             target=c.peers.target, query_budget=c.peers.query_budget)
         peers.discover_budget = discover_budget(c.mainnet.discover_dials, give_up_after=peers.give_up_after)
         services.peers = peers
@@ -242,6 +245,7 @@ class PeeringModule(Module):
                                   backoff_min=min(1.0, c.peers.reconnect_min),
                                   backoff_max=c.peers.reconnect_max, on_descriptors=peers.discover)
             ctx.container.register("announcer", announcer)
+            peers.on_unlisted = announcer.lookup_soon  # a pool listed since our last LOOKUP is promoted
             await ctx.nursery.start(announcer.run)
             ctx.log.info("announcing to main net %s", c.mainnet.url)
 

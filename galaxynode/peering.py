@@ -44,6 +44,7 @@ from galaxynode.net.client import connect
 from galaxynode.net.connection import (DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler, SessionClosed,
                                        SessionLimits)
 from galaxynode.net.transport import ChannelClosed, parse_url
+from galaxynode.peerpolicy import Grade, PeerPolicy, Standing
 from galaxynode.pool import is_pool_session, node_record
 from galaxynode.records import EventSeqs, NodeSeqs, RecordError, RecordSigner, accept_event, accept_node, matches
 from galaxynode.registry.leases import record_bytes
@@ -74,6 +75,9 @@ class PeerStats:
     queries_duplicate: int = 0   # peer QUERYs whose id was seen: answered locally, not fanned out
     descriptors_accepted: int = 0
     descriptors_refused: int = 0
+    not_accepted: int = 0        # sessions claiming role pool whose key the policy does not accept (served as nodes)
+    evicted: int = 0             # peers that gave their slot to a better newcomer
+    queries_skipped: int = 0     # peers not asked (not waited for) because their standing was low
 
 
 @attrs.define(eq=False)
@@ -95,17 +99,23 @@ class PeerSession:
     """The handler of one pool-to-pool session, whichever side opened it: requests go to the
     pool's handler; `run` registers the session with the manager and runs the peering tasks."""
 
-    def __init__(self, manager: "PeerManager", inner: Handler, *, direction: str, url: str | None = None):
+    def __init__(self, manager: "PeerManager", inner: Handler, *, direction: str, url: str | None = None,
+                 grade: Grade = Grade.NONE):
         self.manager = manager
         self.inner = inner
         self.direction = direction
         self.url = url
         self.conn: Connection | None = None
-        self.state = "new"                          # new -> active | refused -> ended
+        # new -> active | refused | unverified (served as a node until the policy accepts the key) -> ended
+        self.state = "new"
         self.refusal: ProtocolError | None = None   # why we close it (lost to another session, full)
-        self.evict: Connection | None = None        # the session this one replaced, to be closed
+        self.evict: tuple[Connection, ProtocolError] | None = None  # a session this one replaced, to close
         self.since = 0                              # wall ms when it became active
         self.events_in = 0
+        self.floor = grade                          # outbound: the grade we dialled it with (static, listed)
+        self.grade = grade                          # the policy's grade once attached
+        self.standing = Standing(0)
+        self.probing = False                        # a query to this low-standing peer is out (recovery)
 
     @property
     def key(self) -> bytes:
@@ -128,13 +138,18 @@ class PeerSession:
             await conn.close(self.refusal)
             return
         try:
-            if self.evict is not None:
-                old, self.evict = self.evict, None
-                await old.close(ProtocolError(ErrorCode.DUPLICATE_SESSION, "replaced by another session"))
             async with trio.open_nursery() as nursery:
                 inner_run = getattr(self.inner, "run", None)
                 if inner_run is not None:
                     nursery.start_soon(_until_closed, inner_run, conn)
+                if self.state == "unverified":  # served as a node until the policy accepts the key
+                    await mgr._wait_until(lambda: self.state != "unverified")
+                    if self.refusal is not None:
+                        await conn.close(self.refusal)
+                        return
+                if self.evict is not None:
+                    (old, why), self.evict = self.evict, None
+                    await old.close(why)
                 nursery.start_soon(_until_closed, mgr._subscribe, self)
                 nursery.start_soon(_until_closed, mgr._send_descriptors, self)
         finally:
@@ -209,10 +224,13 @@ class PeerManager:
                  issuer: DescriptorIssuer | None = None, book: DescriptorBook | None = None,
                  descriptor_interval: float = 5.0, descriptor_batch: int = 64, connect_timeout: float = 10.0,
                  listen: Sequence[str] = (), ssl_context: ssl.SSLContext | None = None,
+                 policy: PeerPolicy | None = None, max_inbound: int = 24, max_outbound: int = 8,
                  clock: Callable[[], int] = wall_clock_ms, target: int = 8, give_up_after: int = 3,
                  query_budget: int = 8):
         if max_peers < 1 or dedup_size < 1:
             raise ValueError("max_peers and dedup_size must be at least 1")
+        if max_inbound < 0 or max_outbound < 0:
+            raise ValueError("max_inbound and max_outbound must not be negative")
         if min(reconnect_min, query_timeout, request_timeout, descriptor_interval, connect_timeout) <= 0:
             raise ValueError("reconnect_min, timeouts and descriptor_interval must be positive")
         if reconnect_max < reconnect_min:
@@ -240,6 +258,17 @@ class PeerManager:
         self.pool_handler = pool_handler
         self.limits = limits
         self.max_peers = max_peers
+        # Who may peer and who keeps a slot (peerpolicy.py). A library default of "any" keeps a bare
+        # PeerManager open; the daemon passes [peers] accept (default "listed").
+        self.policy = policy if policy is not None else PeerPolicy("any")
+        for _, key in static:
+            if key is not None:
+                self.policy.add_static(key)
+        self.quota = {"inbound": max_inbound, "outbound": max_outbound}  # static peers may exceed theirs
+        self._unverified: set[PeerSession] = set()  # role-pool sessions served as nodes for now
+        # Called when a pool we do not know as listed dials us under accept = "listed": the daemon
+        # sets it to the announcer's lookup_soon, so a pool listed since our last LOOKUP is promoted.
+        self.on_unlisted: Callable[[], None] | None = None
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.query_timeout = query_timeout
@@ -291,7 +320,8 @@ class PeerManager:
         return {"DESCRIPTORS": self._on_descriptors, "EVENT": self._on_event}
 
     def handler_factory(self, conn: Connection) -> Handler:
-        """For Server(handler_factory=...): pool sessions become peer sessions."""
+        """For Server(handler_factory=...): sessions that say role "pool" get a PeerSession, which
+        becomes a peer only if the policy accepts the key (_attach); until then it serves a node."""
         inner = self.pool_handler()
         if conn.peer_hello.role != "pool":
             return inner
@@ -300,18 +330,30 @@ class PeerManager:
         return PeerSession(self, inner, direction="inbound", url=url)
 
     def describe(self) -> list[dict[str, Any]]:
-        """ADMIN peers: connected peers, then static peers not connected."""
+        """ADMIN peers: connected peers (with grade and standing), then static peers not connected,
+        then sessions that claim role pool but are not accepted as peers (state "not accepted")."""
         out = []
         for key, s in sorted(self._peers.items()):
             desc = self.book.get(key) if self.book is not None else None
+            st = s.standing
             out.append({"key": key.hex(), "state": "connected", "direction": s.direction,
                         "url": s.url or "", "remote": s.conn.remote if s.conn else "", "since": s.since,
-                        "name": desc.name if desc else "", "events_in": s.events_in})
+                        "name": desc.name if desc else "", "events_in": s.events_in,
+                        "grade": s.grade.name.lower(), "standing": "low" if self.policy.low(st) else "good",
+                        "answered": st.answered, "missed": st.missed, "skipped": st.skipped})
         for p in self.static:
             if p.key is None or p.key not in self._peers:
                 out.append({"key": p.key.hex() if p.key else "", "state": p.state, "direction": "outbound",
                             "url": p.url, "last_error": p.last_error or ""})
+        for s in sorted(self._unverified, key=lambda s: s.key):
+            out.append({"key": s.key.hex(), "state": "not accepted", "direction": s.direction, "url": s.url or "",
+                        "remote": s.conn.remote if s.conn else ""})
         return out
+
+    def standing_counts(self) -> dict[str, int]:
+        """Connected peers by standing (metrics)."""
+        low = sum(1 for s in self._peers.values() if self.policy.low(s.standing))
+        return {"good": len(self._peers) - low, "low": low}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Issue our descriptor, keep the static peers connected; until cancelled."""
@@ -332,42 +374,88 @@ class PeerManager:
         self._changed = trio.Event()
 
     def _attach(self, s: PeerSession, conn: Connection) -> None:
-        """Decide, once, whether this session becomes the peer's active one (synchronous, so the
-        decision cannot interleave with another session's)."""
-        if s.state != "new":
+        """Decide whether this session becomes the peer's active one (synchronous, so the decision
+        cannot interleave with another session's): the policy grades the key (a key it does not
+        accept leaves the session unverified: served as a node, decided again when the policy
+        lists it), then one session per key, then the slots (_slot)."""
+        if s.state not in ("new", "unverified"):
             return
         s.conn = conn
         key = conn.peer_key
-        old = self._peers.get(key)
-        if old is None and len(self._peers) >= self.max_peers:
-            self.stats.refused_full += 1
-            s.state, s.refusal = "refused", ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS,
-                                                          f"at most {self.max_peers} peers")
-            log.info("refused peer %s: %d peers already", key.hex()[:16], self.max_peers)
+        s.grade = max(s.floor, self.policy.grade(key, self.clock()))
+        if s.grade == Grade.NONE:
+            if s.state == "new":
+                s.state = "unverified"
+                self._unverified.add(s)
+                self.stats.not_accepted += 1
+                log.info("pool %s (%s) is not accepted as a peer (accept = %s): served as a node",
+                         key.hex()[:16], conn.remote, self.policy.accept)
+                if self.policy.accept == "listed" and self.on_unlisted is not None:
+                    self.on_unlisted()
             return
+        self._unverified.discard(s)
+        old = self._peers.get(key)
         if old is not None and not _wins(s, old):
             self.stats.duplicates_closed += 1
             s.state, s.refusal = "refused", ProtocolError(ErrorCode.DUPLICATE_SESSION,
                                                           "another session with this pool is kept")
             log.info("peer %s: keeping the %s session, closing the new %s one", key.hex()[:16],
                      old.direction, s.direction)
+            self._notify()
+            return
+        if old is None and not self._slot(s):
             return
         s.state, s.since = "active", self.clock()
+        conn.grant_peer_frames()
         self._peers[key] = s
         self.stats.sessions += 1
         if old is not None:
             self.stats.duplicates_closed += 1
             old.state = "ended"
-            s.evict = old.conn
+            s.standing = old.standing  # the pool's record, not the session's: redialling resets nothing
+            s.evict = (old.conn, ProtocolError(ErrorCode.DUPLICATE_SESSION, "replaced by another session"))
             log.info("peer %s: %s session replaces the %s one", key.hex()[:16], s.direction, old.direction)
         else:
-            log.info("peer %s connected (%s, %s)", key.hex()[:16], s.direction, s.url or conn.remote)
+            s.standing = Standing(s.since)
+            log.info("peer %s connected (%s, %s, %s)", key.hex()[:16], s.direction, s.grade.name.lower(),
+                     s.url or conn.remote)
             self._publish_peer("peer.connected", s)
         self._notify()
+
+    def _slot(self, s: PeerSession) -> bool:
+        """A slot for a new peer key: free in its direction's quota (and under max_peers), or taken
+        from the peer the policy lets it evict; a static peer gets one in any case. False: refused."""
+        same = [p for p in self._peers.values() if p.direction == s.direction]
+        if len(same) < self.quota[s.direction] and len(self._peers) < self.max_peers:
+            return True
+        pool = same if len(same) >= self.quota[s.direction] else list(self._peers.values())
+        victim_key = self.policy.victim(s.grade, ((p.key, p.grade, p.standing) for p in pool))
+        if victim_key is not None:
+            victim = self._peers.pop(victim_key)
+            victim.state = "ended"
+            self.stats.evicted += 1
+            s.evict = (victim.conn, ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "slot given to a better peer"))
+            log.info("peer %s (%s, %d missed) gives its slot to %s (%s)", victim_key.hex()[:16],
+                     victim.grade.name.lower(), victim.standing.missed, s.key.hex()[:16], s.grade.name.lower())
+            self._publish_peer("peer.disconnected", victim)
+            return True
+        if s.grade == Grade.STATIC:  # configured by the operator, bounded by the config: never refused
+            return True
+        self.stats.refused_full += 1
+        s.state, s.refusal = "refused", ProtocolError(
+            ErrorCode.TOO_MANY_CONNECTIONS, f"at most {self.quota[s.direction]} {s.direction} peers")
+        log.info("refused peer %s: %d %s peers already", s.key.hex()[:16], len(same), s.direction)
+        self._notify()  # an unverified session's run waits for its state to change
+        return False
+
+    def _outbound_free(self) -> bool:
+        out = sum(1 for p in self._peers.values() if p.direction == "outbound")
+        return out < self.quota["outbound"] and len(self._peers) < self.max_peers
 
     def _detach(self, s: PeerSession) -> None:
         was_active = s.state == "active"
         s.state = "ended"
+        self._unverified.discard(s)
         if was_active and self._peers.get(s.key) is s:
             del self._peers[s.key]
             log.info("peer %s disconnected (%s)", s.key.hex()[:16], s.direction)
@@ -384,6 +472,9 @@ class PeerManager:
             self._attach(s, conn)  # a peer may speak before our run task got going
             if s.state == "active":
                 return s
+            if s.state == "unverified":
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"{frame.type}: this pool's peering policy does not "
+                                                         "accept your key as a peer", frame.id)
         raise ProtocolError(ErrorCode.FORBIDDEN, f"{frame.type} is accepted on an active peer session only",
                             frame.id)
 
@@ -394,8 +485,20 @@ class PeerManager:
     def discover(self, descriptors: Iterable[Any]) -> None:
         """Auto-peering: dial pools learned from the main net (verified descriptors), up to
         `target` of them. One that cannot be reached `give_up_after` times in a row gives its
-        slot up, so the slots end up with pools we can reach."""
-        if self._nursery is None:
+        slot up, so the slots end up with pools we can reach. The main net listed these pools:
+        under accept = "listed" their keys are accepted as peers, also sessions they opened
+        before we knew (those are decided again now)."""
+        descriptors = list(descriptors)
+        now = self.clock()
+        for d in descriptors:
+            if d.network == self.network:
+                self.policy.list(d.key, d.expires)
+        self.policy.prune(now)
+        for s in list(self._unverified):
+            if s.conn is not None:
+                self._attach(s, s.conn)
+        self._notify()
+        if self._nursery is None or self.policy.accept == "static":
             return
         known = {p.key for p in self.static} | set(self.discovered_peers)
         if not hasattr(self, "discover_budget"):  # the daemon sets it from [mainnet] discover_dials
@@ -416,13 +519,15 @@ class PeerManager:
 
     async def _keep_discovered(self, peer: StaticPeer) -> None:
         try:
-            await self._keep(peer, give_up_after=self.give_up_after)
+            await self._keep(peer, give_up_after=self.give_up_after, grade=Grade.LISTED)
         finally:
             self.discovered_peers.pop(peer.key, None)
 
-    async def _keep(self, peer: StaticPeer, *, give_up_after: int | None = None) -> None:
+    async def _keep(self, peer: StaticPeer, *, give_up_after: int | None = None,
+                    grade: Grade = Grade.STATIC) -> None:
         """Keep a session with one peer: redial with exponential backoff and full jitter,
-        stand by while the peer is connected through another session, never spin."""
+        stand by while the peer is connected through another session, never spin. A static
+        peer dials whatever the slots (it may take a non-static peer's); others wait for one."""
         backoff = self.reconnect_min
         failures = 0
         while True:
@@ -430,11 +535,12 @@ class PeerManager:
                 peer.state = "standby"
                 await self._wait_until(lambda: peer.key not in self._peers)
                 backoff = self.reconnect_min  # it was up; the peer may just be redialling us
-            await self._wait_until(lambda: len(self._peers) < self.max_peers or peer.key in self._peers)
+            if grade != Grade.STATIC:
+                await self._wait_until(lambda: self._outbound_free() or peer.key in self._peers)
             if peer.key is not None and peer.key in self._peers:
                 continue
             peer.state = "connecting"
-            session = PeerSession(self, self.pool_handler(), direction="outbound", url=peer.url)
+            session = PeerSession(self, self.pool_handler(), direction="outbound", url=peer.url, grade=grade)
             conn: Connection | None = None
             error: Any = "internal error (logged)"
             with self.task_failures.guard("peering.dial"):  # redialled with backoff like any failure
@@ -445,6 +551,8 @@ class PeerManager:
                                        listen=self.listen) as conn:
                         self._dialled.add(conn)
                         peer.learned_key = conn.peer_key
+                        if grade == Grade.STATIC:  # its own dials to us are static too
+                            self.policy.add_static(conn.peer_key)
                         peer.state = "connected"
                         await conn.wait_closed()
                     error = conn.local_error or conn.remote_error or conn.close_reason or "closed"
@@ -599,7 +707,7 @@ class PeerManager:
                 for i, s in enumerate(peers):
                     ask = attrs.evolve(q, scope="peers", hops=hops - 1, qid=qid,
                                        budget=spare // n + (1 if i < spare % n else 0))
-                    nursery.start_soon(self._ask, s, ask, self._peer_timeout(hops), answers)
+                    self._ask_or_skip(nursery, s, ask, self._peer_timeout(hops), answers)
         limit = max(1, min(q.limit, self.registry.table.page_max))
         found: dict[tuple[bytes, bytes], tuple[int, m.NodeRecord]] = {(own, n.key): (0, n) for n in local}
         ends = [cursor] if cursor is not None else []  # where each source's page ended
@@ -645,6 +753,27 @@ class PeerManager:
         if refused is not None:
             log.info("peer %s: refused records in a query answer: %s", s.key.hex()[:16], refused.message)
 
+    def _ask_or_skip(self, nursery: trio.Nursery, s: PeerSession, q: m.Query, timeout: float,
+                     answers: dict[bytes, m.QueryResult]) -> None:
+        """Ask `s` in `nursery` (the query waits for it), or, while its standing is low, do not
+        wait for it: the answer is partial at once, and one query at a time goes to it from the
+        manager's nursery so that an answer in time restores its standing."""
+        if not self.policy.low(s.standing) or self._nursery is None:
+            nursery.start_soon(self._ask, s, q, timeout, answers)
+            return
+        s.standing.skipped += 1
+        self.stats.queries_skipped += 1
+        if not s.probing:
+            s.probing = True
+            self._nursery.start_soon(self._probe, s, q, timeout)
+
+    async def _probe(self, s: PeerSession, q: m.Query, timeout: float) -> None:
+        try:
+            with self.task_failures.guard("peering.probe"):
+                await self._ask(s, q, timeout, {})
+        finally:
+            s.probing = False
+
     async def _ask(self, s: PeerSession, q: m.Query, timeout: float, answers: dict[bytes, m.QueryResult]) -> None:
         assert s.conn is not None
         self.stats.queries_out += 1
@@ -652,8 +781,13 @@ class PeerManager:
             reply = await s.conn.request(q, timeout=timeout)
         except _SESSION_ENDED as e:
             self.stats.query_failures += 1
+            if isinstance(e, trio.TooSlowError):
+                s.standing.miss()
+            elif isinstance(e, ProtocolError):  # it answered, with an ERROR
+                s.standing.answer()
             log.info("peer %s did not answer a query: %s", s.key.hex()[:16], e or "timed out")
             return
+        s.standing.answer()
         if reply.type != "QUERY_RESULT":
             self.stats.query_failures += 1
             return
@@ -669,7 +803,10 @@ class PeerManager:
         topics = tuple(f"{f}.#" for f in self.relay_families)
         try:
             await s.conn.request(m.Subscribe(topics=topics, peers=True), timeout=self.request_timeout)
+            s.standing.answer()
         except (ProtocolError, trio.TooSlowError) as e:  # the session itself goes on
+            if isinstance(e, trio.TooSlowError):
+                s.standing.miss()
             log.warning("peer %s refused our subscription: %s", s.key.hex()[:16], e or "timed out")
 
     def event_envelope(self, ev: Any) -> m.SignedRecord | None:

@@ -66,7 +66,8 @@ def test_cli_prints_hostile_node_and_peer_text_escaped(tmp_path):
     admin = Identity.generate()
     key_file = tmp_path / "admin.key"
     write_key(admin, key_file)
-    env = {"GALAXYNODE_ADMISSION_ADMINS": admin.public_text}
+    # The hostile peer is an unlisted key: only accept = "any" serves it as a peer (and files its descriptor).
+    env = {"GALAXYNODE_ADMISSION_ADMINS": admin.public_text, "GALAXYNODE_PEERS_ACCEPT": "any"}
     with live_pool(tmp_path / "pool", env=env) as pool:
         common = ("--network", NETWORK)
         admin_args = (*common, "--key", str(key_file))

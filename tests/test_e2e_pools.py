@@ -17,7 +17,10 @@ from procutil import Proc
 # Short leases and quick redials, so that expiry and reconnection happen within the test.
 ENV = {"GALAXYNODE_REGISTRY_MIN_TTL": "1", "GALAXYNODE_REGISTRY_EXPIRY_INTERVAL": "0.1",
        "GALAXYNODE_PEERS_RECONNECT_MIN": "0.1", "GALAXYNODE_PEERS_RECONNECT_MAX": "0.5",
-       "GALAXYNODE_LOGGING_LEVEL": "info"}
+       "GALAXYNODE_LOGGING_LEVEL": "info",
+       # Only B lists A as a static peer: A accepts B as a peer under "any" (the default, "listed",
+       # would serve B as a node: B is neither static on A nor listed on a main net).
+       "GALAXYNODE_PEERS_ACCEPT": "any"}
 URL = r"serving Gelato on (ws://\S+)"
 
 

@@ -153,7 +153,7 @@ async def test_refusals_and_failed_handshakes_are_counted(tmp_path):
 
 
 async def test_two_runtimes_in_one_process_have_their_own_metrics_and_see_their_peer(tmp_path):
-    async with pool(tmp_path / "a", POOLS[0]) as a:
+    async with pool(tmp_path / "a", POOLS[0], **{"peers.accept": "any"}) as a:  # b is static on b's side only
         url_a = a.get("server").bound_urls[0]
         peer = {"url": url_a, "key": POOLS[0].public_text}
         async with pool(tmp_path / "b", POOLS[1], **{"peers.static": [peer]}) as b:

@@ -19,7 +19,8 @@ import trio
 from galaxynode.conformance.probe import Banned, CaseFailed, CaseInfo, CaseSkipped, Options, open_link
 from galaxynode.net.transport import ChannelClosed
 
-GROUPS = ("framing", "signatures", "handshake", "session", "errors", "limits", "registry", "events", "discovery")
+GROUPS = ("framing", "signatures", "handshake", "session", "errors", "limits", "registry", "events", "discovery",
+          "peering")
 LEVELS = ("MUST", "SHOULD", "MAY")
 # How a failed check is reported, by the strength of the requirement it checks. A MAY case fails
 # when the endpoint does the optional thing wrongly; not doing it at all is CaseInfo.
@@ -57,8 +58,10 @@ def case(group: str, section: str, title: str, *, level: str = "MUST", roles: tu
 def all_cases() -> list[Case]:
     """Every case, in id order (importing the case modules registers them)."""
     from galaxynode.conformance import (cases_discovery, cases_errors, cases_events, cases_framing,  # noqa: F401
-                                        cases_handshake, cases_limits, cases_registry, cases_session,
-                                        cases_signatures)
+                                        cases_handshake, cases_limits, cases_policy, cases_registry,
+                                        cases_session, cases_signatures)
+    from galaxynode.conformance import cases_attribution  # noqa: F401  (after cases_policy: its ids stay)
+    from galaxynode.conformance import cases_mainnet  # noqa: F401  (last: the earlier ids stay)
     return sorted(CASES, key=lambda c: tuple(int(x) for x in c.id.split(".")))
 
 

@@ -60,8 +60,9 @@ class SessionLimits:
     close_timeout: float = attrs.field(default=2.0, validator=_positive)    # flushing and the closing handshake
     frame_rate: float = attrs.field(default=200.0, validator=_positive)     # frames/s, token bucket
     frame_burst: int = attrs.field(default=400, validator=_positive)
-    # Peered pools relay event bursts of a whole pool: sessions whose peer says role pool or
-    # mainnet get this frame bucket instead (still bounded; their number is bounded by max_peers).
+    # Peered pools relay event bursts of a whole pool: a session the peering policy accepted as a
+    # peer gets this frame bucket instead (Connection.grant_peer_frames; a role in HELLO is only a
+    # claim); still bounded, and the number of peers is bounded by the peer slots.
     pool_frame_rate: float = attrs.field(default=5000.0, validator=_positive)
     pool_frame_burst: int = attrs.field(default=20000, validator=_positive)
     byte_rate: float = attrs.field(default=1 * MiB, validator=_positive)    # bytes/s, token bucket
@@ -314,10 +315,8 @@ class Connection:
         self._writer_done = trio.Event()
         self._scope: trio.CancelScope | None = None
         now = trio.current_time()
-        if session.peer_hello.role in ("pool", "mainnet"):
-            self._frames = TokenBucket(limits.pool_frame_rate, limits.pool_frame_burst, now)
-        else:
-            self._frames = TokenBucket(limits.frame_rate, limits.frame_burst, now)
+        self._frames = TokenBucket(limits.frame_rate, limits.frame_burst, now)
+        self.peer_frames = False  # the pool frame bucket instead (grant_peer_frames)
         # The transport charges every WebSocket frame (data, continuation, control) to it; the
         # reader sees a breach as LimitExceeded.
         channel.frame_budget = self._frames
@@ -327,6 +326,13 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.session.peer_key.hex()[:16]} at {self.remote}>"
+
+    def grant_peer_frames(self) -> None:
+        """The peering policy accepted this session's key as a peer: from now on its frames are
+        charged to the pool frame bucket (in place: the tokens saved so far carry over)."""
+        bucket = self._frames
+        bucket.rate, bucket.burst = float(self.limits.pool_frame_rate), float(self.limits.pool_frame_burst)
+        self.peer_frames = True
 
     @property
     def peer_key(self) -> bytes:
