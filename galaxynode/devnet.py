@@ -173,6 +173,11 @@ def child_env() -> dict[str, str]:
     # Every simulated node and pool connects from 127.0.0.1: one address may use all the slots.
     env.setdefault("GALAXYNODE_SERVER_MAX_CONNECTIONS_PER_ADDRESS", env.get("GALAXYNODE_SERVER_MAX_CONNECTIONS", "1024"))
     env.setdefault("GALAXYNODE_SERVER_MAX_PENDING_PER_ADDRESS", env.get("GALAXYNODE_SERVER_MAX_PENDING", "256"))
+    # ... and all its pools announce from 127.0.0.1 and listen there (main net quotas, dial-backs).
+    env.setdefault("GALAXYNODE_MAINNET_POOLS_PER_ADDRESS", "1024")
+    env.setdefault("GALAXYNODE_MAINNET_POOLS_PER_PREFIX", "1024")
+    env.setdefault("GALAXYNODE_MAINNET_ANNOUNCE_BURST", "1024")
+    env.setdefault("GALAXYNODE_MAINNET_BOOK_PER_NETWORK", "1024")
     return env
 
 
