@@ -61,10 +61,12 @@ async def claim_and_probe(url: str, role: str, pings: int) -> dict[str, object]:
                           ("event", m.Event(topic="node.left", event_id=os.urandom(16), origin=os.urandom(32),
                                             ts=now_ms(), data={"key": os.urandom(32).hex()}))):
             try:
-                await conn.request(msg, timeout=5)
-                out[name] = "accepted"
+                await conn.request(msg, timeout=3)
+                out[name] = "answered"
             except RemoteError as e:
                 out[name] = e.code
+            except trio.TooSlowError:  # a peer push is not answered when it is taken
+                out[name] = "taken"
         out["status"] = (await conn.request(m.Status(), timeout=5)).type  # still served, as a node
         sent = 0
         try:
@@ -95,7 +97,7 @@ def test_role_claims_get_the_node_bucket_and_no_peer_services(tmp_path):
                 async def one(role: str, pings: int) -> None:
                     results.append(await claim_and_probe(pool.url, role, pings))
                 for i in range(20):  # staggered: [server] max_pending_per_address is 16
-                    nursery.start_soon(one, ("pool", "mainnet")[i % 2], 300)
+                    nursery.start_soon(one, ("pool", "mainnet")[i % 2], 50)
                     await trio.sleep(0.05)
                 loaded = await honest_latency(pool.url)
             bursts = [await claim_and_probe(pool.url, role, 3000) for role in ("pool", "mainnet")]

@@ -340,6 +340,8 @@ class Channel:
             await self._ws.send_message(bytes(data))
         except ConnectionClosed as e:
             raise _close_reason(e) from None
+        except wsproto.utilities.LocalProtocolError:  # the peer's close frame came in while we were sending
+            raise ChannelClosed(ABNORMAL, "the peer is closing the connection") from None
 
     async def receive(self) -> bytes | str:
         """The next message. Raises LimitExceeded once the peer broke a frame limit (the messages
