@@ -166,8 +166,9 @@ SESSION_LIMIT_DOCS = {
     "frame_rate": "Received WebSocket frames per second, every kind (data, continuation, PING, PONG, CLOSE; token "
                   "bucket rate); beyond it RATE_LIMITED.",
     "frame_burst": "Received WebSocket frames allowed in a burst (token bucket size).",
-    "pool_frame_rate": "frame_rate for sessions whose peer's HELLO role is pool or mainnet (peers relay whole pools' events).",
-    "pool_frame_burst": "frame_burst for sessions whose peer's HELLO role is pool or mainnet.",
+    "pool_frame_rate": "frame_rate for sessions the peering policy accepted as peers (peering §9.2: peers relay "
+                       "whole pools' events); a HELLO role alone gets frame_rate.",
+    "pool_frame_burst": "frame_burst for sessions the peering policy accepted as peers (peering §9.2).",
     "byte_rate": "Received bytes per second (token bucket rate); beyond it RATE_LIMITED.",
     "byte_burst": "Received bytes allowed in a burst; at least max_frame_size.",
     "send_queue": "Outgoing frames queued per session; senders wait (or pushes are dropped) when full.",
