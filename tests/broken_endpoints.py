@@ -39,8 +39,11 @@ async def endpoint(role: str = "pool", bans: Bans | None = None) -> AsyncIterato
         services = PoolServices(PoolInfo(identity.public, "broken", NETWORK), registry, bus)
     else:
         registry = await mainnet.open_pool_registry(None, bus, expiry_interval=0.05)
+        policy = mainnet.MainnetPolicy(verify_timeout=2.0)  # announced pools are dialled back (peering §7.10)
         services = mainnet.MainnetServices(PoolInfo(identity.public, "broken", NETWORK, role="mainnet"),
-                                           registry, bus)
+                                           registry, bus, policy=policy,
+                                           reachability=mainnet.Reachability(identity, network=NETWORK, policy=policy,
+                                                                             limits=LIMITS))
     server = Server(identity, network=NETWORK, role=role, limits=LIMITS, bans=bans,
                     handler_factory=lambda conn: services.handler())
     async with trio.open_nursery() as nursery:

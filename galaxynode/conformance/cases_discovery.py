@@ -14,7 +14,8 @@ from contextlib import AsyncExitStack
 import attrs
 import trio
 
-from galaxynode.conformance.probe import LISTENING, CaseFailed, CaseSkipped, Link, Options, describe, open_link
+from galaxynode.conformance.probe import (LISTENING, CaseFailed, CaseSkipped, Link, Options, answering, describe,
+                                          open_link)
 from galaxynode.conformance.runner import case
 from galaxynode.descriptor import SIGN_PREFIX, Descriptor
 from galaxynode.gelato import messages as m
@@ -84,20 +85,22 @@ async def foreign_descriptor(opts: Options) -> None:
                                                 "bad_descriptor", roles=MAINNET)
 async def tampered_descriptor(opts: Options) -> None:
     me = Identity.generate()
-    desc = descriptor(me, opts)
-    forged = attrs.evolve(desc, name=desc.name + "-x", endpoints=("ws://127.0.0.1:10",))
-    sd = m.SignedDescriptor(record=forged.encode(), sig=signed(desc, me).sig)
-    await _refused_announce(opts, sd, forged.name, ErrorCode.BAD_DESCRIPTOR, link_identity=me)
+    async with answering(me, opts):  # reachable: only the signature can refuse it
+        desc = descriptor(me, opts)
+        forged = attrs.evolve(desc, name=desc.name + "-x")
+        sd = m.SignedDescriptor(record=forged.encode(), sig=signed(desc, me).sig)
+        await _refused_announce(opts, sd, forged.name, ErrorCode.BAD_DESCRIPTOR, link_identity=me)
 
 
 @case("discovery", "overview §5.3, signing §5", "a descriptor signed with the frame prefix instead of "
                                                 "\"gelato/v1/descriptor\\0\" is bad_descriptor", roles=MAINNET)
 async def wrong_prefix(opts: Options) -> None:
     me = Identity.generate()
-    desc = descriptor(me, opts)
-    record = desc.encode()
-    sd = m.SignedDescriptor(record=record, sig=me.sign(b"gelato/v1\0" + record))
-    await _refused_announce(opts, sd, desc.name, ErrorCode.BAD_DESCRIPTOR, link_identity=me)
+    async with answering(me, opts):  # reachable: only the signature can refuse it
+        desc = descriptor(me, opts)
+        record = desc.encode()
+        sd = m.SignedDescriptor(record=record, sig=me.sign(b"gelato/v1\0" + record))
+        await _refused_announce(opts, sd, desc.name, ErrorCode.BAD_DESCRIPTOR, link_identity=me)
 
 
 @case("discovery", "overview §5.2, §5.4", "an expired descriptor is bad_descriptor", roles=MAINNET)
