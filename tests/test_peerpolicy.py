@@ -175,7 +175,7 @@ async def test_role_claims_are_no_peer_credentials(recording_bus):
                     raise AssertionError("DESCRIPTORS taken")
                 except RemoteError as e:
                     assert e.code == EC.FORBIDDEN
-                assert not conn.peer_frames
+                assert conn.peer_frames  # the claimer dialled a pool: it takes the pool's pushes as a pool's
                 [server_side] = a.server.connections.values()
-                assert not server_side.peer_frames
+                assert not server_side.peer_frames  # but the pool does not take the claim
         assert a.manager.connected == {}

@@ -62,7 +62,8 @@ class SessionLimits:
     frame_burst: int = attrs.field(default=400, validator=_positive)
     # Peered pools relay event bursts of a whole pool: a session the peering policy accepted as a
     # peer gets this frame bucket instead (Connection.grant_peer_frames; a role in HELLO is only a
-    # claim); still bounded, and the number of peers is bounded by the peer slots.
+    # claim), and so does a session we opened to a pool or main net (we chose it); still bounded,
+    # and the number of peers is bounded by the peer slots.
     pool_frame_rate: float = attrs.field(default=5000.0, validator=_positive)
     pool_frame_burst: int = attrs.field(default=20000, validator=_positive)
     byte_rate: float = attrs.field(default=1 * MiB, validator=_positive)    # bytes/s, token bucket
@@ -317,6 +318,8 @@ class Connection:
         now = trio.current_time()
         self._frames = TokenBucket(limits.frame_rate, limits.frame_burst, now)
         self.peer_frames = False  # the pool frame bucket instead (grant_peer_frames)
+        if session.opener and session.peer_hello.role in ("pool", "mainnet"):
+            self.grant_peer_frames()  # we dialled a pool or main net of our choosing: its pushes are a pool's
         # The transport charges every WebSocket frame (data, continuation, control) to it; the
         # reader sees a breach as LimitExceeded.
         channel.frame_budget = self._frames
