@@ -43,6 +43,8 @@ from galaxynode.resilience import TaskFailures
 log = logging.getLogger(__name__)
 
 POOL_STORE_TABLE = "pools"
+ORDER_TTL = 30.0   # seconds a drawn LOOKUP order is shared by new series and kept for their pages
+MAX_ORDERS = 64    # LOOKUP orders remembered at once (an older one is drawn again: same seed, same order)
 _CLOCK_MARGIN_MS = 100  # bound on the time between ANNOUNCE's clock reading and the registry's
 # Registry lifecycle topics as main net subscribers see them. node.joined/node.renewed are not
 # mapped: ANNOUNCE publishes pool.announced itself, with details the registry entry lacks.
@@ -288,16 +290,14 @@ def sample_order(entries: list[Entry], seed: bytes) -> list[Entry]:
     prefix in turn. A prefix holding many pools gets no more of the first places than one holding one."""
     def rank(b: bytes) -> bytes:
         return hashlib.blake2b(b, key=seed, digest_size=8).digest()
-    groups: dict[str, list[Entry]] = {}
-    for e in entries:
-        groups.setdefault(e.meta.get("prefix", "?"), []).append(e)
-    lanes = [sorted(g, key=lambda e: rank(e.key)) for _, g in sorted(groups.items(), key=lambda kv: rank(kv[0].encode()))]
-    out: list[Entry] = []
-    depth = 0
-    while len(out) < len(entries):
-        out.extend(lane[depth] for lane in lanes if depth < len(lane))
-        depth += 1
-    return out
+    prefix_rank: dict[str, bytes] = {}
+    ranked = sorted(((prefix_rank.get(p) or prefix_rank.setdefault(p, rank(p.encode())), rank(e.key), e)
+                     for e in entries for p in (e.meta.get("prefix", "?"),)), key=lambda t: t[:2])
+    depth, last = [], None  # each pool's place within its prefix
+    for pr, _, _ in ranked:
+        depth.append(depth[-1] + 1 if pr == last else 0)
+        last = pr
+    return [t[2] for _, t in sorted(zip(depth, ranked), key=lambda dt: (dt[0], dt[1][0]))]
 
 
 # --- main net ----------------------------------------------------------------------------------
@@ -328,6 +328,10 @@ class MainnetServices(PoolServices):
         p = self.policy
         self.announce_rate = RateBuckets(p.announce_rate, p.announce_burst) if p else None
         self._listed: dict[str, set[bytes]] = {}  # address group / prefix -> keys announced from it
+        # LOOKUP orders (_order): by (seed, filters), and the current shared one by filters.
+        self._orders: OrderedDict[tuple, tuple[float, bytes, list[bytes], int]] = OrderedDict()
+        self._current: dict[tuple, tuple[float, bytes, list[bytes], int]] = {}
+        self._generation = 0  # counts changes of the listed set or of what a listed pool matches
 
     def handler(self) -> "MainnetSession":
         return MainnetSession(self)
@@ -412,6 +416,8 @@ class MainnetServices(PoolServices):
                                 f"expires in {desc.expires - now} ms; leases here last at least {table.min_ttl} s")
         # No await between the seq check and the table update inside join(): they are atomic.
         addr, prefix = self._sources(remote)
+        if held is None or (held[0].name, held[0].capabilities) != (desc.name, desc.capabilities):
+            self._generation += 1  # a new pool, or one LOOKUP filters differently: orders are drawn again
         entry = await reg.join(desc.key, capabilities=desc.capabilities,
                                meta={"name": desc.name, "network": desc.network, "prefix": prefix[2:]}, ttl=ttl,
                                payload=pack_signed(signed))
@@ -428,30 +434,55 @@ class MainnetServices(PoolServices):
 
         Not in key order (keys are free to grind, so whoever sorts first would fill every first
         page): a random order spread over the prefixes the pools announced from (sample_order).
-        The cursor is 8 bytes of seed and 4 of offset; the pages of one series follow one order."""
+        Drawing an order walks every matching pool, so one order is drawn per ORDER_TTL and filter
+        and shared: each series starts at a random place in it and wraps around. The cursor is 16
+        bytes: the order's seed (8), the start (4) and how far the series got (4)."""
         if q.cursor is None:
-            seed, offset = os.urandom(8), 0
-        elif len(q.cursor) == 12:
-            seed, offset = q.cursor[:8], int.from_bytes(q.cursor[8:], "big")
+            seed, keys = self._order(q, None)
+            start, offset = (random.randrange(len(keys)) if keys else 0), 0
+        elif len(q.cursor) == 16:
+            seed, start, offset = q.cursor[:8], int.from_bytes(q.cursor[8:12], "big"), int.from_bytes(q.cursor[12:], "big")
+            seed, keys = self._order(q, seed)
         else:
             raise ProtocolError(ErrorCode.BAD_CURSOR, "not a cursor of this main net")
-        entries = sample_order(self._matching(q), seed)
         limit = max(1, min(q.limit, self.registry.table.page_max))
-        page = entries[offset:offset + limit]
+        now = self.registry.clock()
         out: list[m.SignedDescriptor] = []
         size = taken = 0
-        for e in page:
-            signed = unpack_signed(e.payload)
-            if signed is not None:
-                size += len(signed.record) + len(signed.sig) + 16  # + msgpack framing of the pair
-                if size > self.max_reply_bytes and out:
-                    break
-                out.append(signed)
-            else:
-                log.error("registered pool %s has no readable descriptor; skipped", e.key.hex()[:16])
+        n = len(keys)
+        for key in (keys[(start + i) % n] for i in range(offset, min(n, offset + limit))):
+            e = self.registry.get(key)
+            if e is not None and e.expires > now:  # else it left or expired since the order was drawn
+                signed = unpack_signed(e.payload)
+                if signed is None:
+                    log.error("registered pool %s has no readable descriptor; skipped", key.hex()[:16])
+                else:
+                    size += len(signed.record) + len(signed.sig) + 16  # + msgpack framing of the pair
+                    if size > self.max_reply_bytes and out:
+                        break
+                    out.append(signed)
             taken += 1
         end = offset + taken
-        return out, (seed + end.to_bytes(4, "big") if end < len(entries) else None)
+        return out, (seed + start.to_bytes(4, "big") + end.to_bytes(4, "big") if end < n else None)
+
+    def _order(self, q: m.Lookup, seed: bytes | None) -> tuple[bytes, list[bytes]]:
+        """(seed, the matching keys in sample_order) for `q`'s filters: with seed None the current
+        shared order (drawn anew past ORDER_TTL or once a new pool is listed, so a new series sees
+        every listed pool); a given seed's order is kept as long, or drawn again (the same seed gives
+        the same order of the same pools)."""
+        filters = (q.network, q.capability, q.name)
+        now = self.clock()
+        hit = self._orders.get((seed, *filters)) if seed is not None else self._current.get(filters)
+        if hit is not None and hit[0] > now and (seed is not None or hit[3] == self._generation):
+            return hit[1], hit[2]
+        seed = seed if seed is not None else os.urandom(8)
+        keys = [e.key for e in sample_order(self._matching(q), seed)]
+        self._orders[(seed, *filters)] = self._current[filters] = (now + ORDER_TTL, seed, keys, self._generation)
+        while len(self._orders) > MAX_ORDERS:
+            self._orders.popitem(last=False)
+        while len(self._current) > MAX_ORDERS:
+            self._current.pop(next(iter(self._current)))
+        return seed, keys
 
     def _matching(self, q: m.Lookup) -> list[Entry]:
         """Every live registered pool matching `q`'s filters (the registry's indexes do the filtering)."""
