@@ -180,14 +180,34 @@ async def test_flooding_is_rate_limited_then_banned(identity_a, identity_b, iden
             assert (await conn.request(m.Status(), timeout=5)).type == "ACK"
 
 
-async def test_pool_sessions_get_the_pool_frame_bucket(identity_a, identity_b, identity_c):
+async def test_a_pool_role_claim_alone_gets_the_node_frame_bucket(identity_a, identity_b, identity_c):
+    """HELLO role "pool" is a claim (peering §9.2): without the peering policy's grant, frame_burst."""
     async with pool(identity_a, identity_b) as (server, url):
+        async with raw(url, identity_c, role="pool") as (ch, session):
+            try:
+                for _ in range(60):  # over frame_burst 20
+                    await ch.send(session.encode(m.Status()))
+            except ChannelClosed:
+                pass
+            frames, code = await drain(ch, session)
+            assert errors(frames) == [ErrorCode.RATE_LIMITED]
+
+
+def _granting(conn):
+    """A handler factory standing in for the peering policy: every session is an accepted peer."""
+    conn.grant_peer_frames()
+    return handler
+
+
+async def test_accepted_peer_sessions_get_the_pool_frame_bucket(identity_a, identity_b, identity_c):
+    async with pool(identity_a, identity_b, handler_factory=_granting) as (server, url):
         async with raw(url, identity_c, role="pool") as (ch, session):
             for _ in range(60):  # over frame_burst 20, within pool_frame_burst 300 (and the byte burst)
                 await ch.send(session.encode(m.Status()))
             with trio.fail_after(5):
                 for _ in range(60):
-                    assert session.decode(await ch.receive()).type == "ACK"
+                    got = session.decode(await ch.receive())
+                    assert got.type == "ACK", got.msg
         async with raw(url, identity_c, role="pool") as (ch, session):
             try:
                 for _ in range(400):

@@ -332,9 +332,13 @@ class Connection:
 
     def grant_peer_frames(self) -> None:
         """The peering policy accepted this session's key as a peer: from now on its frames are
-        charged to the pool frame bucket (in place: the tokens saved so far carry over)."""
-        bucket = self._frames
-        bucket.rate, bucket.burst = float(self.limits.pool_frame_rate), float(self.limits.pool_frame_burst)
+        charged to the pool frame bucket, as if it had had that bucket from the start (what it
+        spent so far stays spent). Once: a second call changes nothing."""
+        if self.peer_frames:
+            return
+        bucket, lim = self._frames, self.limits
+        bucket.tokens += max(0.0, lim.pool_frame_burst - bucket.burst)
+        bucket.rate, bucket.burst = float(lim.pool_frame_rate), float(lim.pool_frame_burst)
         self.peer_frames = True
 
     @property
