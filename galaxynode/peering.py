@@ -45,7 +45,7 @@ from galaxynode.net.connection import (DEFAULT_SESSION_LIMITS, Connection, Conne
                                        SessionLimits)
 from galaxynode.net.transport import ChannelClosed, parse_url
 from galaxynode.peerpolicy import Grade, PeerPolicy, Standing
-from galaxynode.pool import is_pool_session, node_record
+from galaxynode.pool import node_record
 from galaxynode.records import EventSeqs, NodeSeqs, RecordError, RecordSigner, accept_event, accept_node, matches
 from galaxynode.registry.leases import record_bytes
 from galaxynode.registry.service import wall_clock_ms
