@@ -76,6 +76,17 @@ class DaemonCollector:
                                       value=st.not_accepted)
             yield CounterMetricFamily("galaxynode_peers_evicted", "Peers that gave their slot to a better newcomer.",
                                       value=st.evicted)
+            refused = CounterMetricFamily("galaxynode_peer_claims_refused",
+                                          "Relayed events and query records dropped by attribution (records.md §6).",
+                                          labels=["kind"])
+            refused.add_metric(["event"], st.events_forged)
+            refused.add_metric(["record"], st.records_refused)
+            yield refused
+            yield CounterMetricFamily("galaxynode_peer_records_filtered",
+                                      "Peer query records outside the query's filter, dropped.", value=st.records_filtered)
+            yield CounterMetricFamily("galaxynode_peer_queries_duplicate",
+                                      "Peer QUERYs whose id was seen before: answered locally, not fanned out.",
+                                      value=st.queries_duplicate)
         if "registry" in c:
             registry = c.get("registry")
             yield GaugeMetricFamily("galaxynode_registry_nodes", "Leases held (nodes; pools on a main net).",

@@ -161,6 +161,8 @@ async def test_two_runtimes_in_one_process_have_their_own_metrics_and_see_their_
             sb = await until(b, lambda s: value(s, "galaxynode_peers_connected", direction="outbound") == 1)
             assert value(sa, "galaxynode_sessions_connected", role="pool") == 1
             assert value(sa, "galaxynode_handshakes_total", result="ok") == 1
+            assert value(sa, "galaxynode_peer_claims_refused_total", kind="event") == 0
+            assert value(sa, "galaxynode_peer_queries_duplicate_total") == 0
             # b dialled out: its server saw no handshake, and its registry is its own
             assert value(sb, "galaxynode_handshakes_total", result="ok") == 0
             assert value(sb, "galaxynode_info", network=NET, role="pool", name="galaxynode",
