@@ -458,6 +458,10 @@ class Connection:
                 box.done(size)
                 self._count_out(size, kind, code)
         except ChannelClosed as e:
+            # A peer that refuses us sends ERROR, then closes: our send can fail before our reader
+            # has read why. Give the reader that long to get to it, so callers see the ERROR.
+            with trio.move_on_after(lim.close_timeout):
+                await self._closed.wait()
             self._lost(e)
         finally:
             self._writer_done.set()
