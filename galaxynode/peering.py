@@ -227,8 +227,8 @@ class PeerManager:
                  policy: PeerPolicy | None = None, max_inbound: int = 24, max_outbound: int = 8,
                  clock: Callable[[], int] = wall_clock_ms, target: int = 8, give_up_after: int = 3,
                  query_budget: int = 8):
-        if max_peers < 1 or dedup_size < 1:
-            raise ValueError("max_peers and dedup_size must be at least 1")
+        if max_peers < 0 or dedup_size < 1:
+            raise ValueError("max_peers must not be negative and dedup_size at least 1")
         if max_inbound < 0 or max_outbound < 0:
             raise ValueError("max_inbound and max_outbound must not be negative")
         if min(reconnect_min, query_timeout, request_timeout, descriptor_interval, connect_timeout) <= 0:

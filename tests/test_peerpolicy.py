@@ -179,3 +179,11 @@ async def test_role_claims_are_no_peer_credentials(recording_bus):
                 [server_side] = a.server.connections.values()
                 assert not server_side.peer_frames  # but the pool does not take the claim
         assert a.manager.connected == {}
+
+
+def test_max_peers_zero_means_no_peering():
+    """`[limits] max_peers = 0` is documented as "no peering": the pool starts, with no slot for anyone."""
+    from galaxynode.peering import PeerManager
+    mgr = PeerManager(IDS[0], network="t", registry=None, bus=None, pool_handler=lambda: None,
+                      max_peers=0, max_inbound=0, max_outbound=0, target=0)
+    assert mgr.max_peers == 0
