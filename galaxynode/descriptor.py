@@ -26,6 +26,7 @@ from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.messages import (MAX_CAPABILITIES, MAX_DESCRIPTOR_RECORD, MAX_ENDPOINT, MAX_ENDPOINTS,
                                         MAX_NAME, Body, SignedDescriptor, Spec, field, is_str_of, utf8_len)
 from galaxynode.identity import Identity, verify
+from galaxynode.records import unpack_record
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +83,6 @@ class Descriptor(Body):
         return msgpack.packb(self.to_body(), use_bin_type=True)
 
 
-def _pairs(pairs: list[tuple[Any, Any]]) -> dict:
-    """Every map in a record: string keys only and no duplicates (which implementations would
-    resolve differently, so the signer could mean two things at once)."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate map key")
-    if any(type(k) is not str for k in out):
-        raise ValueError("map keys must be strings")
-    return out
-
-
 def _no_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"extension type {code} not allowed")
 
@@ -103,16 +93,10 @@ def decode_record(record: Any, *, max_record: int = MAX_DESCRIPTOR_RECORD) -> De
         raise _bad("record must be non-empty bytes")
     if len(record) > max_record:
         raise _bad(f"record of {len(record)} bytes exceeds {max_record}")
-    try:
-        body = msgpack.unpackb(record, raw=False, use_list=True, object_pairs_hook=_pairs,
-                               max_str_len=max_record, max_bin_len=max_record, max_array_len=max_record,
-                               max_map_len=max_record, max_ext_len=0, ext_hook=_no_ext)
-    except Exception as e:  # msgpack raises a zoo of types; the hooks raise ValueError
-        raise _bad(f"undecodable record: {type(e).__name__}: {e}"[:200]) from None
-    if type(body) is not dict:
-        raise _bad("record must be a map")
-    if len(body) > MAX_RECORD_FIELDS:
-        raise _bad(f"record has more than {MAX_RECORD_FIELDS} fields")
+    try:  # the same strict decoding as every signed record (string keys, no duplicates, no ext)
+        body = unpack_record(record, max_bytes=max_record, max_fields=MAX_RECORD_FIELDS)
+    except ValueError as e:
+        raise _bad(f"record: {e}") from None
     try:
         desc = Descriptor.from_body(body)
     except ProtocolError as e:
