@@ -538,6 +538,9 @@ async def node_summary(registry: Registry, *, max_capabilities: int = m.MAX_CAPA
 _SESSION_ENDED = (ChannelClosed, ProtocolError, SessionClosed, trio.TooSlowError)
 
 
+EARLY_LOOKUP_GAP = 1.0  # seconds between LOOKUPs asked early by lookup_soon()
+
+
 class Announcer:
     """Keeps this pool registered at the main net and learns the other pools of its network from it.
 
@@ -597,13 +600,15 @@ class Announcer:
         self.failures = 0  # sessions that ended in an error or could not be opened
         self.rejected = 0  # descriptors from the main net that did not verify
         self.task_failures = TaskFailures(log)  # what raised in here: logged once, counted, retried
-        self._lookup_soon = False  # lookup_soon(): LOOKUP at the next check, not at next_lookup
+        self._lookup_soon = False  # lookup_soon(): LOOKUP now (at most one per EARLY_LOOKUP_GAP)
+        self._wake = trio.Event()
 
     def lookup_soon(self) -> None:
-        """LOOKUP again at the next check (within check_interval, so at most one early LOOKUP per
-        check_interval however often this is called): the peering policy met a pool dialling us
-        that the main net may have listed since our last LOOKUP (peerpolicy.py, accept = "listed")."""
+        """LOOKUP again now, or EARLY_LOOKUP_GAP after the last one (so at most one early LOOKUP
+        per gap however often this is called): the peering policy met a pool dialling us that the
+        main net may have listed since our last LOOKUP (peerpolicy.py, accept = "listed")."""
         self._lookup_soon = True
+        self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the saved book (reported started once loaded), then keep the main net session
@@ -638,7 +643,7 @@ class Announcer:
     async def _serve(self, conn: Connection) -> None:
         """One session: returns when the main net closes it; raises what ended it otherwise."""
         announced: m.SignedDescriptor | None = None
-        renew_at = next_lookup = trio.current_time()
+        renew_at = next_lookup = last_lookup = trio.current_time()
         while not conn.closed:
             nodes, caps = await node_summary(self.registry)
             signed = self.issuer.current(self.clock(), nodes=nodes, capabilities=caps)
@@ -647,12 +652,29 @@ class Announcer:
                 announced = signed
                 remaining = max(0, lease.expires - self.clock()) / 1000
                 renew_at = trio.current_time() + min(self.announce_interval, remaining / 2)
-            if trio.current_time() >= next_lookup or self._lookup_soon:
+            now = trio.current_time()
+            early_at = last_lookup + EARLY_LOOKUP_GAP
+            if now >= next_lookup or (self._lookup_soon and now >= early_at):
                 self._lookup_soon = False
                 await self._lookup(conn)
-                next_lookup = trio.current_time() + self.lookup_interval
-            with trio.move_on_at(min(renew_at, next_lookup, trio.current_time() + self.check_interval)):
-                await conn.wait_closed()
+                last_lookup = trio.current_time()
+                next_lookup = last_lookup + self.lookup_interval
+            wake_at = min(renew_at, next_lookup, trio.current_time() + self.check_interval)
+            if self._lookup_soon:
+                wake_at = min(wake_at, last_lookup + EARLY_LOOKUP_GAP)
+            await self._nap(conn, wake_at)
+
+    async def _nap(self, conn: Connection, deadline: float) -> None:
+        """Until the deadline, the end of the session, or lookup_soon()."""
+        self._wake = trio.Event()
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
+                async def until_closed() -> None:
+                    await conn.wait_closed()
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(until_closed)
+                await self._wake.wait()
+                nursery.cancel_scope.cancel()
 
     async def _announce(self, conn: Connection, signed: m.SignedDescriptor) -> m.Lease:
         reply = await conn.request(m.Announce(descriptor=signed), timeout=self.request_timeout)
