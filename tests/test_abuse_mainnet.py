@@ -28,8 +28,7 @@ from galaxynode.gelato import messages as m
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import Identity
 from galaxynode.net import RemoteError, Server, connect
-from galaxynode.net.connection import DEFAULT_SESSION_LIMITS, Connection, establish
-from galaxynode.net.transport import ChannelClosed, open_channel
+from galaxynode.net.transport import ChannelClosed
 from galaxynode.registry.service import wall_clock_ms
 
 ATTACKER = "127.0.1.1"
@@ -61,22 +60,9 @@ def mainnet_process(tmp_path: Path, env: dict[str, str] | None = None) -> PoolPr
                                 "--data-dir", str(tmp_path / "main"), "--name", "main", "--network", NETWORK])
 
 
-@asynccontextmanager
-async def session_from(url: str, identity: Identity, local: str):
-    """A role-pool session to `url` from source address `local` (the public client has no source
-    binding; this is net.client.connect with one)."""
-    limits = DEFAULT_SESSION_LIMITS
-    async with open_channel(url, max_message_size=limits.codec.max_frame_size, connect_timeout=5,
-                            local_address=local) as channel:
-        session = await establish(channel, identity, opener=True, network=NETWORK, role="pool", limits=limits)
-        conn = Connection(channel, session, limits=limits)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(conn.run)
-            try:
-                yield conn
-            finally:
-                await conn.close()
-                nursery.cancel_scope.cancel()
+def session_from(url: str, identity: Identity, local: str):
+    """A role-pool session to `url` from source address `local`."""
+    return connect(url, identity, network=NETWORK, role="pool", connect_timeout=5, local_address=local)
 
 
 def descriptor(identity: Identity, url: str, *, seq: int | None = None) -> m.SignedDescriptor:

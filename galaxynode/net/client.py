@@ -18,7 +18,8 @@ async def connect(url: str, identity: Identity, *, network: str, role: str = "no
                   limits: SessionLimits = DEFAULT_SESSION_LIMITS, pinned_key: bytes | None = None,
                   handler: Handler | None = None, ssl_context: ssl.SSLContext | None = None,
                   connect_timeout: float = 10.0, listen: tuple[str, ...] = (),
-                  agent: str = AGENT, output_budget: OutputBudget | None = None) -> AsyncIterator[Connection]:
+                  agent: str = AGENT, output_budget: OutputBudget | None = None,
+                  local_address: str | None = None) -> AsyncIterator[Connection]:
     """`async with connect(url, identity, network=...) as conn:` an established Connection,
     served (PING, replies, the handler) for the duration of the block and closed with GOODBYE
     at its end. Failing to connect raises ChannelClosed; a refused handshake raises
@@ -26,7 +27,8 @@ async def connect(url: str, identity: Identity, *, network: str, role: str = "no
     pool's peers and announcer) passes its one `output_budget` (the server's) so that their queued
     output counts against the same process-wide bytes; without one only the session's own bound applies."""
     async with open_channel(url, max_message_size=limits.codec.max_frame_size, connect_timeout=connect_timeout,
-                            ssl_context=ssl_context, close_timeout=limits.close_timeout) as channel:
+                            ssl_context=ssl_context, close_timeout=limits.close_timeout,
+                            local_address=local_address) as channel:
         session = await establish(channel, identity, opener=True, network=network, role=role, limits=limits,
                                   pinned_key=pinned_key, listen=listen, agent=agent)
         conn = Connection(channel, session, limits=limits, handler=handler, budget=output_budget)
