@@ -425,7 +425,7 @@ class MainnetServices(PoolServices):
             for group in (addr, prefix):
                 self._listed.setdefault(group, set()).add(desc.key)
         if changed and self.bus is not None:
-            self.bus.publish("pool.announced", {"key": desc.key.hex(), "name": desc.name, "network": desc.network,
+            self.bus.publish("pool.announced", {"key": desc.key, "name": desc.name, "network": desc.network,
                                                 "endpoints": list(desc.endpoints), "seq": desc.seq})
         return entry
 

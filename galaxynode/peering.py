@@ -336,17 +336,17 @@ class PeerManager:
         for key, s in sorted(self._peers.items()):
             desc = self.book.get(key) if self.book is not None else None
             st = s.standing
-            out.append({"key": key.hex(), "state": "connected", "direction": s.direction,
+            out.append({"key": key, "state": "connected", "direction": s.direction,
                         "url": s.url or "", "remote": s.conn.remote if s.conn else "", "since": s.since,
                         "name": desc.name if desc else "", "events_in": s.events_in,
                         "grade": s.grade.name.lower(), "standing": "low" if self.policy.low(st) else "good",
                         "answered": st.answered, "missed": st.missed, "skipped": st.skipped})
         for p in self.static:
             if p.key is None or p.key not in self._peers:
-                out.append({"key": p.key.hex() if p.key else "", "state": p.state, "direction": "outbound",
+                out.append({"key": p.key if p.key else None, "state": p.state, "direction": "outbound",
                             "url": p.url, "last_error": p.last_error or ""})
         for s in sorted(self._unverified, key=lambda s: s.key):
-            out.append({"key": s.key.hex(), "state": "not accepted", "direction": s.direction, "url": s.url or "",
+            out.append({"key": s.key, "state": "not accepted", "direction": s.direction, "url": s.url or "",
                         "remote": s.conn.remote if s.conn else ""})
         return out
 
@@ -463,7 +463,7 @@ class PeerManager:
             self._notify()
 
     def _publish_peer(self, topic: str, s: PeerSession) -> None:
-        self.bus.publish(topic, {"key": s.key.hex(), "url": s.url or "", "direction": s.direction})
+        self.bus.publish(topic, {"key": s.key, "url": s.url or "", "direction": s.direction})
 
     def _active(self, conn: Connection, frame: Frame) -> PeerSession:
         """The peer session of conn, if it is the active one; peering messages need one."""

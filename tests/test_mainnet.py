@@ -220,7 +220,7 @@ async def test_announced_events_reach_subscribers(tmp_path, recording_bus):
                     got[ev.data["key"]] = ev.data
             for s in sides:
                 d = s.issuer.descriptor
-                assert got[d.key.hex()] == {"key": d.key.hex(), "name": d.name, "network": NET,
+                assert got[d.key] == {"key": d.key, "name": d.name, "network": NET,
                                             "endpoints": list(d.endpoints), "seq": d.seq}
         assert bus.topics() == ["pool.announced"] * 2  # the registry's node.* never reach the bus
         nursery.cancel_scope.cancel()
@@ -283,7 +283,7 @@ async def test_lease_expiry_publishes_pool_expired(tmp_path, recording_bus):
         skew[0] = HOUR + 1000  # ... for longer than its descriptor lives
         await wait_for(lambda: "pool.expired" in bus.topics())
         last = bus.history[-1]
-        assert (last.topic, last.data) == ("pool.expired", {"key": POOLS[0].public.hex(), "name": "pool-0",
+        assert (last.topic, last.data) == ("pool.expired", {"key": POOLS[0].public, "name": "pool-0",
                                                             "network": NET})
         assert len(mn.registry.table) == 0
 

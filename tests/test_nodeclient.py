@@ -176,7 +176,7 @@ async def test_subscribe_receives_events_of_other_nodes(nursery):
         await node.join(capabilities=["gpu"])
         with trio.fail_after(5):
             ev = await events.__anext__()
-        assert ev.topic == "node.joined" and ev.data["key"] == NODES[1].public.hex()
+        assert ev.topic == "node.joined" and ev.data["key"] == NODES[1].public
         assert ev.data["capabilities"] == ["gpu"]
         # Swap patterns: the next event we see is the leave, not the re-join in between.
         await watcher.unsubscribe(["node.joined"])

@@ -156,7 +156,7 @@ async def test_static_peering_connects_both_ways(recording_bus):
         await wait_for(lambda: sorted(p.manager.static[0].state for p in net.pools) == ["connected", "standby"])
         assert a.bus.topics("peer.") == ["peer.connected"] and b.bus.topics("peer.") == ["peer.connected"]
         desc = a.manager.describe()
-        assert [d["key"] for d in desc] == [b.key.hex()] and desc[0]["state"] == "connected"
+        assert [d["key"] for d in desc] == [b.key] and desc[0]["state"] == "connected"
         async with client(a, NODES[0]) as conn:
             status = (await conn.request(m.Status(), timeout=5)).msg
             assert status.peers == 1
@@ -325,11 +325,11 @@ async def test_event_relayed_to_peer_subscribers(recording_bus):
             await join(a, NODES[0])
             ev = await next_event(events)
             assert (ev.topic, ev.origin, ev.hops) == ("node.joined", a.key, 1)
-            assert ev.data["key"] == NODES[0].public.hex()
+            assert ev.data["key"] == NODES[0].public
             await join(b, NODES[3])  # a local event reaches both
-            assert (await next_event(local_only)).data["key"] == NODES[3].public.hex()
+            assert (await next_event(local_only)).data["key"] == NODES[3].public
             ev = await next_event(events)
-            assert (ev.data["key"], ev.origin, ev.hops) == (NODES[3].public.hex(), b.key, 0)
+            assert (ev.data["key"], ev.origin, ev.hops) == (NODES[3].public, b.key, 0)
             with pytest.raises(trio.WouldBlock):
                 local_only.receive_nowait()
         # The relayed copy keeps the original id.

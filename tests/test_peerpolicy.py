@@ -113,7 +113,7 @@ async def test_an_unlisted_pool_is_served_as_a_node_until_the_main_net_lists_it(
         a.manager.on_unlisted = lambda: asked.append(1)
         await wait_for(lambda: a.manager.stats.not_accepted == 1)
         assert asked == [1] and b.key not in a.manager.connected
-        [item] = [p for p in a.manager.describe() if p["key"] == b.key.hex()]
+        [item] = [p for p in a.manager.describe() if p["key"] == b.key]
         assert item["state"] == "not accepted"
         [conn] = [c for c in a.server.connections.values() if c.peer_key == b.key]
         assert not conn.peer_frames

@@ -32,7 +32,7 @@ def test_join_creates_lease_with_absolute_expiry():
     assert e == Entry(key=k(1), capabilities=("gpu", "cpu"), meta={"region": "eu"}, ttl=30,
                       expires=T0 + 30_000, joined=T0)
     assert t.get(k(1)) == e and len(t) == 1 and k(1) in t
-    assert e.to_event() == {"key": k(1).hex(), "capabilities": ["gpu", "cpu"], "meta": {"region": "eu"},
+    assert e.to_event() == {"key": k(1), "capabilities": ["gpu", "cpu"], "meta": {"region": "eu"},
                             "expires": T0 + 30_000}
 
 

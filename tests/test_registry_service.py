@@ -213,7 +213,7 @@ async def test_expiry_loop_publishes_and_deletes(db, mock_clock):
         await trio.testing.wait_all_tasks_blocked()
         assert reg.get(k(1)) is None
         assert bus.topics() == ["node.joined", "node.joined", "node.expired"]
-        assert bus.events[-1][1]["key"] == k(1).hex()
+        assert bus.events[-1][1]["key"] == k(1)
         await reg.flush()
         assert stored_keys(db) == {k(2)}
         n.cancel_scope.cancel()
@@ -259,8 +259,8 @@ async def test_admin_actions(db):
         n.cancel_scope.cancel()
     assert bus.topics() == ["node.joined", "node.joined", "node.kicked", "node.joined", "node.banned",
                             "node.banned"]
-    assert bus.events[4][1]["until"] == T0 + 60_000 and bus.events[4][1]["key"] == k(1).hex()
-    assert bus.events[5][1] == {"key": k(3).hex(), "capabilities": [], "meta": {}, "expires": None, "until": None}
+    assert bus.events[4][1]["until"] == T0 + 60_000 and bus.events[4][1]["key"] == k(1)
+    assert bus.events[5][1] == {"key": k(3), "capabilities": [], "meta": {}, "expires": None, "until": None}
     with SqliteStore(db) as s:
         assert s.load()[1] == {k(1): T0 + 60_000}
 

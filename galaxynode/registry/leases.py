@@ -40,7 +40,7 @@ class Entry:
 
     def to_event(self) -> dict:
         """The data carried by node.* events."""
-        return {"key": self.key.hex(), "capabilities": list(self.capabilities),
+        return {"key": self.key, "capabilities": list(self.capabilities),
                 "meta": dict(self.meta), "expires": self.expires}
 
 

@@ -160,7 +160,7 @@ class Registry:
         self._write(Ban(key, until))
         if entry is not None:
             self._write(Delete(key))
-        data = entry.to_event() if entry else {"key": key.hex(), "capabilities": [], "meta": {}, "expires": None}
+        data = entry.to_event() if entry else {"key": key, "capabilities": [], "meta": {}, "expires": None}
         self._emit("node.banned", {**data, "until": until})
         await self._durable()
         return entry
