@@ -460,6 +460,13 @@ class ServerConfig(_Section):
 
 
 _CODEC = codec.Limits()
+@attrs.frozen
+class TLSConfig(_Section):
+    """What we trust when we dial wss:// (peers, the main net, the main net's dial-back)."""
+    SECTION = "tls"
+    ca_file: str | None = _setting(FilePath(optional=True, must_exist=True), None)
+
+
 MiB = 1024 * 1024
 
 
@@ -654,6 +661,7 @@ class Config:
     peers: PeersConfig = attrs.field(factory=PeersConfig)
     mainnet: MainnetConfig = attrs.field(factory=MainnetConfig)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
+    tls: TLSConfig = attrs.field(factory=TLSConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     daemon: DaemonConfig = attrs.field(factory=DaemonConfig)

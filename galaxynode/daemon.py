@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ from galaxynode.net.connection import SessionLimits
 from galaxynode.net.bans import Bans
 from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.server import Server
+from galaxynode.net.tls import client_context, server_context
 from galaxynode.peerpolicy import PeerPolicy
 from galaxynode.peering import PeerManager
 from galaxynode.plugins import PluginContext, PluginSupervisor
@@ -103,8 +105,8 @@ class ServicesModule(Module):
         registry, bus = ctx.container.get("registry"), ctx.container.get("bus")
         if c.node.role == "mainnet":
             policy, mc = mainnet_policy(c), c.mainnet
-            reach = Reachability(rt.identity, network=c.network.id, policy=policy,
-                                 limits=session_limits(c)) if mc.verify else None
+            reach = Reachability(rt.identity, network=c.network.id, policy=policy, limits=session_limits(c),
+                                 ssl_context=client_ssl_context(c)) if mc.verify else None
             services = MainnetServices(info, registry, bus, policy=policy, reachability=reach)
         else:
             services = PoolServices(info, registry, bus)
@@ -156,14 +158,17 @@ def session_limits(config: Config) -> SessionLimits:
                          max_subscriptions=lc.max_subscriptions)
 
 
-def ssl_context(config: Config):
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The listener's TLS context ([server] tls_cert, tls_key), None without; TLSError names the bad file."""
     if not config.server.tls_cert:
         return None
-    import ssl
     warn_if_exposed(config.server.tls_key or config.server.tls_cert, "TLS key file")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(config.server.tls_cert, config.server.tls_key)
-    return ctx
+    return server_context(config.server.tls_cert, config.server.tls_key)
+
+
+def client_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """What our dials to wss:// trust: the system's CAs, plus [tls] ca_file (None: the defaults)."""
+    return client_context(config.tls.ca_file) if config.tls.ca_file else None
 
 
 class NetworkModule(Module):
@@ -229,7 +234,7 @@ class PeeringModule(Module):
                             pool_handler=services.handler, limits=session_limits(c),
                             static=[(p.url, p.key) for p in c.peers.static], max_peers=c.limits.max_peers,
                             reconnect_min=c.peers.reconnect_min, reconnect_max=c.peers.reconnect_max,
-                            issuer=issuer, book=book, listen=server.bound_urls, ssl_context=None,
+                            issuer=issuer, book=book, listen=server.bound_urls, ssl_context=client_ssl_context(c),
                             policy=PeerPolicy(c.peers.accept, max_misses=c.peers.max_misses),
                             max_inbound=c.peers.max_inbound, max_outbound=c.peers.max_outbound,
                             target=c.peers.target, query_budget=c.peers.query_budget)
@@ -243,7 +248,8 @@ class PeeringModule(Module):
                                   book_path=c.data_path("descriptors.bin"),
                                   announce_interval=c.mainnet.announce_interval,
                                   backoff_min=min(1.0, c.peers.reconnect_min),
-                                  backoff_max=c.peers.reconnect_max, on_descriptors=peers.discover)
+                                  backoff_max=c.peers.reconnect_max, on_descriptors=peers.discover,
+                                  ssl_context=client_ssl_context(c))
             ctx.container.register("announcer", announcer)
             peers.on_unlisted = announcer.lookup_soon  # a pool listed since our last LOOKUP is promoted
             await ctx.nursery.start(announcer.run)

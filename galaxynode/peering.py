@@ -43,7 +43,7 @@ from galaxynode.mainnet import dial_target, discover_budget, node_summary
 from galaxynode.net.client import connect
 from galaxynode.net.connection import (DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler, SessionClosed,
                                        SessionLimits)
-from galaxynode.net.transport import ChannelClosed, parse_url
+from galaxynode.net.transport import CertificateError, ChannelClosed, parse_url
 from galaxynode.peerpolicy import Grade, PeerPolicy, Standing
 from galaxynode.pool import node_record
 from galaxynode.records import EventSeqs, NodeSeqs, RecordError, RecordSigner, accept_event, accept_node, matches
@@ -572,8 +572,13 @@ class PeerManager:
             if peer.key is not None and peer.key in self._peers:
                 continue  # lost to another session: stand by
             peer.state = "backoff"
-            delay = random.uniform(0, backoff)
-            log.info("peer %s: %s; redialling in %.2fs", peer.url, error, delay)
+            if isinstance(error, CertificateError):  # no redial cures it: wait the longest, say so
+                delay = self.reconnect_max
+                log.warning("peer %s: %s; this will not fix itself (its certificate or our [tls] ca_file "
+                            "must change): redialling in %.0fs", peer.url, error.reason, delay)
+            else:
+                delay = random.uniform(0, backoff)
+                log.info("peer %s: %s; redialling in %.2fs", peer.url, error, delay)
             await trio.sleep(delay)
             backoff = min(backoff * 2, self.reconnect_max)
 
