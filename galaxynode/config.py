@@ -25,6 +25,7 @@ from galaxynode.gelato import codec
 from galaxynode.identity import format_public_key, parse_public_key
 
 ENV_PREFIX = "GALAXYNODE_"
+TEST_ENV_PREFIX = ENV_PREFIX + "TEST_"  # the test suite's variables: no [test] section, ever
 SPEC = "galaxynode.spec"        # field metadata: the key's Spec
 EXTRA = "galaxynode.extra"      # field metadata: unknown sub-tables of the section land here
 _NO = object()                  # "no offending value to show"
@@ -527,8 +528,13 @@ class RegistryConfig(_Section):
     page_max: int = _setting(Int(1, 100_000), 1000)
     commit_interval: float = _setting(Float(0, 1, " seconds"), 0.005)
     page_bytes: int = _setting(Int(4096, 64 * MiB), 256 * 1024)
+    backend: str = _setting(Str(choices=("sqlite", "postgresql")), "sqlite")
+    dsn: str = _setting(Str(min_len=0, max_len=4096), "")
 
     def _check(self) -> None:
+        if self.backend == "postgresql" and not self.dsn:
+            raise self._fail("dsn", "must be set when backend is 'postgresql' (e.g. postgresql://galaxy@db/galaxy; "
+                                    "the password may come from GALAXYNODE_REGISTRY_DSN or PGPASSWORD)")
         if self.max_ttl < self.min_ttl:
             raise self._fail("max_ttl", f"must be at least min_ttl ({self.min_ttl})")
         if not self.min_ttl <= self.default_ttl <= self.max_ttl:
@@ -810,7 +816,8 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
                 _lookup(section, name)
                 put(section, name, value, "")
     for var in sorted(env):
-        if var.startswith(ENV_PREFIX):
+        # GALAXYNODE_TEST_* belongs to the test suite (e.g. GALAXYNODE_TEST_PG), never a config key.
+        if var.startswith(ENV_PREFIX) and not var.startswith(TEST_ENV_PREFIX):
             section, _, name = var[len(ENV_PREFIX):].lower().partition("_")
             put(section, name, _lookup(section, name, var).parse_text(env[var]), var)
     for dotted, value in overrides.items():

@@ -77,18 +77,27 @@ class RegistryModule(Module):
     async def start(self, ctx: ModuleContext) -> None:
         rt: Runtime = ctx.config
         rc, bus = rt.config.registry, ctx.container.get("bus")
+        kw = dict(expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval,
+                  backend=store_backend(rt.config))
         if rt.config.node.role == "mainnet":
-            registry = await open_pool_registry(rt.config.data_path("mainnet.sqlite"), bus,
-                                                expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
+            registry = await open_pool_registry(rt.config.data_path("mainnet.sqlite"), bus, **kw)
         else:
             # A page and its frame (header, signature, cursor) must fit the peer's max_frame_size too.
             page_bytes = min(rc.page_bytes, rt.config.limits.max_frame_size // 2)
             table = LeaseTable(min_ttl=rc.min_ttl, max_ttl=rc.max_ttl, default_ttl=rc.default_ttl,
                                page_max=rc.page_max, page_bytes=page_bytes, admission=admission_from(rt.config))
-            registry = await Registry.open(rt.config.data_path("registry.sqlite"), table, bus,
-                                           expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
+            registry = await Registry.open(rt.config.data_path("registry.sqlite"), table, bus, **kw)
         ctx.container.register("registry", registry)
         await ctx.nursery.start(registry.run)
+
+
+def store_backend(config: Config):
+    """How the registry opens its store for a table name: None for SQLite in the data directory, else a
+    PgStore on [registry] dsn (migrated at start-up)."""
+    if config.registry.backend != "postgresql":
+        return None
+    from galaxynode.registry.pgstore import PgStore  # psycopg is an optional dependency
+    return lambda table: PgStore(config.registry.dsn, table=table)
 
 
 class ServicesModule(Module):

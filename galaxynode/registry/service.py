@@ -27,7 +27,8 @@ import trio
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.registry.leases import Entry, LeaseTable
-from galaxynode.registry.store import Ban, Delete, Op, SqliteStore, Unban, Upsert
+from galaxynode.events import Event
+from galaxynode.registry.store import Ban, Delete, KvDelete, KvPut, Op, SqliteStore, Store, Unban, Upsert
 from galaxynode.resilience import TaskFailures
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class _Failing:
 class Registry:
     """Durable node registry. Start ``run`` in a nursery; with ``store=None`` it lives in memory only."""
 
-    def __init__(self, table: LeaseTable, store: SqliteStore | None = None, bus=None, *,
+    def __init__(self, table: LeaseTable, store: Store | None = None, bus=None, *,
                  expiry_interval: float = 1.0, clock: Callable[[], int] | None = None,
                  publish_renewals: bool = False, retry_delay: float = 1.0, owns_store: bool = False,
                  commit_interval: float = 0.0, failure_log_interval: float = 60.0):
@@ -93,13 +94,16 @@ class Registry:
 
     @classmethod
     async def open(cls, path: str | os.PathLike | None, table: LeaseTable | None = None, bus=None, *,
-                   store_table: str = "nodes", **kwargs) -> "Registry":
-        """Load the registry from ``path`` (None: in memory). Leases keep their absolute expiry, so each comes
-        back with the time it had left; leases that ran out while we were down are expired now."""
+                   store_table: str = "nodes", backend: Callable[[str], Store] | None = None,
+                   **kwargs) -> "Registry":
+        """Load the registry from the SQLite file at ``path``, or from ``backend(store_table)`` (e.g. a
+        PgStore), or neither: in memory. Leases keep their absolute expiry, so each comes back with the
+        time it had left; leases that ran out while we were down are expired now."""
         table = LeaseTable() if table is None else table
-        if path is None:
+        if path is None and backend is None:
             return cls(table, None, bus, **kwargs)
-        store = await trio.to_thread.run_sync(lambda: SqliteStore(path, table=store_table))
+        opener = backend or (lambda name: SqliteStore(path, table=name))
+        store = await trio.to_thread.run_sync(opener, store_table)
         reg = cls(table, store, bus, owns_store=True, **kwargs)
         try:
             entries, bans = await trio.to_thread.run_sync(store.load)
@@ -136,6 +140,9 @@ class Registry:
         self._check_open()
         entry = self.table.renew(key, ttl=ttl, now=self.clock())
         self._write(Upsert(entry))
+        self.kv: dict[str, dict[str, bytes]] = {}  # plugin -> name -> value (galaxynode.plugin Store)
+        self._kv_ops: dict[tuple[str, str], Op] = {}
+        self._watches: set[ChangeWatch] = set()
         self._schedule(entry)
         if self.publish_renewals:
             self._publish("node.renewed", entry)

@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import attrs
 
@@ -49,10 +50,51 @@ class Unban:
     key: bytes
 
 
-Op = Upsert | Delete | Ban | Unban
+@attrs.frozen
+class KvPut:
+    """A plugin's durable key-value pair (galaxynode.plugin Store), committed with the registry's batch."""
+
+    plugin: str
+    name: str
+    value: bytes
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.plugin, self.name)
+
+
+@attrs.frozen
+class KvDelete:
+    plugin: str
+    name: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.plugin, self.name)
+
+
+Op = Upsert | Delete | Ban | Unban | KvPut | KvDelete
+
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _IN_CHUNK = 500  # keys per SELECT ... IN (...): below SQLite's bound on host parameters
+
+
+class Store(Protocol):
+    """What the Registry needs of a backend (SqliteStore, pgstore.PgStore). Blocking calls: ``apply``
+    runs in a worker thread, one at a time; ``read`` runs on the event loop after a failed commit and
+    must answer at once or raise StoreError."""
+
+    path: str  # where it lives, for logs (a DSN without its password)
+
+    def apply(self, ops: Sequence[Op]) -> None: ...
+
+    def load(self) -> tuple[list[Entry], dict[bytes, int | None]]: ...
+
+    def read(self, keys: Iterable[bytes], ban_keys: Iterable[bytes]
+             ) -> tuple[dict[bytes, Entry], dict[bytes, int | None]]: ...
+
+    def close(self) -> None: ...
 
 
 class SqliteStore:
