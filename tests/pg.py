@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,7 @@ def pg_server():
         yield dsn
         return
     if not can_throwaway():
+        warnings.warn(SKIP, stacklevel=1)  # once per session, in the warnings summary: visible without -rs
         pytest.skip(SKIP)
     server = ThrowawayServer()
     try:
