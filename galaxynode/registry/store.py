@@ -120,6 +120,8 @@ class SqliteStore:
                 "payload BLOB) WITHOUT ROWID")
             self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table}_bans (key BLOB PRIMARY KEY, until INTEGER) "
                                "WITHOUT ROWID")
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table}_plugin_kv (plugin TEXT NOT NULL, name TEXT NOT NULL, "
+                               "value BLOB NOT NULL, PRIMARY KEY (plugin, name)) WITHOUT ROWID")
         except sqlite3.Error as exc:
             self._conn.close()
             raise StoreError(f"cannot initialise registry database {self.path}: {exc}") from exc
@@ -128,6 +130,8 @@ class SqliteStore:
             Delete: f"DELETE FROM {table} WHERE key = ?",
             Ban: f"INSERT OR REPLACE INTO {table}_bans VALUES (?, ?)",
             Unban: f"DELETE FROM {table}_bans WHERE key = ?",
+            KvPut: f"INSERT OR REPLACE INTO {table}_plugin_kv VALUES (?, ?, ?)",
+            KvDelete: f"DELETE FROM {table}_plugin_kv WHERE plugin = ? AND name = ?",
         }
 
     def apply(self, ops: Sequence[Op]) -> None:
@@ -169,6 +173,27 @@ class SqliteStore:
             raise StoreError(f"cannot read registry database {self.path}: {exc}") from exc
         return entries, bans
 
+    def load_kv(self) -> list[tuple[str, str, bytes]]:
+        """Every plugin key-value row: (plugin, name, value)."""
+        try:
+            return [(p, n, bytes(v)) for p, n, v in
+                    self._conn.execute(f"SELECT plugin, name, value FROM {self._t}_plugin_kv").fetchall()]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read plugin data from {self.path}: {exc}") from exc
+
+    def read_kv(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """What is stored for these (plugin, name) keys, absent ones left out (after a failed commit)."""
+        out = {}
+        try:
+            for plugin, name in keys:
+                row = self._conn.execute(f"SELECT value FROM {self._t}_plugin_kv WHERE plugin = ? AND name = ?",
+                                         (plugin, name)).fetchone()
+                if row is not None:
+                    out[(plugin, name)] = bytes(row[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read plugin data from {self.path}: {exc}") from exc
+        return out
+
     def _select(self, select: str, keys: Iterable[bytes]) -> list[tuple]:
         keys, rows = list(keys), []
         for i in range(0, len(keys), _IN_CHUNK):
@@ -193,6 +218,10 @@ def _params(op: Op) -> tuple:
                 e.payload)
     if isinstance(op, Ban):
         return (op.key, op.until)
+    if isinstance(op, KvPut):
+        return (op.plugin, op.name, op.value)
+    if isinstance(op, KvDelete):
+        return (op.plugin, op.name)
     return (op.key,)
 
 
