@@ -20,6 +20,7 @@ import trio
 from galaxynode import __version__
 from galaxynode.config import Config, ConfigError, apply_reloadable, diff_reloadable, load_config
 from galaxynode.events import EventBus
+from galaxynode.health import Readiness
 from galaxynode.datadir import locked, private_dir, private_umask
 from galaxynode.identity import Identity, load_or_create_key, warn_if_exposed
 from galaxynode.logs import setup_logging
@@ -52,6 +53,9 @@ class Runtime:
     started: float = attrs.field(factory=time.monotonic)
 
 
+    # /readyz and sd_notify STATUS: modules set their checks (galaxynode.health; see expected_checks)
+    readiness: Readiness = attrs.field(factory=Readiness)
+    worker: int | None = None  # this process's index among its supervisor's workers (galaxynode.cluster)
 def admission_from(config: Config) -> Admission:
     a = config.admission
     return Admission(mode=a.mode, allow=frozenset(a.allow), admins=frozenset(a.admins))
@@ -232,8 +236,11 @@ class PeeringModule(Module):
 
     async def start(self, ctx: ModuleContext) -> None:
         rt: Runtime = ctx.config
+        self.readiness = rt.readiness
+        self.readiness.set("listening", True, " ".join(urls))
         c = rt.config
         services, server = ctx.container.get("services"), ctx.container.get("server")
+        self.readiness.set("listening", False, "stopping")
         registry, bus = ctx.container.get("registry"), ctx.container.get("bus")
         issuer = DescriptorIssuer(rt.identity, name=c.node.name, network=c.network.id,
                                   endpoints=server.bound_urls, ttl_ms=c.mainnet.descriptor_ttl * 1000)
@@ -280,7 +287,7 @@ class MetricsModule(Module):
             return
         registry = daemon_registry(ctx.container, network=c.network.id, role=c.node.role, name=c.node.name,
                                    key=rt.identity.public_text)
-        server = MetricsServer(registry, c.metrics.listen)
+        server = MetricsServer(registry, c.metrics.listen, readiness=rt.readiness)
         ctx.container.register("metrics", server)
         try:
             urls = await ctx.nursery.start(server.run)
@@ -331,6 +338,66 @@ def _gc_threshold(young: int) -> Any:
     exit: tests run daemons in-process."""
     before = gc.get_threshold()
     if young:
+def expected_checks(config: Config) -> list[str]:
+    """The readiness checks a pool with this config must pass before any is sampled (galaxynode.health):
+    listening, the registry loaded and storing changes, announced when [mainnet] url is set. Each
+    plugin's check ("plugin.<name>") appears with the plugin, before the first sample."""
+    names = ["listening", "registry"]
+    if config.node.role == "pool" and config.mainnet.url:
+        names.append("mainnet")
+    return names
+
+
+class ReadinessSampler:
+    """Sets the checks that follow a service's own state (sampled, so the services need not know
+    about readiness): the registry, the announcer, the plugins."""
+
+    def __init__(self, readiness: Readiness):
+        self.readiness = readiness
+        self._commits = self._failures = 0
+        self._writable = True
+
+    def __call__(self, container: Any) -> None:
+        r = self.readiness
+        if "registry" in container:
+            r.set("registry", *self._registry(container.get("registry")))
+        if "announcer" in container:
+            a = container.get("announcer")
+            r.set("mainnet", a.state == "announced",
+                  "announced" if a.state == "announced" else a.last_error or "not announced yet")
+        if "plugins" in container:
+            for name, st in container.get("plugins").stats.items():
+                r.set(f"plugin.{name}", *_plugin_check(st))
+
+    def _registry(self, registry: Any) -> tuple[bool, str]:
+        """Storing changes: refused commits since the last sample and none that went through mean the
+        store refuses changes now; no commit either way keeps the last verdict."""
+        commits, failures = registry.commits, registry.commit_failures
+        failing = failures > self._failures and commits == self._commits
+        if commits > self._commits or failing:
+            self._writable = not failing
+        self._commits, self._failures = commits, failures
+        if not self._writable:
+            return False, "cannot store changes (see the log; changes are refused with 'unavailable')"
+        return True, f"{len(registry.table)} leases"
+
+
+def _plugin_check(st: Any) -> tuple[bool, str]:
+    if st.state in ("running", "finished"):
+        return True, st.state
+    if st.state == "backoff":
+        return False, f"restarting after a crash ({st.failures} in a row): {st.last_error}"
+    if st.state == "failed":
+        return False, f"gave up: {st.last_error}"
+    return False, "not started" if st.state == "pending" else st.state
+
+
+async def _sample_readiness(sample: ReadinessSampler, container: Any, interval: float = 1.0) -> None:
+    while True:
+        sample(container)
+        await trio.sleep(interval)
+
+
         gc.set_threshold(young, *before[1:])
     try:
         yield
@@ -347,7 +414,7 @@ async def run_daemon(config: Config, *, config_path: str | None = None, override
         identity, created = load_or_create_key(config.key_path)
         if created:
             log.info("generated pool key %s at %s", identity.public_text, config.key_path)
-        rt = Runtime(config, identity)
+        rt = Runtime(config, identity, readiness=Readiness(*expected_checks(config)), worker=worker)
         if modules is None:
             modules = CORE_MODULES if config.node.role == "mainnet" else POOL_MODULES
         kernel = Kernel([m() for m in modules], config=rt, stop_timeout=config.daemon.stop_timeout)
@@ -375,20 +442,25 @@ async def _serve(config: Config, rt: Runtime, identity: Identity, kernel: Kernel
         interval = Notifier.watchdog_interval() if config.daemon.watchdog else None
         if interval and notifier.enabled:
             root.start_soon(_watchdog, notifier, interval)
-        async with kernel.run() as container:
+        async with kernel.run() as container, trio.open_nursery() as health:
             registry = container.get("registry")
             status = f"serving {len(registry.table)} nodes on network {config.network.id}"
-            notifier.notify(READY=1, STATUS=status)
+            readiness, sample = rt.readiness, ReadinessSampler(rt.readiness)
+            sample(container)
+            health.start_soon(_sample_readiness, sample, container)
+            notifier.notify(READY=1, STATUS=readiness.summary())  # start-up is done; STATUS says if we serve
+            readiness.on_change(lambda r: notifier.notify(STATUS=r.summary()))
             log.info("ready: pool %s (%s), %s, version %s", config.node.name, identity.public_text,
                      status, __version__)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
                     reload_config(rt, container, config_path, overrides or {})
-                    notifier.notify(READY=1, STATUS=status)
+                    notifier.notify(READY=1, STATUS=readiness.summary())
                     continue
                 log.info("received %s, stopping (bound %.1fs)", signal.Signals(signum).name,
                          config.daemon.stop_timeout)
                 notifier.notify(STOPPING=1, STATUS="stopping")
                 break
         root.cancel_scope.cancel()
+            health.cancel_scope.cancel()
