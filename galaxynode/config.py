@@ -447,6 +447,7 @@ class ServerConfig(_Section):
     # Connections accepted but not yet through the Gelato handshake (TLS, upgrade, HELLO).
     max_pending: int = _setting(Int(1, 1_000_000), 256)
     max_pending_per_address: int = _setting(Int(1, 1_000_000), 16)
+    workers: int = _setting(Int(1, 256), 1)
 
     def _check(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -681,6 +682,11 @@ class Config:
         return Path(self.data.dir, *parts)
 
     @property
+        if self.server.workers > 1 and self.registry.backend != "postgresql":
+            raise ConfigError("server.workers", "more than 1 worker needs [registry] backend = \"postgresql\" "
+                                                "(a SQLite registry belongs to one process)", got=self.server.workers)
+        if self.server.workers > 1 and self.node.role == "mainnet":
+            raise ConfigError("server.workers", "a main net runs as one process", got=self.server.workers)
     def key_path(self) -> Path:
         return Path(self.node.key_file) if self.node.key_file is not None else self.data_path("node.key")
 

@@ -39,6 +39,7 @@ from galaxynode.peering import PeerManager
 from galaxynode.plugins import PluginContext, PluginSupervisor
 from galaxynode.pool import PoolInfo, PoolServices
 from galaxynode.registry import Admission, LeaseTable, Registry
+from galaxynode.cluster import ClusterModule, open_member_registry
 from galaxynode.systemd import Notifier
 
 log = logging.getLogger("galaxynode.daemon")
@@ -90,7 +91,10 @@ class RegistryModule(Module):
             page_bytes = min(rc.page_bytes, rt.config.limits.max_frame_size // 2)
             table = LeaseTable(min_ttl=rc.min_ttl, max_ttl=rc.max_ttl, default_ttl=rc.default_ttl,
                                page_max=rc.page_max, page_bytes=page_bytes, admission=admission_from(rt.config))
-            registry = await Registry.open(rt.config.data_path("registry.sqlite"), table, bus, **kw)
+            if rc.backend == "postgresql":  # a cluster member: its replica loads the table (ClusterModule)
+                registry = await open_member_registry(rt.config, table, bus)
+            else:
+                registry = await Registry.open(rt.config.data_path("registry.sqlite"), table, bus, **kw)
         ctx.container.register("registry", registry)
         await ctx.nursery.start(registry.run)
 
@@ -211,7 +215,8 @@ class NetworkModule(Module):
                                        window=c.limits.violation_window, exempt=services.registry.table.is_admin),
                              listen_urls=c.server.listen, ssl_context=ssl_context(c),
                              agent=f"galaxynode/{__version__}",
-                             output_budget=OutputBudget(c.limits.send_queue_total_bytes))
+                             output_budget=OutputBudget(c.limits.send_queue_total_bytes),
+                             reuse_port=rt.worker is not None)
         ctx.container.register("server", self.server)
         services.server = self.server  # ADMIN kick/ban close live sessions; bans/unban reach its ban table
         try:
@@ -296,7 +301,7 @@ class MetricsModule(Module):
         ctx.log.info("serving metrics on %s", " ".join(urls))
 
 
-CORE_MODULES: tuple[type[Module], ...] = (EventsModule, RegistryModule, ServicesModule, PluginsModule, NetworkModule,
+CORE_MODULES: tuple[type[Module], ...] = (EventsModule, RegistryModule, ClusterModule, ServicesModule, PluginsModule, NetworkModule,
                                           MetricsModule)
 POOL_MODULES: tuple[type[Module], ...] = CORE_MODULES + (PeeringModule,)
 
@@ -406,11 +411,12 @@ async def _sample_readiness(sample: ReadinessSampler, container: Any, interval: 
 
 
 async def run_daemon(config: Config, *, config_path: str | None = None, overrides: dict | None = None,
-                     modules: tuple[type[Module], ...] | None = None) -> int:
+                     modules: tuple[type[Module], ...] | None = None, worker: int | None = None) -> int:
     """Run until SIGTERM/SIGINT. The data dir is locked (a second daemon on it stops with
-    DataDirInUse naming the first one's pid) and private (0700, files 0600) for the whole run."""
+    DataDirInUse naming the first one's pid) and private (0700, files 0600) for the whole run; a
+    ``worker`` of galaxynode.cluster's supervisor leaves the lock to its supervisor, which holds it."""
     data_dir = private_dir(config.data.dir)
-    with locked(data_dir), private_umask():
+    with (contextlib.nullcontext() if worker is not None else locked(data_dir)), private_umask():
         identity, created = load_or_create_key(config.key_path)
         if created:
             log.info("generated pool key %s at %s", identity.public_text, config.key_path)

@@ -559,6 +559,7 @@ async def serve_channels(handler: Callable[[Channel], Awaitable[None]], host: st
                          admit: Callable[[str], Admission | None] | None = None,
                          on_upgrade_timeout: Callable[[str], None] | None = None,
                          tls_log: tls.HandshakeLog | None = None,
+                         listeners: list[trio.SocketListener] | None = None,
                          task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
                          ) -> NoReturn:
     """Accept WebSocket connections offering subprotocol gelato.v1 and run `handler(channel)` for
@@ -575,7 +576,10 @@ async def serve_channels(handler: Callable[[Channel], Awaitable[None]], host: st
     channel, messages are held to preauth_message_size (capped at max_message_size) and the peer
     to preauth_frames WebSocket frames in all. A handler that raises is logged and only its own
     connection ends."""
-    if ssl_context is None:
+    if listeners is not None:  # made by the caller (e.g. with SO_REUSEPORT)
+        if ssl_context is not None:
+            listeners = [trio.SSLListener(li, ssl_context, https_compatible=True) for li in listeners]
+    elif ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
     else:
         listeners = await trio.open_ssl_over_tcp_listeners(port, ssl_context, host=host, https_compatible=True)

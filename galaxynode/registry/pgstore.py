@@ -44,6 +44,16 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def redact(dsn: str) -> str:
+    (  # 2: plugins' durable key-value pairs (galaxynode.plugin Store), committed with the registry's batches
+        "CREATE TABLE {t}_plugin_kv (plugin text NOT NULL, name text NOT NULL, value bytea NOT NULL, "
+        "PRIMARY KEY (plugin, name))",
+    ),
+    (  # 3: the change log workers and replicas follow (galaxynode.cluster): one row per committed batch,
+       # ids committed in increasing order (apply takes a lock before it inserts), NOTIFY {t}_changes
+        "CREATE TABLE {t}_changes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, origin bytea, "
+        "keys bytea[] NOT NULL, ban_keys bytea[] NOT NULL, kv_keys text[] NOT NULL, events bytea NOT NULL, "
+        "at timestamptz NOT NULL DEFAULT now())",
+    ),
     """The DSN without its password, for logs and errors."""
     try:
         params = conninfo_to_dict(dsn)
@@ -144,8 +154,9 @@ class PgStore:
         self._conn = connect(self.dsn, autocommit=True)
         return self._conn
 
-    def apply(self, ops: Sequence[Op]) -> None:
-        """Apply all ops, in order, in one transaction; committed when this returns."""
+    def apply(self, ops: Sequence[Op], events: Sequence[tuple[str, dict]] = ()) -> None:
+        """Apply all ops, in order, in one transaction with its change log row (the keys touched and
+        ``events``, what subscribers of other workers are to see); committed when this returns."""
         if not ops:
             return
         with self._lock:
@@ -177,6 +188,95 @@ class PgStore:
              ) -> tuple[dict[bytes, Entry], dict[bytes, int | None]]:
         """What is stored for these keys: (entries, bans), absent keys left out."""
         with self._lock:
+    def _log(self, cur: psycopg.Cursor, ops: Sequence[Op], events: Sequence[tuple[str, dict]],
+             origin: bytes | None = None) -> None:
+        """The change log row of this transaction. The lock (held to commit) is taken last, so writers
+        queue only for the insert and the commit, and ids become visible in increasing order: a reader
+        that has seen id n has seen every change below n (the resync of galaxynode.cluster relies on it)."""
+        keys = [op.key for op in ops if isinstance(op, (Upsert, Delete))]
+        ban_keys = [op.key for op in ops if isinstance(op, (Ban, Unban))]
+        kv_keys = [f"{op.plugin}\x00{op.name}" for op in ops if isinstance(op, (KvPut, KvDelete))]
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._log_lock,))
+        cur.execute(f"INSERT INTO {self._t}_changes (origin, keys, ban_keys, kv_keys, events) VALUES "
+                    "(%s, %s, %s, %s, %s) RETURNING id",
+                    (self.origin if origin is None else origin, keys, ban_keys, kv_keys,
+                     msgpack.packb(list(events), use_bin_type=True)))
+        cur.execute(f"SELECT pg_notify('{self._t}_changes', %s)", (str(cur.fetchone()[0]),))
+
+    def expire_due(self, now: int) -> list[Entry]:
+        """Delete every lease with ``expires <= now`` and log their node.expired events, for every worker
+        (origin none); each row is deleted once, whoever else tries: no lease expires twice."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    rows = cur.execute(f"DELETE FROM {self._t} WHERE expires <= %s RETURNING *", (now,)).fetchall()
+                    expired = [_entry(row) for row in rows]
+                    if expired:
+                        self._log(cur, [Delete(e.key) for e in expired],
+                                  [("node.expired", e.to_event()) for e in expired], origin=b"")
+            except (psycopg.Error, ValueError, TypeError) as exc:
+                self._after_error(conn)
+                raise StoreError(f"registry expiry failed ({self.path}): {_reason(exc)}") from exc
+        return expired
+
+    def snapshot(self) -> tuple[list[Entry], dict[bytes, int | None], int]:
+        """(entries, bans, last change id), all from one snapshot: following the change log from that id
+        misses nothing and repeats nothing the snapshot holds."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    last = conn.execute(f"SELECT coalesce(max(id), 0) FROM {self._t}_changes").fetchone()[0]
+                    rows = conn.execute(f"SELECT * FROM {self._t}").fetchall()
+                    bans = dict(conn.execute(f"SELECT key, until FROM {self._t}_bans").fetchall())
+                entries = [_entry(row) for row in rows]
+            except (psycopg.Error, ValueError, TypeError) as exc:
+                self._after_error(conn)
+                raise StoreError(f"cannot read registry database {self.path}: {_reason(exc)}") from exc
+        return entries, _bytes_keys(bans), last
+
+    def changes(self, after: int, limit: int = 1000) -> list[Change]:
+        """Change log rows with id > ``after``, oldest first."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                rows = conn.execute(f"SELECT id, origin, keys, ban_keys, kv_keys, events FROM {self._t}_changes "
+                                    "WHERE id > %s ORDER BY id LIMIT %s", (after, limit)).fetchall()
+            except psycopg.Error as exc:
+                self._after_error(conn)
+                raise StoreError(f"cannot read the change log of {self.path}: {_reason(exc)}") from exc
+        return [Change(id, None if origin is None else bytes(origin), [bytes(k) for k in keys],
+                       [bytes(k) for k in ban_keys], [tuple(k.split("\x00", 1)) for k in kv_keys],
+                       msgpack.unpackb(events, raw=False))
+                for id, origin, keys, ban_keys, kv_keys, events in rows]
+
+    def load_kv(self) -> list[tuple[str, str, bytes]]:
+        """Every plugin key-value row: (plugin, name, value)."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                rows = conn.execute(f"SELECT plugin, name, value FROM {self._t}_plugin_kv").fetchall()
+            except psycopg.Error as exc:
+                self._after_error(conn)
+                raise StoreError(f"cannot read plugin data from {self.path}: {_reason(exc)}") from exc
+        return [(p, n, bytes(v)) for p, n, v in rows]
+
+    def read_kv(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """What is stored for these (plugin, name) keys, absent ones left out; never reconnects (see read)."""
+        keys = list(keys)
+        with self._lock:
+            conn = self._connection(reconnect=False)
+            try:
+                rows = conn.execute(f"SELECT plugin, name, value FROM {self._t}_plugin_kv WHERE (plugin, name) IN "
+                                    "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+                                    ([p for p, _ in keys], [n for _, n in keys])).fetchall()
+            except psycopg.Error as exc:
+                self._after_error(conn)
+                raise StoreError(f"cannot read plugin data from {self.path}: {_reason(exc)}") from exc
+        return {(p, n): bytes(v) for p, n, v in rows}
+
             conn = self._connection(reconnect=False)
             try:
                 with conn.transaction():

@@ -109,8 +109,11 @@ class Registry:
     def __init__(self, table: LeaseTable, store: Store | None = None, bus=None, *,
                  expiry_interval: float = 1.0, clock: Callable[[], int] | None = None,
                  publish_renewals: bool = False, retry_delay: float = 1.0, owns_store: bool = False,
-                 commit_interval: float = 0.0, failure_log_interval: float = 60.0):
+                 commit_interval: float = 0.0, failure_log_interval: float = 60.0, expire_locally: bool = True):
         self.table = table
+        # False in a cluster member (galaxynode.cluster): the elected member expires leases for the pool.
+        self.expire_locally = expire_locally
+        self._inflight_keys: frozenset = frozenset()  # the keys of the commit under way (pending())
         self.store = store
         self.bus = bus
         self.expiry_interval = expiry_interval
@@ -296,7 +299,8 @@ class Registry:
             async with trio.open_nursery() as nursery:
                 if self.store is not None:
                     nursery.start_soon(self._writer)
-                nursery.start_soon(self._expiry_loop)
+                if self.expire_locally:
+                    nursery.start_soon(self._expiry_loop)
                 task_status.started()
         finally:
             self._state = "stopped"
@@ -352,7 +356,13 @@ class Registry:
         try:
             # Shielded: once ops are taken they must reach the store and their waiters must hear back.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.store.apply, ops)
+                self._inflight_keys = frozenset(op.key for op in ops)
+                # A store that logs changes for other processes (PgStore) logs the events with them.
+                logged = (batch.events,) if getattr(self.store, "logs_events", False) else ()
+                try:
+                    await trio.to_thread.run_sync(self.store.apply, ops, *logged)
+                finally:
+                    self._inflight_keys = frozenset()
         except Exception as exc:
             self._roll_back(ops, batch, exc)
             return False
@@ -495,6 +505,11 @@ class Registry:
             pending[op.key] = op
         else:
             pending.setdefault(op.key, op)
+
+    def pending(self, key: bytes | tuple[str, str]) -> bool:
+        """Whether a change of ``key`` (a lease, a ban or a plugin pair) made here is not yet committed."""
+        return (key in self._entry_ops or key in self._ban_ops or key in self._kv_ops
+                or key in self._inflight_keys)
 
     def _take_ops(self) -> list[Op]:
         ops = [*self._entry_ops.values(), *self._ban_ops.values(), *self._kv_ops.values()]
