@@ -36,8 +36,8 @@ class Counting:
     def __init__(self, store):
         self.store, self.transactions, self.path = store, 0, store.path
 
-    def apply(self, ops):
-        self.store.apply(ops)
+    def apply(self, ops, *events):
+        self.store.apply(ops, *events)
         self.transactions += 1
 
     def __getattr__(self, name):

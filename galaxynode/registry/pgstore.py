@@ -18,18 +18,23 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+import zlib
 from collections.abc import Iterable, Sequence
 
+import attrs
+import msgpack
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from galaxynode.registry.leases import Entry
-from galaxynode.registry.store import Ban, Delete, Op, StoreError, Unban, Upsert
+from galaxynode.registry.store import Ban, Delete, KvDelete, KvPut, Op, StoreError, Unban, Upsert
 
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,40}")
 _MIGRATE_LOCK = 0x67616C6178790001  # pg_advisory_xact_lock key while migrating ("galaxy" + 1)
 CONNECT_TIMEOUT = 5  # seconds; a server that does not answer fails the call instead of hanging it
+CHANGES_KEPT = 600  # seconds a change log row is kept; a replica further behind takes a new snapshot
+_PRUNE_EVERY = 1000  # commits between prunings of the change log
 
 # Versioned migrations of one lease table family, in order; {t} is the table name. A migration that
 # has run is never edited: a change is a new entry.
@@ -39,11 +44,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "meta jsonb NOT NULL, ttl integer NOT NULL, expires bigint NOT NULL, joined bigint NOT NULL, payload bytea)",
         "CREATE TABLE {t}_bans (key bytea PRIMARY KEY CHECK (length(key) = 32), until bigint)",
     ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def redact(dsn: str) -> str:
     (  # 2: plugins' durable key-value pairs (galaxynode.plugin Store), committed with the registry's batches
         "CREATE TABLE {t}_plugin_kv (plugin text NOT NULL, name text NOT NULL, value bytea NOT NULL, "
         "PRIMARY KEY (plugin, name))",
@@ -54,6 +54,11 @@ def redact(dsn: str) -> str:
         "keys bytea[] NOT NULL, ban_keys bytea[] NOT NULL, kv_keys text[] NOT NULL, events bytea NOT NULL, "
         "at timestamptz NOT NULL DEFAULT now())",
     ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def redact(dsn: str) -> str:
     """The DSN without its password, for logs and errors."""
     try:
         params = conninfo_to_dict(dsn)
@@ -111,9 +116,11 @@ def _check_table(table: str) -> None:
 
 class PgStore:
     """Entries and bans of one lease table, in ``{table}`` and ``{table}_bans`` of the DSN's database
-    (its search_path decides the schema). ``migrate=False`` only checks that the schema is current."""
+    (its search_path decides the schema). ``migrate_schema=False`` only checks that the schema is current."""
 
-    def __init__(self, dsn: str, *, table: str = "nodes", migrate_schema: bool = True):
+    logs_events = True  # apply() takes the batch's events too, for the change log
+
+    def __init__(self, dsn: str, *, table: str = "nodes", migrate_schema: bool = True, origin: bytes | None = None):
         _check_table(table)
         self.dsn = dsn
         self.path = redact(dsn)  # what the service logs as the store's location
@@ -139,7 +146,13 @@ class PgStore:
             Delete: f"DELETE FROM {table} WHERE key = %s",
             Ban: f"INSERT INTO {table}_bans VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET until = excluded.until",
             Unban: f"DELETE FROM {table}_bans WHERE key = %s",
+            KvPut: (f"INSERT INTO {table}_plugin_kv VALUES (%s, %s, %s) ON CONFLICT (plugin, name) DO UPDATE "
+                    "SET value = excluded.value"),
+            KvDelete: f"DELETE FROM {table}_plugin_kv WHERE plugin = %s AND name = %s",
         }
+        self.origin = origin  # who this store writes for (a worker's id), so a replica can skip its own changes
+        self._log_lock = zlib.crc32(f"galaxynode:{table}:changes".encode()) - 2**31  # int4 advisory lock key
+        self._commits = 0
 
     def _connection(self, *, reconnect: bool = True) -> psycopg.Connection:
         """The open connection; a broken one is replaced (the server restarted) unless ``reconnect`` is off."""
@@ -159,35 +172,22 @@ class PgStore:
         ``events``, what subscribers of other workers are to see); committed when this returns."""
         if not ops:
             return
+        t = self._t
         with self._lock:
             conn = self._connection()
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     for kind, group in itertools.groupby(ops, type):
                         cur.executemany(self._sql[kind], [_params(op) for op in group])
+                    self._log(cur, ops, events)
+                self._commits += 1
+                if self._commits % _PRUNE_EVERY == 0:
+                    conn.execute(f"DELETE FROM {t}_changes WHERE at < now() - make_interval(secs => %s)",
+                                 (CHANGES_KEPT,))
             except (psycopg.Error, TypeError, ValueError) as exc:
                 self._after_error(conn)
                 raise StoreError(f"registry write failed ({self.path}): {_reason(exc)}") from exc
 
-    def load(self) -> tuple[list[Entry], dict[bytes, int | None]]:
-        """Everything stored: (entries, bans). Expiry is the lease table's business."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                with conn.transaction():  # one snapshot for both tables
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    rows = conn.execute(f"SELECT * FROM {self._t}").fetchall()
-                    bans = dict(conn.execute(f"SELECT key, until FROM {self._t}_bans").fetchall())
-                entries = [_entry(row) for row in rows]
-            except (psycopg.Error, ValueError, TypeError) as exc:
-                self._after_error(conn)
-                raise StoreError(f"cannot read registry database {self.path}: {_reason(exc)}") from exc
-        return entries, _bytes_keys(bans)
-
-    def read(self, keys: Iterable[bytes], ban_keys: Iterable[bytes]
-             ) -> tuple[dict[bytes, Entry], dict[bytes, int | None]]:
-        """What is stored for these keys: (entries, bans), absent keys left out."""
-        with self._lock:
     def _log(self, cur: psycopg.Cursor, ops: Sequence[Op], events: Sequence[tuple[str, dict]],
              origin: bytes | None = None) -> None:
         """The change log row of this transaction. The lock (held to commit) is taken last, so writers
@@ -277,7 +277,27 @@ class PgStore:
                 raise StoreError(f"cannot read plugin data from {self.path}: {_reason(exc)}") from exc
         return {(p, n): bytes(v) for p, n, v in rows}
 
-            conn = self._connection(reconnect=False)
+    def load(self) -> tuple[list[Entry], dict[bytes, int | None]]:
+        """Everything stored: (entries, bans). Expiry is the lease table's business."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():  # one snapshot for both tables
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    rows = conn.execute(f"SELECT * FROM {self._t}").fetchall()
+                    bans = dict(conn.execute(f"SELECT key, until FROM {self._t}_bans").fetchall())
+                entries = [_entry(row) for row in rows]
+            except (psycopg.Error, ValueError, TypeError) as exc:
+                self._after_error(conn)
+                raise StoreError(f"cannot read registry database {self.path}: {_reason(exc)}") from exc
+        return entries, _bytes_keys(bans)
+
+    def read(self, keys: Iterable[bytes], ban_keys: Iterable[bytes], *, reconnect: bool = False
+             ) -> tuple[dict[bytes, Entry], dict[bytes, int | None]]:
+        """What is stored for these keys: (entries, bans), absent keys left out. Never reconnects unless
+        asked: the service calls it on the event loop."""
+        with self._lock:
+            conn = self._connection(reconnect=reconnect)
             try:
                 with conn.transaction():
                     rows = conn.execute(f"SELECT * FROM {self._t} WHERE key = ANY(%s)", (list(keys),)).fetchall()
@@ -307,6 +327,19 @@ class PgStore:
         self.close()
 
 
+@attrs.frozen
+class Change:
+    """One committed batch of the change log: the keys it touched (their rows now are what counts) and
+    the events it published."""
+
+    id: int
+    origin: bytes | None
+    keys: list[bytes]
+    ban_keys: list[bytes]
+    kv_keys: list[tuple[str, str]]
+    events: list  # [topic, data] pairs
+
+
 def _bytes_keys(d: dict) -> dict:
     return {bytes(k): v for k, v in d.items()}
 
@@ -320,6 +353,10 @@ def _params(op: Op) -> tuple:
                 e.payload)
     if isinstance(op, Ban):
         return (op.key, op.until)
+    if isinstance(op, KvPut):
+        return (op.plugin, op.name, op.value)
+    if isinstance(op, KvDelete):
+        return (op.plugin, op.name)
     return (op.key,)
 
 
