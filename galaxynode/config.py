@@ -677,11 +677,6 @@ class Config:
         if self.peers.target > self.limits.max_peers:
             raise ConfigError("peers.target", f"must not exceed limits.max_peers ({self.limits.max_peers})",
                               got=self.peers.target)
-
-    def data_path(self, *parts: str) -> Path:
-        return Path(self.data.dir, *parts)
-
-    @property
         if self.server.workers > 1 and self.registry.backend != "postgresql":
             raise ConfigError("server.workers", "more than 1 worker needs [registry] backend = \"postgresql\" "
                                                 "(a SQLite registry belongs to one process)", got=self.server.workers)
@@ -692,6 +687,11 @@ class Config:
 
     def to_toml(self) -> str:
         """The effective configuration as TOML that load_config reads back to an equal Config."""
+
+    def data_path(self, *parts: str) -> Path:
+        return Path(self.data.dir, *parts)
+
+    @property
         lines = ["# galaxynode effective configuration (defaults < file < environment < flags)"]
         for name, section in self._sections():
             lines += ["", f"[{name}]"]
