@@ -14,7 +14,8 @@ A plugin is a class constructed with its context. Every part is optional:
         async def admit(self, request: AdmissionRequest) -> Admit | Refuse: ...   # JOIN / peer admission
         async def run(self) -> None: ...                  # long-running work (absent: lives until shutdown)
 
-A plain `async def plugin(ctx)` is a plugin with only `run`. The supervisor builds a fresh instance
+A class without a constructor is built without arguments and gets the context as `self.ctx`. A plain
+`async def plugin(ctx)` is a plugin with only `run`. The supervisor builds a fresh instance
 (and context) for every (re)start, so a crashed instance leaves nothing behind: its messages,
 periodic tasks and admission hook go with it, and its successor registers them again. Counters,
 the store and the config outlive restarts.
@@ -95,15 +96,20 @@ class Option:
         if self.choices:
             what = "one of " + ", ".join(repr(c) for c in self.choices)
         elif self.min is not None or self.max is not None:
-            lo = "" if self.min is None else f"{self.min:g}"
-            hi = "" if self.max is None else f"{self.max:g}"
-            what += f" in [{lo}, {hi}]" if self.type in (int, float) else f" of length [{lo}, {hi}]"
+            lo, hi = self.min, self.max
+            if self.type in (int, float):
+                what += f" between {lo:g} and {hi:g}" if lo is not None and hi is not None else \
+                    (f" of at least {lo:g}" if lo is not None else f" of at most {hi:g}")
+            else:
+                unit = "characters" if self.type is str else "items"
+                what += f" of {lo:g} to {hi:g} {unit}" if lo is not None and hi is not None else \
+                    (f" of at least {lo:g} {unit}" if lo is not None else f" of at most {hi:g} {unit}")
         return what
 
     def convert(self, value: Any) -> Any:
         """The value as the plugin sees it, or OptionError."""
         t = self.type
-        ok = isinstance(value, t) and not (t is not bool and isinstance(value, bool))
+        ok = isinstance(value, (list, tuple) if t is list else t) and not (t is not bool and isinstance(value, bool))
         if t is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if t is float and ok and not math.isfinite(value):
