@@ -620,7 +620,12 @@ class PluginsConfig(_Section):
     max_restarts: int = _setting(Int(0, 1000), 5)
     backoff_base: float = _setting(Float(0.001, 3600, " seconds"), 0.5)
     backoff_max: float = _setting(Float(0.001, 86_400, " seconds"), 30.0)
-    # [plugins.<name>] tables, plugin-specific and not validated here.
+    path: tuple[str, ...] = _setting(ListOf(FilePath(), max_items=64), ())  # plugins_path: dotted-path search
+    admission_timeout: float = _setting(Float(0.001, 60, " seconds"), 2.0)
+    admission_default: str = _setting(Str(choices=("closed", "open")), "closed")
+    # The config file's directory (set by load_config, not a key): dotted plugin paths are looked up there.
+    config_dir: str | None = attrs.field(default=None, eq=False, hash=False)
+    # [plugins.<name>] tables, checked against each plugin's options by plugins.check_config.
     sections: dict[str, dict[str, Any]] = attrs.field(factory=dict, converter=_plugin_tables, hash=False,
                                                       metadata={EXTRA: True})
 
@@ -839,6 +844,8 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
         if e.got is _NO or not sources.get(e.key):
             raise
         raise ConfigError(e.key, e._reason, got=e.got, source=sources[e.key]) from None
+    if path is not None:  # plugins_path: dotted plugin paths are looked up beside the config file
+        object.__setattr__(config.plugins, "config_dir", str(Path(path).resolve().parent))
     if check_files:
         _check_files(config)
     return config

@@ -36,7 +36,8 @@ from galaxynode.net.server import Server
 from galaxynode.net.tls import client_context, server_context
 from galaxynode.peerpolicy import PeerPolicy
 from galaxynode.peering import PeerManager
-from galaxynode.plugins import PluginContext, PluginSupervisor
+from galaxynode.plugins import PluginContext, PluginError, PluginSupervisor, make_api_context
+from galaxynode.plugins import check_config as check_plugins, search_path as plugin_search_path
 from galaxynode.pool import PoolInfo, PoolServices
 from galaxynode.registry import Admission, LeaseTable, Registry
 from galaxynode.cluster import ClusterModule, open_member_registry
@@ -140,27 +141,35 @@ def mainnet_policy(config: Config) -> MainnetPolicy:
 
 
 class PluginsModule(Module):
+    """The plugins (galaxynode.plugins): checked up front (a bad spec or section stops the start with
+    one line), started before the network so their admission hooks and messages serve from the first
+    session; the pool services ask them (services.plugins) on JOIN and for x.<plugin>.<name> types."""
+
     name = "plugins"
-    requires = ("events", "registry")
+    requires = ("events", "registry", "services")
 
     async def start(self, ctx: ModuleContext) -> None:
         rt: Runtime = ctx.config
-        pc = rt.config.plugins
+        c = rt.config
+        pc = c.plugins
         if not pc.enabled:
             return
+        errors = check_plugins(c)
+        if errors:
+            raise PluginError("; ".join(str(e) for e in errors))
         container = ctx.container
+        bus, registry = container.get("bus"), container.get("registry")
 
         def make_context(name: str) -> PluginContext:
-            section = dict(pc.section(name))
-            section.setdefault("data_dir", str(rt.config.data_path()))
-            return PluginContext(name=name, config=section, bus=container.get("bus"),
-                                 registry=container.get("registry"), container=container,
-                                 log=logging.getLogger(f"galaxynode.plugin.{name}"))
+            return make_api_context(name, config=pc.section(name), bus=bus, registry=registry,
+                                    identity=rt.identity, network=c.network.id, data_dir=c.data_path())
 
         supervisor = PluginSupervisor(list(pc.enabled), make_context, max_restarts=pc.max_restarts,
-                                      backoff_base=pc.backoff_base, backoff_max=pc.backoff_max,
-                                      bus=container.get("bus"))
+                                      backoff_base=pc.backoff_base, backoff_max=pc.backoff_max, bus=bus,
+                                      admission_timeout=pc.admission_timeout,
+                                      admission_default=pc.admission_default, search=plugin_search_path(c))
         container.register("plugins", supervisor)
+        container.get("services").plugins = supervisor
         await ctx.nursery.start(supervisor.run)
 
 
