@@ -33,14 +33,14 @@ from galaxynode.net.connection import SessionLimits
 from galaxynode.net.bans import Bans
 from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.server import Server
-from galaxynode.net.tls import client_context, server_context
+from galaxynode.net.tls import TLSError, client_context, server_context
 from galaxynode.peerpolicy import PeerPolicy
 from galaxynode.peering import PeerManager
 from galaxynode.plugins import PluginContext, PluginError, PluginSupervisor, make_api_context
 from galaxynode.plugins import check_config as check_plugins, search_path as plugin_search_path
 from galaxynode.pool import PoolInfo, PoolServices
-from galaxynode.registry import Admission, LeaseTable, Registry
 from galaxynode.cluster import ClusterModule, open_member_registry
+from galaxynode.registry import Admission, LeaseTable, Registry
 from galaxynode.systemd import Notifier
 
 log = logging.getLogger("galaxynode.daemon")
@@ -53,11 +53,11 @@ class Runtime:
     config: Config
     identity: Identity
     started: float = attrs.field(factory=time.monotonic)
-
-
     # /readyz and sd_notify STATUS: modules set their checks (galaxynode.health; see expected_checks)
     readiness: Readiness = attrs.field(factory=Readiness)
     worker: int | None = None  # this process's index among its supervisor's workers (galaxynode.cluster)
+
+
 def admission_from(config: Config) -> Admission:
     a = config.admission
     return Admission(mode=a.mode, allow=frozenset(a.allow), admins=frozenset(a.admins))
@@ -236,8 +236,11 @@ class NetworkModule(Module):
                 raise
             raise OSError(f"cannot listen on {' '.join(c.server.listen)}: {leaf.strerror}") from None
         ctx.log.info("serving Gelato on %s", " ".join(urls))
+        self.readiness = rt.readiness
+        self.readiness.set("listening", True, " ".join(urls))
 
     async def stop(self) -> None:
+        self.readiness.set("listening", False, "stopping")
         await self.server.shutdown()
 
 
@@ -250,11 +253,8 @@ class PeeringModule(Module):
 
     async def start(self, ctx: ModuleContext) -> None:
         rt: Runtime = ctx.config
-        self.readiness = rt.readiness
-        self.readiness.set("listening", True, " ".join(urls))
         c = rt.config
         services, server = ctx.container.get("services"), ctx.container.get("server")
-        self.readiness.set("listening", False, "stopping")
         registry, bus = ctx.container.get("registry"), ctx.container.get("bus")
         issuer = DescriptorIssuer(rt.identity, name=c.node.name, network=c.network.id,
                                   endpoints=server.bound_urls, ttl_ms=c.mainnet.descriptor_ttl * 1000)
@@ -315,6 +315,23 @@ CORE_MODULES: tuple[type[Module], ...] = (EventsModule, RegistryModule, ClusterM
 POOL_MODULES: tuple[type[Module], ...] = CORE_MODULES + (PeeringModule,)
 
 
+def reload_tls(config: Config, container) -> None:
+    """SIGHUP re-reads [server] tls_cert and tls_key (the same paths: a renewed certificate) into the
+    listener's context; handshakes from then on use them, sessions already open keep theirs. A pair
+    that does not load keeps the running one (logged)."""
+    server = container.get("server") if "server" in container else None
+    ctx = getattr(server, "ssl_context", None)
+    if ctx is None or not config.server.tls_cert:
+        return
+    try:
+        server_context(config.server.tls_cert, config.server.tls_key)  # checked first: names the bad file
+        ctx.load_cert_chain(config.server.tls_cert, config.server.tls_key)
+    except (TLSError, ssl.SSLError) as e:
+        log.error("reload: keeping the running TLS certificate: %s", e)
+        return
+    log.info("reload: TLS certificate %s re-read", config.server.tls_cert)
+
+
 def reload_config(rt: Runtime, container, path: str | None, overrides: dict) -> None:
     """SIGHUP: apply reloadable keys, warn about the ones that need a restart. A bad file keeps
     the running config."""
@@ -338,20 +355,6 @@ def reload_config(rt: Runtime, container, path: str | None, overrides: dict) -> 
     log.info("reloaded: %s", ", ".join(sorted(changed)))
 
 
-async def _watchdog(notifier: Notifier, interval: float) -> None:
-    while True:
-        notifier.notify(WATCHDOG=1)
-        await trio.sleep(interval)
-
-
-@contextlib.contextmanager
-def _gc_threshold(young: int) -> Any:
-    """Sessions hold a few hundred objects each; with Python's young threshold (700) what lives
-    one heartbeat is promoted, and the full collections that follow walk every session (seconds
-    at 10,000 nodes). A larger young generation lets per-request objects die young. Restored on
-    exit: tests run daemons in-process."""
-    before = gc.get_threshold()
-    if young:
 def expected_checks(config: Config) -> list[str]:
     """The readiness checks a pool with this config must pass before any is sampled (galaxynode.health):
     listening, the registry loaded and storing changes, announced when [mainnet] url is set. Each
@@ -412,6 +415,20 @@ async def _sample_readiness(sample: ReadinessSampler, container: Any, interval: 
         await trio.sleep(interval)
 
 
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    while True:
+        notifier.notify(WATCHDOG=1)
+        await trio.sleep(interval)
+
+
+@contextlib.contextmanager
+def _gc_threshold(young: int) -> Any:
+    """Sessions hold a few hundred objects each; with Python's young threshold (700) what lives
+    one heartbeat is promoted, and the full collections that follow walk every session (seconds
+    at 10,000 nodes). A larger young generation lets per-request objects die young. Restored on
+    exit: tests run daemons in-process."""
+    before = gc.get_threshold()
+    if young:
         gc.set_threshold(young, *before[1:])
     try:
         yield
@@ -471,11 +488,12 @@ async def _serve(config: Config, rt: Runtime, identity: Identity, kernel: Kernel
                 if signum == signal.SIGHUP:
                     notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
                     reload_config(rt, container, config_path, overrides or {})
+                    reload_tls(rt.config, container)
                     notifier.notify(READY=1, STATUS=readiness.summary())
                     continue
                 log.info("received %s, stopping (bound %.1fs)", signal.Signals(signum).name,
                          config.daemon.stop_timeout)
                 notifier.notify(STOPPING=1, STATUS="stopping")
                 break
-        root.cancel_scope.cancel()
             health.cancel_scope.cancel()
+        root.cancel_scope.cancel()
