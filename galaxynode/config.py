@@ -686,17 +686,17 @@ class Config:
             raise ConfigError("server.workers", "more than 1 worker needs [registry] backend = \"postgresql\" "
                                                 "(a SQLite registry belongs to one process)", got=self.server.workers)
         if self.server.workers > 1 and self.node.role == "mainnet":
-            raise ConfigError("server.workers", "a main net runs as one process", got=self.server.workers)
-    def key_path(self) -> Path:
-        return Path(self.node.key_file) if self.node.key_file is not None else self.data_path("node.key")
-
-    def to_toml(self) -> str:
-        """The effective configuration as TOML that load_config reads back to an equal Config."""
+            raise ConfigError("server.workers", "a main net runs as one process (workers = 1)", got=self.server.workers)
 
     def data_path(self, *parts: str) -> Path:
         return Path(self.data.dir, *parts)
 
     @property
+    def key_path(self) -> Path:
+        return Path(self.node.key_file) if self.node.key_file is not None else self.data_path("node.key")
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML that load_config reads back to an equal Config."""
         lines = ["# galaxynode effective configuration (defaults < file < environment < flags)"]
         for name, section in self._sections():
             lines += ["", f"[{name}]"]
