@@ -461,7 +461,6 @@ class ServerConfig(_Section):
             raise self._fail("max_pending_per_address", f"must be at most max_pending ({self.max_pending})")
 
 
-_CODEC = codec.Limits()
 @attrs.frozen
 class TLSConfig(_Section):
     """What we trust when we dial wss:// (peers, the main net, the main net's dial-back)."""
@@ -469,6 +468,7 @@ class TLSConfig(_Section):
     ca_file: str | None = _setting(FilePath(optional=True, must_exist=True), None)
 
 
+_CODEC = codec.Limits()
 MiB = 1024 * 1024
 
 
@@ -667,13 +667,13 @@ class Config:
     network: NetworkConfig = attrs.field(factory=NetworkConfig)
     data: DataConfig = attrs.field(factory=DataConfig)
     server: ServerConfig = attrs.field(factory=ServerConfig)
+    tls: TLSConfig = attrs.field(factory=TLSConfig)
     limits: LimitsConfig = attrs.field(factory=LimitsConfig)
     registry: RegistryConfig = attrs.field(factory=RegistryConfig)
     admission: AdmissionConfig = attrs.field(factory=AdmissionConfig)
     peers: PeersConfig = attrs.field(factory=PeersConfig)
     mainnet: MainnetConfig = attrs.field(factory=MainnetConfig)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
-    tls: TLSConfig = attrs.field(factory=TLSConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     daemon: DaemonConfig = attrs.field(factory=DaemonConfig)
