@@ -52,11 +52,18 @@ def cmd_mainnet(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    import sys
     from galaxynode.config import ConfigError, load_config
+    from galaxynode.plugins import check_config as check_plugins
     try:
         load_config(args.path, env={}, check_files=True)
     except ConfigError as e:
         raise CliError(str(e), EXIT_USAGE) from None
+    problems = check_plugins(config)  # enabled plugins resolve; [plugins.X] tables fit their options
+    for e in problems[:-1]:  # one line each; the last is the CliError
+        print(f"galaxynode: {e}", file=sys.stderr)
+    if problems:
+        raise CliError(str(problems[-1]), EXIT_USAGE)
     print(f"{args.path}: ok")
     return 0
 
