@@ -63,6 +63,13 @@ def test_private_ca_clients_peers_and_the_servers_log(tmp_path, ca):
         assert "Traceback" not in a.output
 
 
+def test_unusable_ca_file_is_a_usage_error(tmp_path):
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    r = cli("status", "wss://127.0.0.1:1", "--ca", str(tmp_path / "bad.pem"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"argument --ca: {tmp_path / 'bad.pem'}: no PEM certificate in the CA file" in r.stderr
+
+
 @pytest.mark.parametrize("case, reason", [("wrong_host", "certificate verify failed: hostname mismatch"),
                                           ("expired", "certificate verify failed: expired")])
 def test_wrong_host_and_expired_certificates(tmp_path, ca, case, reason):

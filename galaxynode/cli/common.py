@@ -41,6 +41,16 @@ def url(text: str) -> str:
     return text
 
 
+def ca_file(text: str) -> str:
+    """--ca FILE: a PEM file with at least one certificate, checked before anything is dialled."""
+    from galaxynode.net.tls import TLSError, client_context
+    try:
+        client_context(text)
+    except TLSError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def node_key(text: str) -> bytes:
     from galaxynode.identity import parse_public_key
     try:
@@ -100,7 +110,7 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default=DEFAULT_NETWORK, metavar="ID", help=f"network id (default {DEFAULT_NETWORK})")
     p.add_argument("--timeout", type=positive(float), default=10.0, metavar="S",
                    help="connect and reply timeout in seconds (default 10)")
-    p.add_argument("--ca", metavar="FILE",
+    p.add_argument("--ca", type=ca_file, metavar="FILE",
                    help="for wss://: trust the CA certificates (or self-signed certificate) in this PEM file")
 
 
