@@ -21,6 +21,7 @@ raises one PluginError naming every bad spec), so the daemon refuses to start wi
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import importlib.metadata
@@ -218,29 +219,39 @@ def load_all(specs: Iterable[str], search: Sequence[Path] = ()) -> list[Loaded]:
 
 
 def plugin_config(loaded: Loaded, section: Mapping[str, Any]) -> dict[str, Any]:
-    """The section checked against the plugin's options, defaults filled in; ConfigError otherwise. A
-    plugin without `options` gets its section as written (unchecked: the API before options)."""
+    """The section checked against the plugin's options, defaults filled in; ConfigError (the first
+    problem) otherwise. A plugin without `options` gets its section as written (unchecked)."""
+    out, errors = _plugin_config(loaded, section)
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _plugin_config(loaded: Loaded, section: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any]]:
     from galaxynode.config import ConfigError
     if not loaded.options:
-        return dict(section)
+        return dict(section), []
     out: dict[str, Any] = {}
+    errors: list[ConfigError] = []
     for key, value in section.items():
         opt = loaded.options.get(key)
         if opt is None:
             close = difflib.get_close_matches(key, list(loaded.options), n=1)
             hint = f"; did you mean plugins.{loaded.name}.{close[0]}?" if close else \
                 f" (known: {', '.join(sorted(loaded.options))})"
-            raise ConfigError(f"plugins.{loaded.name}.{key}", f"unknown key{hint}")
+            errors.append(ConfigError(f"plugins.{loaded.name}.{key}", f"unknown key{hint}"))
+            continue
         try:
             out[key] = opt.convert(value)
         except api.OptionError as e:
-            raise ConfigError(f"plugins.{loaded.name}.{key}", str(e)) from None
+            errors.append(ConfigError(f"plugins.{loaded.name}.{key}", str(e)))
     for key, opt in loaded.options.items():
-        if key not in out:
+        if key not in out and key not in section:
             if opt.required:
-                raise ConfigError(f"plugins.{loaded.name}.{key}", f"required ({opt.describe()})")
-            out[key] = opt.default
-    return out
+                errors.append(ConfigError(f"plugins.{loaded.name}.{key}", f"required ({opt.describe()})"))
+            else:
+                out[key] = copy.deepcopy(opt.default)  # a plugin may change its copy
+    return out, errors
 
 
 def check_config(config: Any) -> list[Any]:
@@ -261,10 +272,7 @@ def check_config(config: Any) -> list[Any]:
             unresolved.add(module.rpartition(".")[2])
     names = {ld.name for ld in loaded}
     for ld in loaded:
-        try:
-            plugin_config(ld, pc.section(ld.name))
-        except ConfigError as e:
-            errors.append(e)
+        errors += _plugin_config(ld, pc.section(ld.name))[1]
     for table in pc.sections:
         if table not in names and table not in unresolved:
             owner = next((ld.name for ld in loaded if ld.spec == table), None)
