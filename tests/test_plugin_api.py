@@ -105,7 +105,7 @@ class Second:
 
 
 @asynccontextmanager
-async def pool(tmp_path: Path, enabled=(f"{HERE}:Gate",), sections=None, **overrides):
+async def pool(tmp_path: Path, enabled=(f"{HERE}:Gate",), sections=None, identity=POOL, **overrides):
     """One daemon runtime in this process with the plugins `enabled`; yields (url, container)."""
     (tmp_path / "data").mkdir(parents=True, exist_ok=True)
     cfg = tmp_path / "galaxynode.toml"
@@ -118,7 +118,7 @@ async def pool(tmp_path: Path, enabled=(f"{HERE}:Gate",), sections=None, **overr
         "network.id": NET, "data.dir": str(tmp_path / "data"), "server.listen": ["ws://127.0.0.1:0"],
         "metrics.listen": "", "daemon.watchdog": False, "plugins.enabled": list(enabled),
         "plugins.admission_timeout": 0.2, **overrides})
-    kernel = Kernel([mod() for mod in POOL_MODULES], config=Runtime(config, POOL), stop_timeout=2)
+    kernel = Kernel([mod() for mod in POOL_MODULES], config=Runtime(config, identity), stop_timeout=2)
     async with kernel.run() as container:
         yield container.get("server").bound_urls[0], container
 
@@ -174,6 +174,36 @@ async def test_a_failing_hook_gets_the_configured_default(tmp_path, mode, defaul
         st = c.get("plugins").stats["gate"]
         assert st.admission_failed == 1 and st.state == "running"  # the plugin itself is not restarted
         assert len(c.get("registry").table) == (default == "open")
+
+
+class PeerGate:
+    """Admits nodes; as a peer, only the key in `peer` (hex)."""
+
+    name = "peergate"
+    options = {"peer": Option(str, "")}
+
+    async def admit(self, request):
+        if request.is_peer and request.key.hex() != self.ctx.config["peer"]:
+            return Refuse("not one of our peers")
+        return Admit()
+
+
+@pytest.mark.parametrize("admitted", [False, True])
+async def test_peer_acceptance_asks_the_hooks(tmp_path, admitted):
+    other = Identity.from_seed(b"\x52" * 32)
+    sections = {"peergate": {"peer": other.public.hex() if admitted else ""}}
+    async with pool(tmp_path / "a", enabled=(f"{HERE}:PeerGate",), sections=sections,
+                    **{"peers.accept": "any"}) as (url, a):
+        async with pool(tmp_path / "b", enabled=(), identity=other, **{"peers.static": [{"url": url}]}):
+            peers = a.get("peers")
+            with trio.fail_after(10):
+                while not peers.describe():
+                    await trio.sleep(0.02)
+            [row] = peers.describe()
+            assert row["key"] == other.public
+            assert row["state"] == ("connected" if admitted else "not accepted")
+            st = a.get("plugins").stats["peergate"]
+            assert (st.admitted, st.refused) == ((1, 0) if admitted else (0, 1))
 
 
 # --- messages ----------------------------------------------------------------------------------------------
