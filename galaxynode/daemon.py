@@ -269,6 +269,8 @@ class PeeringModule(Module):
                             max_inbound=c.peers.max_inbound, max_outbound=c.peers.max_outbound,
                             target=c.peers.target, query_budget=c.peers.query_budget)
         peers.discover_budget = discover_budget(c.mainnet.discover_dials, give_up_after=peers.give_up_after)
+        if "plugins" in ctx.container and ctx.container.get("plugins").admitters:  # asked on peer acceptance too
+            peers.admission = ctx.container.get("plugins").admit
         services.peers = peers
         ctx.container.register("peers", peers)
         await ctx.nursery.start(peers.run)
