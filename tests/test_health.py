@@ -140,3 +140,30 @@ async def test_routes_are_a_table_others_can_add_to():
         assert (await fetch("/readyz")).startswith(b"HTTP/1.1 200 OK")
         assert b"try /healthz, /hello, /metrics, /readyz" in await fetch("/nope")
         nursery.cancel_scope.cancel()
+
+
+def test_sampler_follows_the_registry_commits_and_plugin_states():
+    """A store that refuses commits makes the registry check fail until a commit goes through."""
+    from types import SimpleNamespace as NS
+    from galaxynode.daemon import ReadinessSampler
+    registry = NS(commits=0, commit_failures=0, table=[])
+    plugins = NS(stats={"audit": NS(state="running", failures=0, last_error=None)})
+
+    class Container(dict):  # what the sampler uses of galaxynode.container.Container: `in` and get()
+        get = dict.__getitem__
+    c = Container(registry=registry, plugins=plugins)
+    r = Readiness("registry")
+    sample = ReadinessSampler(r)
+    sample(c)
+    assert r.ready
+    registry.commit_failures = 2  # refused, and nothing stored since
+    sample(c)
+    assert r.failing() == {"registry": "cannot store changes (see the log; changes are refused with 'unavailable')"}
+    sample(c)  # nothing new: still failing
+    assert not r.ready
+    registry.commits = 1
+    sample(c)
+    assert r.ready
+    plugins.stats["audit"] = NS(state="backoff", failures=2, last_error="OSError: disk full")
+    sample(c)
+    assert r.failing() == {"plugin.audit": "restarting after a crash (2 in a row): OSError: disk full"}

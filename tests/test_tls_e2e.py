@@ -51,10 +51,13 @@ def test_private_ca_clients_peers_and_the_servers_log(tmp_path, ca):
 
         with Proc("run", "--listen", "ws://127.0.0.1:0", "--data-dir", str(tmp_path / "b"), "--peer", url,
                   env={"GALAXYNODE_TLS_CA_FILE": str(ca[0].cert)}) as b, \
-                Proc("run", "--listen", "ws://127.0.0.1:0", "--data-dir", str(tmp_path / "c"), "--peer", url) as c:
+                Proc("run", "--listen", "ws://127.0.0.1:0", "--data-dir", str(tmp_path / "c"), "--peer", url,
+                     "--mainnet", url) as c:
             b.wait_for(r"peer [0-9a-f]+ connected \(outbound")
             line = c.wait_for(rf"peer {url}: certificate verify failed: unknown CA.*will not fix itself.*").group(0)
             assert "redialling in 60s" in line  # [peers] reconnect_max, not the quick backoff
+            line = c.wait_for(rf"main net {url}: certificate verify failed: unknown CA.*will not fix itself.*").group(0)
+            assert "retrying in 60.0s" in line
             assert b.stop() == 0 and c.stop() == 0
         a.wait_for(r"TLS handshake with 127\.0\.0\.1:\d+ failed: the client does not trust our certificate "
                    r"\(unknown CA\)")
