@@ -82,13 +82,13 @@ def main(argv: list[str] | None = None) -> None:
         code = args.func(args)
         sys.stdout.flush()  # here, so a closed pipe is reported below rather than at exit
     except CliError as e:
-        print(f"galaxynode: {e}", file=sys.stderr)
+        _report(args, str(e))
         code = e.code
     except StartupError as e:  # e.g. the listen port is taken
-        print(f"galaxynode: {e}", file=sys.stderr)
+        _report(args, str(e))
         code = 1
     except KeyFileError as e:
-        print(f"galaxynode: key file: {e}", file=sys.stderr)
+        _report(args, f"key file: {e}")
         code = EXIT_USAGE
     except KeyboardInterrupt:
         code = 130
@@ -96,6 +96,19 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
         code = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
     except OSError as e:
-        print(f"galaxynode: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
+        _report(args, f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
         code = 1
     sys.exit(code)
+
+
+def _report(args: argparse.Namespace, message: str) -> None:
+    """Why the command failed: `galaxynode: <line>` per line on stderr, or, for a daemon logging
+    JSON (args.log_json), one JSON log record per line, so a log collector sees why it stopped."""
+    if getattr(args, "log_json", False):
+        from galaxynode.logs import JsonFormatter
+        for line in message.splitlines():
+            record = logging.LogRecord("galaxynode", logging.CRITICAL, __file__, 0, line, None, None)
+            print(JsonFormatter().format(record), file=sys.stderr)
+    else:
+        for line in message.splitlines() or [""]:
+            print(f"galaxynode: {line}", file=sys.stderr)
