@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import os
+from typing import Any, Mapping
 
 from galaxynode.cli.common import EXIT_USAGE, CliError
 
@@ -36,11 +37,22 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def checked(args: argparse.Namespace, env: Mapping[str, str] = os.environ):
+    """The config of run/mainnet with everything preflight checks: every problem, one line each."""
+    from galaxynode.preflight import check
+    config, errors = check(args.config, env=env, overrides=config_overrides(args))
+    if config is not None and (args.log_format or config.logging.format) == "json":
+        args.log_json = True  # main reports what stops the start as JSON records
+    if errors:
+        raise CliError("\n".join(str(e) for e in errors), EXIT_USAGE)
+    return config
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
     from galaxynode.daemon import run_daemon
     from galaxynode.logs import setup_logging
-    config = load(args)
+    config = checked(args)
     setup_logging(config.logging.level, config.logging.format)
     return trio.run(lambda: run_daemon(config, config_path=args.config, overrides=config_overrides(args)))
 
@@ -52,19 +64,12 @@ def cmd_mainnet(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    import sys
-    from galaxynode.config import ConfigError, load_config
-    from galaxynode.plugins import check_config as check_plugins
-    try:
-        load_config(args.path, env={}, check_files=True)
-    except ConfigError as e:
-        raise CliError(str(e), EXIT_USAGE) from None
-    problems = check_plugins(config)  # enabled plugins resolve; [plugins.X] tables fit their options
-    for e in problems[:-1]:  # one line each; the last is the CliError
-        print(f"galaxynode: {e}", file=sys.stderr)
-    if problems:
-        raise CliError(str(problems[-1]), EXIT_USAGE)
-    print(f"{args.path}: ok")
+    if args.path and args.config and args.path != args.config:
+        raise CliError("config check: give the file once (PATH or -c PATH)", EXIT_USAGE)
+    args.config = args.config or args.path
+    checked(args, os.environ if args.env else {})
+    what = args.config or "the built-in defaults"
+    print(f"{what}{' with the GALAXYNODE_* environment' if args.env else ''}: ok")
     return 0
 
 
@@ -105,9 +110,17 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("config", help="validate or show configuration")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    c = csub.add_parser("check", help="validate a config file")
-    c.add_argument("path")
-    c.set_defaults(func=cmd_config_check)
+    c = csub.add_parser("check", help="check a config file as `run` would, reporting every problem",
+                        description="Check a config file as `galaxynode run` does before it starts: every key "
+                                    "(all problems at once, one line each), the plugins (resolved, their "
+                                    "[plugins.X] tables), the TLS certificate, key and CA files, a configured "
+                                    "key file. Exit 0 when all is well, 2 otherwise.",
+                        epilog="example: galaxynode config check -c /etc/galaxynode/galaxynode.toml --env")
+    c.add_argument("path", nargs="?", metavar="PATH", help="the config file (or -c PATH)")
+    c.add_argument("--config", "-c", metavar="PATH", help="the config file")
+    c.add_argument("--env", action="store_true",
+                   help="include GALAXYNODE_* environment variables (as a unit's Environment= sets them)")
+    c.set_defaults(func=cmd_config_check, log_format=None)
     c = csub.add_parser("show", help="print the effective config (defaults < file < env < flags)")
     add_config_flags(c)
     c.set_defaults(func=cmd_config_show)
