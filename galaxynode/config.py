@@ -16,7 +16,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import attrs
@@ -49,6 +49,20 @@ class ConfigError(Exception):
 
     def __reduce__(self):  # picklable although the constructor has keyword-only arguments
         return ConfigError, (self.key, self.problem)
+
+
+class ConfigErrors(ConfigError):
+    """Several problems found in one pass (collect_config). Its key and problem are the first's;
+    `errors` holds them all and str() is one ``config: <key>: <problem>`` line each."""
+
+    def __init__(self, errors: Sequence[ConfigError]):
+        first = errors[0]
+        super().__init__(first.key, first._reason, got=first.got, source=first.source)
+        self.errors = list(errors)
+        self.args = ("\n".join(str(e) for e in self.errors),)
+
+    def __reduce__(self):
+        return ConfigErrors, (self.errors,)
 
 
 def _show(value: Any) -> str:
@@ -802,61 +816,119 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
                 overrides: Mapping[str, Any] = {}, check_files: bool = False) -> Config:
     """Defaults < TOML file at `path` < env ``GALAXYNODE_<SECTION>_<KEY>`` < `overrides` (dotted keys,
     e.g. from CLI flags; a string is read like an environment value, None means "not given").
-    `check_files`: configured files (key, TLS) must exist; the daemon creates its default key itself."""
+    `check_files`: configured files (key, TLS) must exist; the daemon creates its default key itself.
+    Raises ConfigError: the one problem, or ConfigErrors when there are several (collect_config)."""
+    config, errors = collect_config(path, env=env, overrides=overrides, check_files=check_files)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    assert config is not None
+    return config
+
+
+def collect_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str] = os.environ,
+                   overrides: Mapping[str, Any] = {},
+                   check_files: bool = False) -> tuple[Config | None, list[ConfigError]]:
+    """load_config that reports every problem in one pass (at most one per key), for `config check`
+    and the daemon's start: (the config with defaults in place of bad values, the problems). The
+    config is None only when the file cannot be read at all."""
     values: dict[str, dict[str, Any]] = {}
     sources: dict[str, str] = {}
+    errors: dict[str, ConfigError] = {}
+
+    def fail(e: ConfigError) -> None:
+        if e.got is not _NO and sources.get(e.key) and not e.source:
+            e = ConfigError(e.key, e._reason, got=e.got, source=sources[e.key])
+        errors.setdefault(e.key, e)
 
     def put(section: str, name: str, value: Any, source: str) -> None:
         values.setdefault(section, {})[name] = value
         sources[f"{section}.{name}"] = source
 
     if path is not None:
-        for section, table in _read_toml(Path(path)).items():
-            if not isinstance(table, dict):
-                owners = [f"{s}.{section}" for s, cls in SECTIONS.items() if section in _fields(cls)]
-                if section not in SECTIONS and owners:
-                    raise ConfigError(section, f"keys belong in a [section]; did you mean {owners[0]}?")
-                _section(section)
-                raise ConfigError(section, f"must be a table [{section}]", got=table)
-            cls = _section(section)
+        try:
+            table_of = _read_toml(Path(path))
+        except ConfigError as e:
+            return None, [e]
+        for section, table in table_of.items():
+            try:
+                if not isinstance(table, dict):
+                    owners = [f"{s}.{section}" for s, cls in SECTIONS.items() if section in _fields(cls)]
+                    if section not in SECTIONS and owners:
+                        raise ConfigError(section, f"keys belong in a [section]; did you mean {owners[0]}?")
+                    _section(section)
+                    raise ConfigError(section, f"must be a table [{section}]", got=table)
+                cls = _section(section)
+            except ConfigError as e:
+                fail(e)
+                continue
             extra = next((a.name for a in attrs.fields(cls) if EXTRA in a.metadata), None)
             for name, value in table.items():
                 if extra is not None and isinstance(value, dict) and name not in _fields(cls):
                     values.setdefault(section, {}).setdefault(extra, {})[name] = value
                     continue
-                _lookup(section, name)
+                try:
+                    _lookup(section, name)
+                except ConfigError as e:
+                    fail(e)
+                    continue
                 put(section, name, value, "")
     for var in sorted(env):
         # GALAXYNODE_TEST_* belongs to the test suite (e.g. GALAXYNODE_TEST_PG), never a config key.
         if var.startswith(ENV_PREFIX) and not var.startswith(TEST_ENV_PREFIX):
             section, _, name = var[len(ENV_PREFIX):].lower().partition("_")
-            put(section, name, _lookup(section, name, var).parse_text(env[var]), var)
+            try:
+                put(section, name, _lookup(section, name, var).parse_text(env[var]), var)
+            except ConfigError as e:
+                fail(e)
     for dotted, value in overrides.items():
         if value is None:
             continue
         section, _, name = dotted.partition(".")
-        spec = _lookup(section, name, _FROM_FLAGS)
+        try:
+            spec = _lookup(section, name, _FROM_FLAGS)
+        except ConfigError as e:
+            fail(e)
+            continue
         put(section, name, spec.parse_text(value) if isinstance(value, str) else value, _FROM_FLAGS)
 
+    # Each value on its own first, so that one bad key does not hide the others of its section.
+    for section, table in values.items():
+        fields = _fields(SECTIONS[section])
+        for name, value in list(table.items()):
+            if name in fields:
+                try:
+                    fields[name].metadata[SPEC].convert(value)
+                except _Bad as bad:
+                    fail(ConfigError(f"{section}.{name}", bad.problem, got=bad.got))
+                    del table[name]
+    sections: dict[str, _Section] = {}
+    for name, cls in SECTIONS.items():
+        try:
+            sections[name] = cls(**values.get(name, {}))
+        except ConfigError as e:  # a rule across keys of the section (or its extra tables)
+            fail(e)
+            sections[name] = cls()
     try:
-        config = Config(**{name: cls(**values.get(name, {})) for name, cls in SECTIONS.items()})
-    except ConfigError as e:
-        if e.got is _NO or not sources.get(e.key):
-            raise
-        raise ConfigError(e.key, e._reason, got=e.got, source=sources[e.key]) from None
+        config = Config(**sections)
+    except ConfigError as e:  # a rule across sections: report it, and go on with the defaults
+        fail(e)
+        config = Config()
     if path is not None:  # plugins_path: dotted plugin paths are looked up beside the config file
         object.__setattr__(config.plugins, "config_dir", str(Path(path).resolve().parent))
     if check_files:
-        _check_files(config)
-    return config
+        for e in _check_files(config):
+            fail(e)
+    return config, list(errors.values())
 
 
-def _check_files(config: Config) -> None:
+def _check_files(config: Config) -> list[ConfigError]:
+    out = []
     for name, section in config._sections():
         for a in attrs.fields(type(section)):
             spec, value = a.metadata.get(SPEC), getattr(section, a.name)
             if isinstance(spec, FilePath) and spec.must_exist and value is not None and not Path(value).is_file():
-                raise ConfigError(f"{name}.{a.name}", "no such file", got=value)
+                out.append(ConfigError(f"{name}.{a.name}", "no such file", got=value))
+    return out
 
 
 # --- TOML output ---------------------------------------------------------------------------------
