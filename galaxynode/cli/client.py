@@ -24,16 +24,25 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: Any) -> None:
     """Add node/query/status/watch/admin to the `galaxynode` subcommand parser."""
-    p = sub.add_parser("node", help="act as a node of a pool")
+    p = sub.add_parser("node", help="act as a node of a pool",
+                       epilog="example: galaxynode node join ws://127.0.0.1:7447 --key node.key --capability gpu")
     nsub = p.add_subparsers(dest="node_command", required=True, metavar="ACTION")
-    j = nsub.add_parser("join", help="join a pool and stay joined (heartbeats, reconnects) until Ctrl-C")
+    j = nsub.add_parser("join", help="join a pool and stay joined (heartbeats, reconnects) until Ctrl-C",
+                        description="Join a pool with this key and stay joined: heartbeats at a third of the "
+                                    "lease, reconnects with backoff after a lost connection. Ctrl-C leaves (the "
+                                    "lease ends at once). Exits 1 on a refusal that retrying cannot cure "
+                                    "(banned, not admitted, wrong network, certificate refused).",
+                        epilog="example: galaxynode node join wss://pool.example.org --key node.key "
+                               "--capability gpu --meta region=eu")
     add_client_args(j)
     j.add_argument("--key", required=True, metavar="PATH", help="the node's private key file")
     _add_filters(j)
     j.add_argument("--ttl", type=positive(int), metavar="S", help="lease time in seconds (default: the pool's)")
     j.set_defaults(func=cmd_node_join)
 
-    p = sub.add_parser("query", help="list nodes registered at a pool")
+    p = sub.add_parser("query", help="list nodes registered at a pool",
+                       epilog="example: galaxynode query ws://127.0.0.1:7447 --capability gpu --meta region=eu "
+                              "--scope peers --json")
     add_client_args(p)
     _add_filters(p)
     p.add_argument("--scope", choices=("local", "peers"), default="local", help="also ask peered pools (peers)")
@@ -42,19 +51,26 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("status", help="show a pool's public status")
+    p = sub.add_parser("status", help="show a pool's public status",
+                       description="Show a pool's public status: its key, name, network, role, version, "
+                                   "uptime, registered nodes and connected peers.",
+                       epilog="example: galaxynode status wss://pool.example.org --ca /etc/galaxynode/ca.pem")
     add_client_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("watch", help="print a pool's events as they happen, until Ctrl-C")
+    p = sub.add_parser("watch", help="print a pool's events as they happen, until Ctrl-C",
+                       epilog="example: galaxynode watch ws://127.0.0.1:7447 'node.*' --peers --json")
     add_client_args(p)
     p.add_argument("topics", nargs="*", metavar="TOPIC", help="topic patterns: * one segment, # the rest (default #)")
     p.add_argument("--peers", action="store_true", help="include events relayed from peered pools")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("admin", help="administer a pool (needs an admin key)")
+    p = sub.add_parser("admin", help="administer a pool (needs an admin key)",
+                       description="Administer a pool with a key listed in its [admission] admins.",
+                       epilog="example: galaxynode admin ws://127.0.0.1:7447 --key admin.key ban "
+                              "ed25519:<64 hex> --duration 3600")
     add_client_args(p)
     p.add_argument("--key", required=True, metavar="PATH", help="admin private key file")
     p.add_argument("action", choices=("kick", "ban", "unban", "peers", "nodes", "bans"),

@@ -20,7 +20,9 @@ def add_commands(sub: Any) -> None:
                                    "when no case fails, 1 otherwise (or when the endpoint cannot be reached). "
                                    "Hostile cases are protocol violations: an endpoint that bans after a few "
                                    "stops the run, with one line naming the setting (galaxynode: "
-                                   "GALAXYNODE_LIMITS_VIOLATIONS_BEFORE_BAN=1000).")
+                                   "GALAXYNODE_LIMITS_VIOLATIONS_BEFORE_BAN=1000).",
+                       epilog="example: galaxynode conformance ws://127.0.0.1:7447 --cases '3.*,registry' "
+                              "--json report.json")
     p.add_argument("url", type=url, nargs="?", metavar="URL", help="the endpoint, ws://host:port")
     p.add_argument("--role", choices=("pool", "mainnet"), help="what the endpoint is (default: the role of its HELLO)")
     p.add_argument("--network", default=DEFAULT_NETWORK, metavar="ID",
