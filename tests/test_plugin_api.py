@@ -451,3 +451,79 @@ def test_signed_records_verify_only_for_their_plugin_and_kind():
         verify_plugin_record(tampered, plugin="rewards", kind="epoch")
     with pytest.raises(ValueError, match="set by the pool"):
         sign_plugin_record(POOL, NET, "rewards", "epoch", {"origin": b"x"})
+
+
+async def test_watch_is_lost_when_the_store_refuses_what_the_snapshot_showed(tmp_path):
+    class Failing(SqliteStore):
+        gate: trio.Event | None = None
+
+        def apply(self, ops):
+            if self.gate is not None:
+                raise StoreError("disk full")
+            super().apply(ops)
+
+    store = Failing(tmp_path / "r.sqlite")
+    reg = Registry(LeaseTable(), store, retry_delay=0.01, owns_store=True, commit_interval=0.05)
+    async with trio.open_nursery() as n:
+        await n.start(reg.run)
+        await reg.join(b"\x01" * 32)
+        store.gate = trio.Event()
+        failed = []
+
+        async def doomed():
+            try:
+                await reg.join(b"\x02" * 32)
+            except Exception as e:
+                failed.append(e)
+
+        n.start_soon(doomed)
+        await trio.testing.wait_all_tasks_blocked()
+        entries, watch = reg.watch()  # the pending join is in the snapshot, its commit not done
+        assert {e.key for e in entries} == {b"\x01" * 32, b"\x02" * 32}
+        with trio.fail_after(5):
+            with pytest.raises(ChangesLost, match="refused changes the snapshot held"):
+                await watch.__anext__()
+        with trio.fail_after(5):
+            while not failed:  # the refused caller hears it just after the watch does
+                await trio.sleep(0.001)
+        assert reg.get(b"\x02" * 32) is None
+        watch.close()
+        n.cancel_scope.cancel()
+
+
+class Flaky:
+    """Its periodic task crashes once; while it waits to restart, its messages answer unavailable."""
+
+    name = "flaky"
+    crashed = 0
+
+    def __init__(self, ctx):
+        ctx.messages.register("ping", self.ping)
+        ctx.every(0.01, self.tick)
+
+    async def ping(self, request):
+        return {"pong": True}
+
+    async def tick(self):
+        if Flaky.crashed == 0:
+            Flaky.crashed = 1
+            raise RuntimeError("tick failed")
+
+
+async def test_a_periodic_task_that_raises_restarts_the_plugin(tmp_path):
+    async with pool(tmp_path, enabled=(f"{HERE}:Flaky",), **{"plugins.backoff_base": 0.3,
+                                                              "plugins.backoff_max": 0.3}) as (url, c):
+        sup = c.get("plugins")
+        with trio.fail_after(5):
+            while sup.stats["flaky"].state != "backoff":
+                await trio.sleep(0.005)
+        async with connect(url, Identity.generate(), network=NET) as client:
+            with pytest.raises(RemoteError) as info:
+                await plugin.call(client, "flaky", "ping")
+            assert info.value.code == ErrorCode.UNAVAILABLE
+            with trio.fail_after(5):
+                while sup.stats["flaky"].state != "running":
+                    await trio.sleep(0.01)
+            assert await plugin.call(client, "flaky", "ping") == {"pong": True}
+        st = sup.stats["flaky"]
+        assert (st.crashes, st.restarts) == (1, 1) and st.last_error == "RuntimeError: tick failed"
