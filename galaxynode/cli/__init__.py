@@ -34,7 +34,7 @@ from galaxynode.cli.common import EXIT_USAGE, CliError
 
 __all__ = ["main", "build_parser", "parse_args", "CliError", "EXIT_USAGE"]
 
-FAMILIES = ("daemon", "client", "devnet", "conformance")
+FAMILIES = ("daemon", "client", "devnet", "conformance", "plugin")
 EXTENSIONS = "galaxynode.commands"  # entry-point group
 
 
