@@ -19,6 +19,7 @@ from galaxynode.events import Subscription, TooManyPatterns
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.identity import format_public_key
 from galaxynode.net.connection import SessionClosed
 from galaxynode.plugin import AdmissionRequest
 
@@ -244,7 +245,8 @@ class SessionHandler:
         elif a.action == "peers":
             items = self.s.peers.describe() if self.s.peers else ()
             return m.AdminResult(re=frame.id, items=tuple(items))
-        log.info("admin %s by %s: %s", a.action, conn.peer_key.hex()[:16], a.key.hex() if a.key else a.address or "")
+        log.info("admin %s by %s: %s", a.action, format_public_key(conn.peer_key),
+                 format_public_key(a.key) if a.key else a.address or "")
         return m.Ack(re=frame.id)
 
 

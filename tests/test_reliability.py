@@ -572,7 +572,8 @@ CHURN_ENV = {**ONE_HOST, "GALAXYNODE_REGISTRY_MIN_TTL": "1", "GALAXYNODE_REGISTR
 
 def sessions_open(pool: PoolProcess) -> int:
     out = pool.output
-    return len(re.findall(r"session with \w+ \(.*\) established", out)) - len(re.findall(r"session with \w+ closed", out))
+    return (len(re.findall(r"session with ed25519:\w+ \(.*\) established", out))
+            - len(re.findall(r"session with ed25519:\w+ closed", out)))
 
 
 async def test_peer_and_node_churn_leaks_nothing(tmp_path):
@@ -584,7 +585,7 @@ async def test_peer_and_node_churn_leaks_nothing(tmp_path):
         pin = f"{url_a}#ed25519:{key_a.hex()}"
         with PoolProcess(tmp_path / "b", env=CHURN_ENV, network=NET, name="b", args=("--peer", pin)) as b:
             url_b = b.url
-            b.wait_for(f"peer {key_a.hex()[:16]} connected")
+            b.wait_for(f"peer ed25519:{key_a.hex()} connected")
             a_holder = {"pool": a0}
             counts = {"joins": 0, "leaves": 0, "abrupt": 0, "failed": 0, "restarts": 0, "events": 0}
             stop = trio.Event()
