@@ -106,3 +106,42 @@ def test_registry_backup_of_a_running_pool_restores(tmp_path):
 def test_registry_backup_errors_are_one_line(tmp_path):
     r = gn("registry", "backup", str(tmp_path / "out.sqlite"), "--data-dir", str(tmp_path / "nothing"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no registry database here" in r.stderr
+
+
+def test_watch_lines_show_keys_whole_and_times_as_times():
+    from galaxynode.cli.client import event_line
+    from galaxynode.gelato import messages as m
+    node, pool = Identity.generate(), Identity.generate()
+    ev = m.Event(topic="node.joined", event_id=b"\0" * 16, origin=pool.public, ts=0,
+                 data={"key": node.public, "capabilities": ["gpu"], "meta": {}, "expires": 61_000})
+    assert event_line(ev, pool.public, as_json=False) == (
+        f'1970-01-01T00:00:00.000Z node.joined {{"capabilities": ["gpu"], "expires": "1970-01-01T00:01:01.000Z", '
+        f'"key": "{node.public_text}", "meta": {{}}}}')
+    data = json.loads(event_line(ev, pool.public, as_json=True))["data"]
+    assert data == {"key": node.public_text, "capabilities": ["gpu"], "meta": {}, "expires": 61_000}
+
+
+def test_network_mismatch_is_worded_from_the_clients_side():
+    from galaxynode.cli.client import _describe
+    from galaxynode.net import RemoteError
+    error = RemoteError(m_error(3002, "network_mismatch", "peer is on network 'galaxy-dev', we are on 'galaxy-main'"))
+    line = _describe(error, argparse.Namespace(url="ws://h:1", network="galaxy-dev", timeout=10))
+    assert line == ("ws://h:1: refused: network_mismatch (3002): the pool is on network 'galaxy-main', "
+                    "not 'galaxy-dev' (use --network galaxy-main)")
+
+
+def m_error(code: int, name: str, message: str):
+    from galaxynode.gelato import messages as m
+    return m.Error(code=code, name=name, message=message)
+
+
+def test_a_closed_port_says_connection_refused_and_a_url_without_port_means_7447():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        r = gn("status", f"ws://127.0.0.1:{port}", "--timeout", "5")
+    assert r.returncode == 1
+    assert r.stderr == f"galaxynode: ws://127.0.0.1:{port}: cannot connect to 127.0.0.1:{port}: connection refused\n"
+    from galaxynode.net.transport import parse_url
+    assert parse_url("ws://pool.example.org")[2] == parse_url("wss://pool.example.org/x")[2] == 7447

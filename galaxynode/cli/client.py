@@ -94,7 +94,7 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> str | None:
     from galaxynode.net import ChannelClosed, RemoteError, SessionClosed
     url = args.url
     if isinstance(exc, RemoteError):
-        return f"{url}: refused: {exc.remote_name} ({exc.remote_code}): {exc.message}"
+        return f"{url}: refused: {exc.remote_name} ({exc.remote_code}): {_our_side(exc, args)}"
     if isinstance(exc, ProtocolError):
         return f"{url}: protocol error: {exc}"
     if isinstance(exc, ChannelClosed):
@@ -104,6 +104,20 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> str | None:
     if isinstance(exc, trio.TooSlowError):
         return f"{url}: no reply within {args.timeout:g}s"
     return None
+
+
+def _our_side(exc: Any, args: argparse.Namespace) -> str:
+    """The pool's words, from where the user sits: a pool's network_mismatch says "peer is on network
+    <ours>, we are on <its>"; here the peer is us."""
+    import re
+
+    from galaxynode.gelato.errors import ErrorCode
+    said = re.fullmatch(r"peer is on network (.+), we are on (.+)", exc.message or "")
+    if exc.remote_code != ErrorCode.NETWORK_MISMATCH or said is None:
+        return exc.message
+    theirs = said.group(2)
+    flag = theirs[1:-1] if len(theirs) > 1 and theirs[0] == theirs[-1] == "'" else theirs  # a repr()
+    return f"the pool is on network {theirs}, not {said.group(1)} (use --network {flag})"
 
 
 def _run(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) -> int:
@@ -189,11 +203,32 @@ def nodes_table(records: Sequence[Any], now_ms: int) -> str:
     return format_table(rows, headers)
 
 
+_KEY_FIELDS = frozenset({"key", "origin", "pool"})  # event data fields that hold a 32-byte public key
+_TIME_FIELDS = frozenset({"expires", "until"})      # ... and those that hold a time in epoch ms
+
+
+def event_data(data: Any, *, human: bool) -> Any:
+    """Event data as people read it: keys as ed25519:<hex> (bytes on the wire); for `human`, also
+    times as ISO 8601 rather than epoch ms (--json keeps the numbers)."""
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for name, value in data.items():
+        if name in _KEY_FIELDS and isinstance(value, (bytes, bytearray)) and len(value) == 32:
+            value = pub(bytes(value))
+        elif human and name in _TIME_FIELDS and type(value) is int and 0 <= value < 2**53:
+            value = iso(value)
+        out[name] = value
+    return out
+
+
 def event_line(ev: Any, pool_key: bytes, *, as_json: bool) -> str:
     if as_json:
         return json.dumps({"topic": ev.topic, "event_id": ev.event_id.hex(), "origin": pub(ev.origin),
-                           "ts": ev.ts, "data": ev.data, "hops": ev.hops}, default=json_default)
-    line = f"{iso(ev.ts)} {printable(ev.topic)} {json.dumps(ev.data, default=json_default, sort_keys=True)}"
+                           "ts": ev.ts, "data": event_data(ev.data, human=False), "hops": ev.hops},
+                          default=json_default)
+    data = json.dumps(event_data(ev.data, human=True), default=json_default, sort_keys=True)
+    line = f"{iso(ev.ts)} {printable(ev.topic)} {data}"
     return line if ev.origin == pool_key else f"{line} (from {pub(ev.origin)})"
 
 
