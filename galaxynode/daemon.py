@@ -34,6 +34,7 @@ from galaxynode.net.bans import Bans
 from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.server import Server
 from galaxynode.net.tls import TLSError, client_context, server_context
+from galaxynode.nodeclient import DEFAULT_NETWORK
 from galaxynode.peerpolicy import PeerPolicy
 from galaxynode.peering import PeerManager
 from galaxynode.plugins import PluginContext, PluginError, PluginSupervisor, make_api_context
@@ -357,6 +358,17 @@ def reload_config(rt: Runtime, container, path: str | None, overrides: dict) -> 
     log.info("reloaded: %s", ", ".join(sorted(changed)))
 
 
+def next_step(config: Config, container) -> str:
+    """The end of the ready line: the command that shows this daemon answering, for an operator who
+    has just started it (a wildcard listen address as loopback, which reaches it from this host)."""
+    server = container.get("server") if "server" in container else None
+    if server is None or not server.bound_urls:
+        return ""
+    url = server.bound_urls[0].replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    network = "" if config.network.id == DEFAULT_NETWORK else f" --network {config.network.id}"
+    return f"; next: galaxynode status {url}{network}"
+
+
 def expected_checks(config: Config) -> list[str]:
     """The readiness checks a pool with this config must pass before any is sampled (galaxynode.health):
     listening, the registry loaded and storing changes, announced when [mainnet] url is set. Each
@@ -484,8 +496,8 @@ async def _serve(config: Config, rt: Runtime, identity: Identity, kernel: Kernel
             health.start_soon(_sample_readiness, sample, container)
             notifier.notify(READY=1, STATUS=readiness.summary())  # start-up is done; STATUS says if we serve
             readiness.on_change(lambda r: notifier.notify(STATUS=r.summary()))
-            log.info("ready: pool %s (%s), %s, version %s", config.node.name, identity.public_text,
-                     status, __version__)
+            log.info("ready: pool %s (%s), %s, version %s%s", config.node.name, identity.public_text,
+                     status, __version__, next_step(config, container))
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
