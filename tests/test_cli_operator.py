@@ -145,3 +145,26 @@ def test_a_closed_port_says_connection_refused_and_a_url_without_port_means_7447
     assert r.stderr == f"galaxynode: ws://127.0.0.1:{port}: cannot connect to 127.0.0.1:{port}: connection refused\n"
     from galaxynode.net.transport import parse_url
     assert parse_url("ws://pool.example.org")[2] == parse_url("wss://pool.example.org/x")[2] == 7447
+
+
+def test_the_ready_line_says_what_to_run_next(tmp_path):
+    from procutil import Proc
+    with Proc("run", "--listen", "ws://127.0.0.1:0", "--data-dir", str(tmp_path / "d"), "--network", "op-test") as pool:
+        line = pool.wait_for(r"ready: pool .*").group(0)
+        url = pool.wait_for(r"serving Gelato on (ws://\S+)").group(1)
+        assert line.endswith(f"; next: galaxynode status {url} --network op-test")
+        r = gn(*line.partition("next: galaxynode ")[2].split())
+        assert r.returncode == 0 and "op-test" in r.stdout
+        assert pool.stop() == 0
+
+
+def test_a_fatal_start_up_error_is_a_json_record_under_log_format_json(tmp_path):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = gn("run", "--listen", f"ws://127.0.0.1:{port}", "--data-dir", str(tmp_path / "d"), "--log-format", "json")
+    assert r.returncode == 1
+    records = [json.loads(line) for line in r.stderr.splitlines()]  # every line is a record
+    assert records[-1]["level"] == "critical" and "Address already in use" in records[-1]["msg"]

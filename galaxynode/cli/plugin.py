@@ -61,7 +61,8 @@ class Plugin:
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("plugin", help="plugin tools", description="Tools for writing galaxynode plugins.")
+    p = sub.add_parser("plugin", help="plugin tools", description="Tools for writing galaxynode plugins.",
+                       epilog="example: galaxynode plugin new capcount")
     psub = p.add_subparsers(dest="plugin_command", required=True, metavar="COMMAND")
     new = psub.add_parser("new", help="create a plugin package skeleton",
                           description="Create DIR/NAME: a pip-installable plugin package (pyproject with the "
