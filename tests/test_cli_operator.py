@@ -168,3 +168,20 @@ def test_a_fatal_start_up_error_is_a_json_record_under_log_format_json(tmp_path)
     assert r.returncode == 1
     records = [json.loads(line) for line in r.stderr.splitlines()]  # every line is a record
     assert records[-1]["level"] == "critical" and "Address already in use" in records[-1]["msg"]
+
+
+def test_the_readmes_python_example_runs_and_prints_keys_whole(tmp_path):
+    import re
+    from pathlib import Path
+
+    from procutil import Proc
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    with Proc("run", "--listen", "ws://127.0.0.1:0", "--data-dir", str(tmp_path / "d")) as pool:
+        url = pool.wait_for(r"serving Gelato on (ws://\S+)").group(1)
+        pool.wait_for("ready: pool")
+        r = subprocess.run([sys.executable, "-c", example.replace("ws://127.0.0.1:7447", url)],
+                           capture_output=True, text=True, timeout=60)
+        assert pool.stop() == 0
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"ed25519:[0-9a-f]{64} gpu \{'region': 'eu'\}\n", r.stdout), r.stdout
