@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from galaxynode.cli.common import DEFAULT_NETWORK, EXIT_USAGE, CliError, positive, url
+from galaxynode.cli.common import DEFAULT_NETWORK, EXIT_USAGE, CliError, positive, pub, url
 
 
 def add_commands(sub: Any) -> None:
@@ -77,7 +77,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         if not chosen:
             raise CliError(f"no case matches {args.cases!r} for role {opts.role}", EXIT_USAGE)
         if not quiet:
-            print(f"Gelato conformance of {opts.url}: {opts.role} ed25519:{endpoint.key.hex()} "
+            print(f"Gelato conformance of {opts.url}: {opts.role} {pub(endpoint.key)} "
                   f"({endpoint.agent or 'no agent'}), network {opts.network}, {len(chosen)} cases", file=out)
         group = None
 
