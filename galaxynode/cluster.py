@@ -304,6 +304,7 @@ class Supervisor:
         self.workers = workers
         self.procs: dict[int, trio.Process] = {}
         self.restarts = 0
+        self._stopping = False
         self._sockets: list[socket.socket] = []
 
     def _resolve_listen(self) -> list[str]:
@@ -321,7 +322,7 @@ class Supervisor:
     def _spawn_args(self, index: int, listen: list[str]) -> tuple[list[str], dict]:
         overrides = {**self.overrides, "server.listen": listen, "server.workers": 1}
         env = {**os.environ, WORKER_ENV: json.dumps({"index": index, "config_path": self.config_path,
-                                                     "overrides": overrides})}
+                                                     "overrides": overrides, "supervisor": os.getpid()})}
         return [sys.executable, "-m", "galaxynode.cluster"], env
 
     async def run(self) -> int:
@@ -358,6 +359,8 @@ class Supervisor:
                     with trio.CancelScope(shield=True):
                         await proc.wait()
                 self.procs.pop(index, None)
+            if self._stopping:
+                return
             if trio.current_time() - started > 60:
                 delay = RESTART_MIN
             log.error("worker %d (pid %d) exited with status %s; restarting in %.1fs", index, proc.pid, status, delay)
@@ -366,6 +369,7 @@ class Supervisor:
             delay = min(delay * 2, RESTART_MAX)
 
     async def _stop_all(self) -> None:
+        self._stopping = True
         procs = list(self.procs.values())
         for p in procs:
             if p.returncode is None:
@@ -396,6 +400,16 @@ def supervise(config: Any, *, config_path: str | None, overrides: dict) -> int:
                                    workers=config.server.workers).run)
 
 
+async def _die_with_parent(supervisor: int, interval: float = 0.5) -> None:
+    """SIGTERM this worker when its supervisor is gone (killed with -9 too): no orphan keeps serving.
+    Polled: PR_SET_PDEATHSIG would fire when the *thread* that spawned us ends (trio spawns from its
+    thread cache), not the process."""
+    while os.getppid() == supervisor:
+        await trio.sleep(interval)
+    log.error("supervisor (pid %d) is gone; stopping", supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_main() -> int:
     """A worker process (started by Supervisor with WORKER_ENV): the daemon, minus the data-dir lock its
     supervisor holds, listening with SO_REUSEPORT."""
@@ -405,8 +419,15 @@ def worker_main() -> int:
     spec = json.loads(os.environ.pop(WORKER_ENV))
     config = load_config(spec["config_path"], overrides=spec["overrides"])
     setup_logging(config.logging.level, config.logging.format)
-    return trio.run(lambda: run_daemon(config, config_path=spec["config_path"], overrides=spec["overrides"],
-                                       worker=spec["index"]))
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_die_with_parent, spec["supervisor"])
+            code = await run_daemon(config, config_path=spec["config_path"], overrides=spec["overrides"],
+                                    worker=spec["index"])
+            nursery.cancel_scope.cancel()
+        return code
+    return trio.run(main)
 
 
 if __name__ == "__main__":
