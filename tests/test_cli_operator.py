@@ -185,3 +185,20 @@ def test_the_readmes_python_example_runs_and_prints_keys_whole(tmp_path):
         assert pool.stop() == 0
     assert r.returncode == 0, r.stderr
     assert re.fullmatch(r"ed25519:[0-9a-f]{64} gpu \{'region': 'eu'\}\n", r.stdout), r.stdout
+
+
+def test_conformance_takes_ca_too(tmp_path):
+    """--ca on every client command: the conformance suite reaches a wss:// pool with a private CA."""
+    from procutil import Proc
+    from test_tls import issue, make_ca
+    ca = make_ca(tmp_path / "ca")
+    cert = issue(tmp_path, ca)
+    env = {"GALAXYNODE_SERVER_TLS_CERT": str(cert.cert), "GALAXYNODE_SERVER_TLS_KEY": str(cert.key)}
+    with Proc("run", "--listen", "wss://127.0.0.1:0", "--data-dir", str(tmp_path / "d"), env=env) as pool:
+        url = pool.wait_for(r"serving Gelato on (wss://\S+)").group(1)
+        pool.wait_for("ready: pool")
+        r = gn("conformance", url, "--cases", "1.1", "--ca", str(ca[0].cert))
+        refused = gn("conformance", url, "--cases", "1.1")
+        assert pool.stop() == 0
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert refused.returncode == 1 and "certificate verify failed" in refused.stderr

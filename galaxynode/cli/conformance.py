@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from galaxynode.cli.common import DEFAULT_NETWORK, EXIT_USAGE, CliError, positive, pub, url
+from galaxynode.cli.common import DEFAULT_NETWORK, EXIT_USAGE, CliError, add_ca_arg, positive, pub, url
 
 
 def add_commands(sub: Any) -> None:
@@ -42,6 +42,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--flood", type=positive(int), default=5000, metavar="N",
                    help="PINGs sent to look for a rate limit (default 5000)")
     p.add_argument("--vectors", metavar="DIR", help="protocol/vectors directory (default: the source tree's, else those installed with the package)")
+    add_ca_arg(p)
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.set_defaults(func=cmd_conformance)
 
@@ -62,7 +63,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         raise CliError("a URL is required (or --list)", EXIT_USAGE)
     opts = Options(url=args.url, network=args.network, role=args.role or "pool", timeout=args.timeout,
                    handshake_timeout=args.handshake_timeout, max_frame_size=args.max_frame_size,
-                   max_wait=args.max_wait, flood=args.flood, vectors=args.vectors)
+                   max_wait=args.max_wait, flood=args.flood, vectors=args.vectors, ca_file=args.ca)
     quiet = args.json == "-"
     out = sys.stdout
 
