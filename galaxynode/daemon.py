@@ -274,7 +274,7 @@ class PeeringModule(Module):
             peers.admission = ctx.container.get("plugins").admit
         services.peers = peers
         ctx.container.register("peers", peers)
-        await ctx.nursery.start(peers.run)
+        announcer = None
         if c.mainnet.url:
             announcer = Announcer(rt.identity, issuer, mainnet_url=c.mainnet.url, network=c.network.id,
                                   limits=session_limits(c), registry=registry, book=book,
@@ -285,8 +285,25 @@ class PeeringModule(Module):
                                   ssl_context=client_ssl_context(c))
             ctx.container.register("announcer", announcer)
             peers.on_unlisted = announcer.lookup_soon  # a pool listed since our last LOOKUP is promoted
+        cluster = ctx.container.get("cluster") if "cluster" in ctx.container else None
+        if cluster is not None:
+            # What reaches out (static peers, discovery, the main net) runs in the elected member only,
+            # so peers and the main net see one pool; every member serves the peers that dial in.
+            ctx.nursery.start_soon(cluster.election.while_leader, lambda: _reach_out(peers, announcer))
+            return
+        await ctx.nursery.start(peers.run)
+        if announcer is not None:
             await ctx.nursery.start(announcer.run)
             ctx.log.info("announcing to main net %s", c.mainnet.url)
+
+
+async def _reach_out(peers: PeerManager, announcer: Announcer | None) -> None:
+    """A cluster leader's outbound peering and announcing, until cancelled (leadership lost)."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peers.run)
+        if announcer is not None:
+            await nursery.start(announcer.run)
+            log.info("announcing to main net %s", announcer.mainnet_url)
 
 
 class MetricsModule(Module):
