@@ -147,3 +147,16 @@ def test_sqlite_with_workers_is_refused_in_one_line(tmp_path):
     assert p.output.strip().splitlines() == [
         'galaxynode: config: server.workers: more than 1 worker needs [registry] backend = "postgresql" '
         '(a SQLite registry belongs to one process) (got 2 from the command line)']
+
+
+def test_one_worker_reaches_out_for_the_pool(tmp_path, pg_dsn):
+    """Peering and the main-net announcement run in the elected worker only: the main net and peers
+    see one pool, not one per worker."""
+    env = {"GALAXYNODE_REGISTRY_BACKEND": "postgresql", "GALAXYNODE_REGISTRY_DSN": pg_dsn}
+    with live_pool(tmp_path / "data", env=env, args=("--workers", "2", "--mainnet", "ws://127.0.0.1:9")) as pool:
+        first = pool.wait_for(r"ready: pool").end()
+        pool.wait_for(r"ready: pool", start=first)
+        pool.wait_for(r"announcing to main net")
+        time.sleep(1.5)  # an election round more: still one
+        assert pool.output.count("now runs the pool-wide duties") == 1
+        assert pool.output.count("announcing to main net") == 1
