@@ -527,3 +527,50 @@ async def test_a_periodic_task_that_raises_restarts_the_plugin(tmp_path):
             assert await plugin.call(client, "flaky", "ping") == {"pong": True}
         st = sup.stats["flaky"]
         assert (st.crashes, st.restarts) == (1, 1) and st.last_error == "RuntimeError: tick failed"
+
+
+def test_metrics_kinds_labels_and_bounds():
+    from galaxynode.plugins import PluginMetrics
+    registry = PluginMetrics()
+    m = registry.for_plugin("my-plug")
+    hits = m.counter("hits", "Hits.", labels=["kind"])
+    hits.labels("a").inc()
+    hits.labels("a").inc(2)
+    assert m.counter("hits", "Hits.", labels=["kind"]) is hits  # the same metric, e.g. after a restart
+    with pytest.raises(ValueError):
+        m.gauge("hits", "Hits.")
+    with pytest.raises(ValueError):
+        hits.labels("a").inc(-1)
+    with pytest.raises(TypeError):
+        hits.inc()  # labelled: .labels(...) first
+    size = m.histogram("size", "Sizes.", buckets=(1, 10))
+    for v in (0.5, 5, 50):
+        size.observe(v)
+    depth = m.gauge("depth", "Depth.")
+    depth.set(3)
+    depth.dec()
+    families = {f.name: f for f in registry.collect()}
+    assert set(families) == {"galaxynode_plugin_my_plug_hits", "galaxynode_plugin_my_plug_size",
+                             "galaxynode_plugin_my_plug_depth"}
+    assert [(s.name, s.labels, s.value) for s in families["galaxynode_plugin_my_plug_hits"].samples] == [
+        ("galaxynode_plugin_my_plug_hits_total", {"kind": "a"}, 3)]
+    buckets = {s.labels.get("le"): s.value for s in families["galaxynode_plugin_my_plug_size"].samples
+               if s.name.endswith("_bucket")}
+    assert buckets == {"1.0": 1, "10.0": 2, "+Inf": 3}
+    assert families["galaxynode_plugin_my_plug_depth"].samples[0].value == 2
+    for bad in ("Bad", "with-dash", "x" * 40):
+        with pytest.raises(ValueError):
+            m.counter(bad, "x")
+
+
+async def test_store_checks_keys_and_values():
+    reg = Registry(LeaseTable())  # memory only: nothing to wait for
+    from galaxynode.plugins import _Store
+    store = _Store(reg, "p")
+    await store.write({"b/2": b"2", "a/1": b"1", "b/1": b"x"})
+    await store.delete("a/1")
+    assert await store.scan("b/") == [("b/1", b"x"), ("b/2", b"2")]
+    assert await store.get("a/1") is None and reg.kv == {"p": {"b/2": b"2", "b/1": b"x"}}
+    for key, value in (("", b""), ("k" * 257, b""), ("k", "text"), ("k", b"x" * (plugin.MAX_STORE_VALUE + 1))):
+        with pytest.raises(ValueError):
+            await store.put(key, value)
