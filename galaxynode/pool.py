@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from types import MappingProxyType
 from typing import Any, Awaitable, Callable
 
 import attrs
@@ -112,7 +113,8 @@ class SessionHandler:
         if plugins is not None and plugins.admitters:
             hello = getattr(conn, "peer_hello", None)
             attached = await plugins.admit(AdmissionRequest(
-                key=conn.peer_key, capabilities=msg.capabilities, meta=meta, remote=getattr(conn, "remote", None),
+                key=conn.peer_key, capabilities=msg.capabilities, meta=MappingProxyType(meta),
+                remote=getattr(conn, "remote", None),
                 is_peer=False, role=hello.role if hello is not None else "node"))
             if attached:
                 meta = {**meta, **attached}
