@@ -275,6 +275,7 @@ class PeeringModule(Module):
         services.peers = peers
         ctx.container.register("peers", peers)
         announcer = None
+        cluster = ctx.container.get("cluster") if "cluster" in ctx.container else None
         if c.mainnet.url:
             announcer = Announcer(rt.identity, issuer, mainnet_url=c.mainnet.url, network=c.network.id,
                                   limits=session_limits(c), registry=registry, book=book,
@@ -283,9 +284,11 @@ class PeeringModule(Module):
                                   backoff_min=min(1.0, c.peers.reconnect_min),
                                   backoff_max=c.peers.reconnect_max, on_descriptors=peers.discover,
                                   ssl_context=client_ssl_context(c))
-            ctx.container.register("announcer", announcer)
+            if cluster is not None:  # it runs in the elected member only: the cluster samples its state
+                cluster.announcer = announcer
+            else:
+                ctx.container.register("announcer", announcer)
             peers.on_unlisted = announcer.lookup_soon  # a pool listed since our last LOOKUP is promoted
-        cluster = ctx.container.get("cluster") if "cluster" in ctx.container else None
         if cluster is not None:
             # What reaches out (static peers, discovery, the main net) runs in the elected member only,
             # so peers and the main net see one pool; every member serves the peers that dial in.
