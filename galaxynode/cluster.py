@@ -68,6 +68,8 @@ class Replica:
         self._caught_up = time.monotonic()
         self._catching_up = trio.Lock()
         self.failures = 0
+        self.lost_since: float | None = None  # when the change log was lost (monotonic), None while following
+        registry.resyncs_after_outage = True
 
     async def snapshot(self) -> None:
         """Replace memory with the stored state and follow the log from there."""
@@ -92,46 +94,61 @@ class Replica:
                 except StoreError as exc:
                     self._close_listen()
                     self.failures += 1
-                    log.warning("replica lost the change log (%s); retrying", exc)
+                    now = time.monotonic()
+                    if self.lost_since is None:  # logged once, then once per failure_log_interval
+                        self.lost_since, self._next_log = now, now + self.registry.failure_log_interval
+                        self._refused = self.registry.changes_refused
+                        self.registry.outage = "the pool cannot reach its database right now; retry later"
+                        log.error("replica lost PostgreSQL (%s): serving reads from memory, refusing changes, "
+                                  "retrying every %gs", exc, self.poll_interval)
+                    elif now >= self._next_log:
+                        refused, self._refused = self.registry.changes_refused - self._refused, \
+                            self.registry.changes_refused
+                        log.error("PostgreSQL still unreachable after %.0fs (%s); %d changes refused in the last %.0fs",
+                                  now - self.lost_since, exc, refused, self.registry.failure_log_interval)
+                        self._next_log = now + self.registry.failure_log_interval
                     await trio.sleep(self.poll_interval)
-                    if time.monotonic() - self._caught_up > self._max_gap():
-                        await self.snapshot()
-                        self.resyncs += 1
-                        log.warning("replica took a new snapshot: changes made meanwhile were not published here")
         finally:
             self._close_listen()
             self.reader.close()
 
-    def _max_gap(self) -> float:
-        from galaxynode.registry.pgstore import CHANGES_KEPT
-        return CHANGES_KEPT / 2
-
     async def _follow(self) -> None:
         if self._listen is None:
             self._listen = await trio.to_thread.run_sync(self._open_listen)
-            await self.catch_up()  # what was committed before LISTEN took effect
+            await self.catch_up()  # what was committed before LISTEN took effect, events included
+            if self.lost_since is not None:
+                # Memory kept the changes refused meanwhile, and what lapsed or was pruned is gone:
+                # the stored state is the truth again.
+                await self.snapshot()
+                self.registry.store.reconnect_soon()  # its idle connection died with the server
+                self.registry.outage = None  # changes are tried again
+                self.resyncs += 1
+                log.warning("replica has PostgreSQL again after %.1fs; memory resynchronised",
+                            time.monotonic() - self.lost_since)
+                self.lost_since = None
         while True:
             await trio.to_thread.run_sync(self._wait_notify)
             await self.catch_up()
 
     def _open_listen(self):
         import psycopg
-        from galaxynode.registry.pgstore import connect
+        from galaxynode.registry.pgstore import _reason, connect
         conn = connect(self.dsn, autocommit=True)
         try:
             conn.execute(f"LISTEN {self.table}_changes")
         except psycopg.Error as exc:
             conn.close()
-            raise StoreError(f"cannot LISTEN on {self.reader.path}: {exc}") from exc
+            raise StoreError(f"cannot LISTEN on {self.reader.path}: {_reason(exc)}") from exc
         return conn
 
     def _wait_notify(self) -> None:
         import psycopg
+        from galaxynode.registry.pgstore import _reason
         try:
             for _ in self._listen.notifies(timeout=self.poll_interval, stop_after=1):
                 pass
         except psycopg.Error as exc:
-            raise StoreError(f"change notifications from {self.reader.path} stopped: {exc}") from exc
+            raise StoreError(f"change notifications from {self.reader.path} stopped: {_reason(exc)}") from exc
 
     def _close_listen(self) -> None:
         if self._listen is not None:
@@ -240,8 +257,11 @@ async def expire_leases(registry: Any, store: Any, interval: float) -> None:
     """The leader's duty: delete what ran out, once for the pool; the replicas (ours too) hear it."""
     while True:
         with registry.task_failures.guard("cluster.expiry"):
-            expired = await trio.to_thread.run_sync(store.expire_due, registry.clock())
-            registry.expired += len(expired)
+            try:
+                expired = await trio.to_thread.run_sync(store.expire_due, registry.clock())
+                registry.expired += len(expired)
+            except StoreError as exc:  # the database is away: the replica says so; expiry waits for it
+                log.debug("lease expiry: %s", exc)
         await trio.sleep(interval)
 
 
@@ -266,6 +286,7 @@ class ClusterModule(Module):
 
     replica: Replica | None = None
     election: Election | None = None
+    announcer: Any = None  # set by the peering module: its state is the "mainnet" check of the leader
 
     async def start(self, ctx: ModuleContext) -> None:
         config = ctx.config.config
@@ -280,6 +301,29 @@ class ClusterModule(Module):
         ctx.nursery.start_soon(self.election.while_leader,
                                lambda: expire_leases(registry, self.replica.reader, config.registry.expiry_interval))
         ctx.container.register("cluster", self)
+        readiness = ctx.config.readiness
+        readiness.expect("backend")
+        ctx.nursery.start_soon(self._sample, readiness, registry, bool(config.mainnet.url))
+
+    async def _sample(self, readiness: Any, registry: Any, mainnet: bool, interval: float = 0.5) -> None:
+        """Readiness "backend": PostgreSQL reachable (change log followed, commits going through); and
+        "mainnet" on a member that does not lead: the elected member announces for the pool."""
+        replica = self.replica
+        while True:
+            if replica.lost_since is not None:
+                readiness.set("backend", False, f"PostgreSQL unreachable for {time.monotonic() - replica.lost_since:.0f}s: "
+                                                "reads served from memory, changes refused")
+            elif getattr(registry, "_failing", None) is not None:
+                readiness.set("backend", False, "PostgreSQL refuses changes")
+            else:
+                readiness.set("backend", True, f"PostgreSQL {replica.reader.path}")
+            if mainnet:
+                a = self.announcer
+                if self.election.leader and a is not None:
+                    readiness.set("mainnet", a.state == "announced", f"main net: {a.state}")
+                else:
+                    readiness.set("mainnet", True, "announced by the elected member")
+            await trio.sleep(interval)
 
 
 # --- supervisor (the parent of --workers N) ----------------------------------------------------------

@@ -129,6 +129,7 @@ class PgStore:
             migrate(dsn, table)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
+        self._stale = False
         conn = self._connection()
         try:
             version = schema_version(conn, table)
@@ -154,8 +155,23 @@ class PgStore:
         self._log_lock = zlib.crc32(f"galaxynode:{table}:changes".encode()) - 2**31  # int4 advisory lock key
         self._commits = 0
 
+    @property
+    def reachable(self) -> bool:
+        """False once the connection was lost, until a call reconnects."""
+        conn = self._conn
+        return conn is not None and not conn.closed and not conn.broken
+
+    def reconnect_soon(self) -> None:
+        """The server restarted (someone else noticed): the next call opens a new connection instead of
+        finding out, with a failed write, that this one is dead. Safe from any thread."""
+        self._stale = True
+
     def _connection(self, *, reconnect: bool = True) -> psycopg.Connection:
         """The open connection; a broken one is replaced (the server restarted) unless ``reconnect`` is off."""
+        if self._stale and reconnect and self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._stale = False
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
             return conn
