@@ -131,8 +131,9 @@ async def serve_pool(max_sessions: int, durable: bool) -> None:
 
         def stats() -> dict:
             conns = list(server.connections.values())
-            return {"sessions": len(conns), "frames_in": sum(c.stats.frames_in for c in conns),
-                    **attrs.asdict(server.stats)}
+            # per session: the other sessions' keepalive PONGs must not count as one-way frames
+            return {"sessions": len(conns), "frames_in": {c.peer_key.hex(): c.stats.frames_in for c in conns},
+                    "commits": registry.commits, **attrs.asdict(server.stats)}
 
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
@@ -280,23 +281,22 @@ class PoolClient:
     @asynccontextmanager
     async def open(self) -> AsyncIterator["PoolClient"]:
         async with AsyncExitStack() as stack:
-            self.conns = []
-            for _ in range(self.req_sessions):
-                conn = await stack.enter_async_context(connect(self.srv.url, Identity.generate(), network=NETWORK,
-                                                               limits=LIMITS))
+            self.conns, idents = [], [Identity.generate() for _ in range(self.req_sessions)]
+            for ident in idents:
+                conn = await stack.enter_async_context(connect(self.srv.url, ident, network=NETWORK, limits=LIMITS))
                 await conn.request(m.Join(ttl=3600))
                 self.conns.append(conn)
-            self.conn = self.conns[0]
+            self.conn, self.key = self.conns[0], idents[0].public.hex()   # one-way goes over the first
             yield self
 
     async def one_way(self, n: int) -> float:
-        before = (await trio.to_thread.run_sync(self.srv.stats))["frames_in"]
+        before = (await trio.to_thread.run_sync(self.srv.stats))["frames_in"][self.key]
         start = time.perf_counter()
         for _ in range(n):
             await self.conn.send(self.sizes.pong)
         await self.conn.request(m.Heartbeat())   # answered only after all n were processed
         elapsed = time.perf_counter() - start
-        after = (await trio.to_thread.run_sync(self.srv.stats))["frames_in"]
+        after = (await trio.to_thread.run_sync(self.srv.stats))["frames_in"][self.key]
         self.verified.append((n, after - before - 1))
         return elapsed
 
@@ -541,6 +541,7 @@ def measure(cfg: Config) -> tuple[Config, Sizes, dict]:
         res["verified"] = pool.verified
         stats = pool_srv.stats()
         res["server_violations"], res["server_handshake_failed"] = stats["violations"], stats["handshake_failed"]
+        res["durable_commits"] = stats["commits"]   # HEARTBEATs per commit = req/rep requests / this
     res["libp2p_skipped"] = skipped
     with ServerProcess("pool", max_sessions=cfg.sessions + cfg.parallel) as srv:
         res["sessions"] = trio.run(hold_sessions, srv, cfg)
