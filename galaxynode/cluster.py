@@ -6,10 +6,10 @@ workers on a host or alone on one of several hosts:
 - **Replica**: each member keeps the whole lease table in memory and follows the change log
   (pgstore: one row per committed batch, ids visible in increasing order, NOTIFY with the id). It
   starts from a snapshot taken in the same transaction as the last id, then applies every row with
-  a greater id: what another member changed is read back from its rows (the rows now, not the row
-  then, so members converge whatever the order) and its events are published on the local bus, so a
-  subscriber hears every change of the pool whichever member made it. A member that lost the log for
-  longer than the log is kept (pgstore.CHANGES_KEPT) takes a new snapshot.
+  a greater id: another member's ops, with their values, in the order they were committed (so memory
+  ends where the store is), and its events, published on the local bus, so a subscriber hears every
+  change of the pool whichever member made it. A member that lost the database catches up from its
+  last id when it is back (events included), then takes a new snapshot (the stored state is the truth).
 - **Election**: pool-wide duties (lease expiry; peering and the main-net announcement) run in one
   member, the holder of a session-level advisory lock; when its connection or process dies the lock
   is released and another member takes over within about a second. Expiry deletes rows with
@@ -42,6 +42,7 @@ log = logging.getLogger("galaxynode.cluster")
 
 WORKER_ENV = "_GALAXYNODE_WORKER"  # a worker's settings from its supervisor (JSON); not a config variable
 POLL_INTERVAL = 1.0  # seconds: the change log is read at least this often, NOTIFY or not
+COALESCE = 0.005  # seconds a replica waits after a NOTIFY before reading, so one read takes a burst
 ELECTION_INTERVAL = 1.0  # seconds between attempts at the leader lock, and between its liveness checks
 RESTART_MIN, RESTART_MAX = 0.5, 30.0  # a dead worker's restart delay (doubling while it keeps dying)
 
@@ -61,6 +62,7 @@ class Replica:
         self.origin = registry.store.origin
         self.reader = PgStore(dsn, table=table, migrate_schema=False)
         self.poll_interval = poll_interval
+        self.coalesce = COALESCE
         self.last = 0  # the last change id applied
         self.applied = 0  # changes of other members applied (for metrics)
         self.resyncs = 0  # snapshots taken after the first
@@ -128,6 +130,7 @@ class Replica:
                 self.lost_since = None
         while True:
             await trio.to_thread.run_sync(self._wait_notify)
+            await trio.sleep(self.coalesce)  # let a burst of commits arrive: one read for all of them
             await self.catch_up()
 
     def _open_listen(self):
@@ -169,23 +172,34 @@ class Replica:
                     return
 
     async def _apply(self, change) -> None:
+        """Another member's committed batch: its ops, applied in id order (the order they were committed
+        in, so memory ends where the store is), and its events, published here."""
+        from galaxynode.registry.store import Ban, Delete, KvDelete, KvPut, Unban, Upsert
         reg = self.registry
-        # A key with a change of ours pending keeps it: our commit comes later and is what stays stored.
-        keys = {k for k in change.keys if not reg.pending(k)}
-        ban_keys = {k for k in change.ban_keys if not reg.pending(k)}
-        kv_keys = [k for k in change.kv_keys if not reg.pending(k)]
-        if keys or ban_keys:
-            entries, bans = await trio.to_thread.run_sync(
-                lambda: self.reader.read(keys, ban_keys, reconnect=True))
-            reg._restore(keys, entries, ban_keys, bans)
-        if kv_keys and hasattr(reg, "kv"):
-            stored = await trio.to_thread.run_sync(self.reader.read_kv, kv_keys)
-            for plugin, name in kv_keys:
-                space = reg.kv.setdefault(plugin, {})
-                if (plugin, name) in stored:
-                    space[name] = stored[(plugin, name)]
+        keys, entries, ban_keys, bans = set(), {}, set(), {}
+        for op in change.ops:
+            if reg.pending(op.key):  # a change of ours is on its way: it commits later and stays stored
+                continue
+            if isinstance(op, (Upsert, Delete)):
+                keys.add(op.key)
+                if isinstance(op, Upsert):
+                    entries[op.key] = op.entry
                 else:
-                    space.pop(name, None)
+                    entries.pop(op.key, None)
+            elif isinstance(op, (Ban, Unban)):
+                ban_keys.add(op.key)
+                if isinstance(op, Ban):
+                    bans[op.key] = op.until
+                else:
+                    bans.pop(op.key, None)
+            elif isinstance(op, (KvPut, KvDelete)) and hasattr(reg, "kv"):
+                space = reg.kv.setdefault(op.plugin, {})
+                if isinstance(op, KvPut):
+                    space[op.name] = op.value
+                else:
+                    space.pop(op.name, None)
+        if keys or ban_keys:
+            reg._restore(keys, entries, ban_keys, bans)
         for topic, data in change.events:
             reg._announce(topic, data, None) if hasattr(reg, "_announce") else reg.bus.publish(topic, data)
         self.applied += 1

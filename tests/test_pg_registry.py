@@ -153,10 +153,10 @@ def test_registry_migrate_command(pg_dsn):
     env = {**os.environ, "GALAXYNODE_REGISTRY_BACKEND": "postgresql", "GALAXYNODE_REGISTRY_DSN": pg_dsn}
     with Proc("registry", "migrate", env=env) as p:
         assert p.wait() == 0
-    assert "registry nodes: schema version 0 -> 3" in p.output
+    assert "registry nodes: schema version 0 -> 4" in p.output
     with Proc("registry", "migrate", env=env) as p:
         assert p.wait() == 0
-    assert "schema version 3 (current" in p.output
+    assert "schema version 4 (current" in p.output
     with Proc("registry", "migrate") as p:  # SQLite: nothing to do, said in one line
         assert p.wait() == 2
     assert p.output.strip().count("\n") == 0 and "backend is \"sqlite\"" in p.output
