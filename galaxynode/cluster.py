@@ -386,12 +386,17 @@ class Supervisor:
     async def run(self) -> int:
         listen = self._resolve_listen()
         try:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
                     for i in range(self.workers):
                         nursery.start_soon(self._keep, i, listen)
                     log.info("supervising %d workers on %s", self.workers, " ".join(listen))
                     async for signum in signals:
+                        if signum == signal.SIGHUP:  # reload: each worker re-reads the config
+                            for p in list(self.procs.values()):
+                                if p.returncode is None:
+                                    p.send_signal(signal.SIGHUP)
+                            continue
                         log.info("received %s, stopping %d workers (bound %.1fs)", signal.Signals(signum).name,
                                  len(self.procs), self.config.daemon.stop_timeout)
                         break

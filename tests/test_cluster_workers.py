@@ -160,3 +160,11 @@ def test_one_worker_reaches_out_for_the_pool(tmp_path, pg_dsn):
         time.sleep(1.5)  # an election round more: still one
         assert pool.output.count("now runs the pool-wide duties") == 1
         assert pool.output.count("announcing to main net") == 1
+
+
+def test_sighup_reaches_every_worker(cluster):
+    mark = len(cluster.output)
+    os.kill(cluster.pid, signal.SIGHUP)
+    first = cluster.wait_for(r"reload", start=mark).end()
+    cluster.wait_for(r"reload", start=first)
+    assert cluster.alive() and len(children(cluster.pid)) == 2
