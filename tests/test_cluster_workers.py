@@ -109,7 +109,16 @@ def test_workers_stop_when_their_supervisor_is_killed(cluster):
 
 
 def test_kill9_of_a_worker_loses_no_lease(cluster, pg_dsn):
-    nodes = [Identity.generate() for _ in range(16)]
+    kill9(cluster, pg_dsn, 16)
+
+
+@pytest.mark.slow  # 200 nodes renewing every 2 s while a worker dies: about 30 s
+def test_kill9_of_a_worker_under_load_loses_no_lease(cluster, pg_dsn):
+    kill9(cluster, pg_dsn, 200)
+
+
+def kill9(cluster, pg_dsn, count: int) -> None:
+    nodes = [Identity.generate() for _ in range(count)]
     keys = {me.public for me in nodes}
 
     async def main():
@@ -118,7 +127,7 @@ def test_kill9_of_a_worker_loses_no_lease(cluster, pg_dsn):
             for me in nodes:
                 n.start_soon(lambda me=me: keep_joined(url, me, capabilities=["k"], ttl=6, network=NETWORK,
                                                        backoff_min=0.05, backoff_max=0.5))
-            with trio.fail_after(15):
+            with trio.fail_after(15 + count / 10):
                 while await _keys(url) != keys:
                     await trio.sleep(0.1)
             with psycopg.connect(pg_dsn) as conn:  # every acknowledged JOIN is committed
