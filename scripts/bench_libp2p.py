@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """py-libp2p as a peer baseline for scripts/bench_session.py: Noise + Yamux over TCP, on trio.
 
-One stream, fixed-size messages (bench_session.FRAME_SIZE bytes): one-way (the server counts bytes
-and answers a 1-byte ack when it has them all) and request/reply (the server echoes each message,
-`window` of them in flight). Optional: `pip install -e .[bench]` (libp2p==0.8.1); `available()` says
+Messages of our frame sizes: one-way over one stream with the one-way frame's size (the server
+counts bytes and answers a 1-byte ack when it has them all), request/reply over another with the
+request frame's size (the server echoes each message, `window` of them in flight). Optional: `pip install -e .[bench]` (libp2p==0.8.1); `available()` says
 why not when it is absent, and bench_session skips the row with that one line.
 
 The server runs in a process of its own (bench_session.py --serve libp2p); the client lives in the
@@ -51,9 +51,9 @@ async def _read_exactly(stream: Any, n: int) -> bytes:
     return buf
 
 
-async def serve(ready: Callable[[str], None], size: int) -> None:
+async def serve(ready: Callable[[str], None]) -> None:
     """Listen on 127.0.0.1; a stream whose first byte is b"s" is a sink (count, then ack every `n`
-    bytes announced in an 8-byte header), b"e" an echo of `size`-byte messages."""
+    bytes announced in an 8-byte header), b"e" an echo of messages of the size in the next 4 bytes."""
     import multiaddr
 
     host = _host()
@@ -62,6 +62,7 @@ async def serve(ready: Callable[[str], None], size: int) -> None:
         try:
             kind = await _read_exactly(stream, 1)
             if kind == b"e":
+                size = int.from_bytes(await _read_exactly(stream, 4), "big")
                 while True:
                     await stream.write(await _read_exactly(stream, size))
             else:
@@ -84,13 +85,14 @@ async def serve(ready: Callable[[str], None], size: int) -> None:
 
 
 class Client:
-    """One connection, two streams (sink and echo), and fresh connections for the connect latency."""
+    """One connection, two streams (sink: `size`-byte messages; echo: `request`-byte ones), and fresh
+    connections for the connect latency."""
 
     kinds = ("one_way", "req_rep", "handshake")  # what bench_session.interleaved measures with it
 
-    def __init__(self, addr: str, size: int, window: int, dials: int):
-        self.addr, self.size, self.window, self.dials = addr, size, window, dials
-        self.message = bytes(size)
+    def __init__(self, addr: str, size: int, request: int, window: int, dials: int):
+        self.addr, self.size, self.request, self.window, self.dials = addr, size, request, window, dials
+        self.message, self.request_message = bytes(size), bytes(request)
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator["Client"]:
@@ -104,7 +106,7 @@ class Client:
             self.sink = await host.new_stream(self.info.peer_id, [PROTOCOL])
             await self.sink.write(b"s")
             self.echo = await host.new_stream(self.info.peer_id, [PROTOCOL])
-            await self.echo.write(b"e")
+            await self.echo.write(b"e" + self.request.to_bytes(4, "big"))
             yield self
 
     async def one_way(self, n: int) -> float:
@@ -122,12 +124,12 @@ class Client:
         async def sender() -> None:
             for _ in range(n):
                 await window.acquire()
-                await self.echo.write(self.message)
+                await self.echo.write(self.request_message)
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender)
             for _ in range(n):
-                await _read_exactly(self.echo, self.size)
+                await _read_exactly(self.echo, self.request)
                 window.release()
         return time.perf_counter() - start
 

@@ -169,9 +169,9 @@ async def serve_trio_websocket(settings: dict[str, Any]) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def serve_libp2p(size: int) -> None:
+async def serve_libp2p() -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(bench_libp2p.serve, lambda addr: _reply({"url": addr}), size)
+        nursery.start_soon(bench_libp2p.serve, lambda addr: _reply({"url": addr}))
         await _trio_control(dict)
         nursery.cancel_scope.cancel()
 
@@ -179,7 +179,7 @@ async def serve_libp2p(size: int) -> None:
 SERVERS = ("pool", "pool-memory", "trio-websocket", "trio-websocket-defaults", "libp2p")
 
 
-def run_server(kind: str, max_sessions: int, size: int) -> None:
+def run_server(kind: str, max_sessions: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # we stop at EOF on stdin, whoever is interrupted
     raise_fd_limit(max_sessions + FD_HEADROOM)
     if kind in ("pool", "pool-memory"):
@@ -189,18 +189,17 @@ def run_server(kind: str, max_sessions: int, size: int) -> None:
     elif kind == "trio-websocket-defaults":
         trio.run(serve_trio_websocket, {})
     else:
-        trio.run(serve_libp2p, size)
+        trio.run(serve_libp2p)
 
 
 class ServerProcess:
     """A --serve child: `url` once it listens, `stats()` on demand; closing its stdin ends it."""
 
-    def __init__(self, kind: str, *, max_sessions: int = 64, size: int = FRAME_SIZE, stop_timeout: float = 20.0):
+    def __init__(self, kind: str, *, max_sessions: int = 64, stop_timeout: float = 20.0):
         self.kind = kind
         self.stop_timeout = stop_timeout
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--sessions", str(max_sessions),
-             "--size", str(size)],
+            [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--sessions", str(max_sessions)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             start_new_session=True)  # Ctrl-C is for us alone; we end the child by closing its stdin
         try:
@@ -529,11 +528,11 @@ def measure(cfg: Config) -> tuple[Config, Sizes, dict]:
                                    "pool_memory": PoolClient(mem_srv, cfg, sizes, kinds=("req_rep",)),
                                    "trio_websocket": WebSocketClient(tw_srv.url, CARRIER, cfg, sizes),
                                    "trio_websocket_defaults": WebSocketClient(twd_srv.url, {}, cfg, sizes)}
-        p2p_srv = None if skipped else ServerProcess("libp2p", size=sizes.one_way)
+        p2p_srv = None if skipped else ServerProcess("libp2p")
         try:
             if p2p_srv is not None:
-                # one size per stream: the one-way frame's (request frames are smaller, so echo is no slower)
-                clients["libp2p"] = bench_libp2p.Client(p2p_srv.url, sizes.one_way, cfg.window, cfg.libp2p_dials)
+                clients["libp2p"] = bench_libp2p.Client(p2p_srv.url, sizes.one_way, sizes.request, cfg.window,
+                                                        cfg.libp2p_dials)
             res.update(trio.run(interleaved, clients, cfg))
         finally:
             if p2p_srv is not None:
@@ -583,12 +582,11 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, help="concurrent sessions to hold (default 1000; --quick 100)")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     ap.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)  # internal: run one server
-    ap.add_argument("--size", type=int, default=FRAME_SIZE, help=argparse.SUPPRESS)  # the libp2p server's
     args = ap.parse_args()
     if args.sessions is not None and args.sessions < 1:
         ap.error("--sessions must be positive")
     if args.serve:
-        run_server(args.serve, args.sessions or 64, args.size)
+        run_server(args.serve, args.sessions or 64)
         return 0
     cfg = QUICK if args.quick else FULL
     if args.sessions:
