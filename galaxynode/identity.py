@@ -5,6 +5,8 @@ Private keys are PKCS#8 PEM files created with mode 0600.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 import os
@@ -33,13 +35,49 @@ def format_public_key(raw: bytes) -> str:
     return PUBKEY_PREFIX + raw.hex()
 
 
+STELLAR_ACCOUNT = 6 << 3  # StrKey version byte of an Ed25519 account id ("G...")
+
+
+def _crc16_xmodem(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+def format_stellar(raw: bytes) -> str:
+    """The key as a Stellar account id (StrKey "G..."): an Ed25519 key is a Stellar keypair. Small
+    codec here so the core does not need stellar-sdk (tests cross-check it against the SDK)."""
+    if len(raw) != 32:
+        raise ValueError("a public key is 32 bytes")
+    body = bytes([STELLAR_ACCOUNT]) + raw
+    return base64.b32encode(body + _crc16_xmodem(body).to_bytes(2, "little")).decode()
+
+
+def parse_stellar(text: str) -> bytes:
+    """Inverse of format_stellar: the raw key of a "G..." account id (checksum checked)."""
+    try:
+        data = base64.b32decode(text, casefold=False)
+    except (ValueError, binascii.Error):
+        data = b""
+    if (len(text) != 56 or len(data) != 35 or data[0] != STELLAR_ACCOUNT
+            or _crc16_xmodem(data[:33]).to_bytes(2, "little") != data[33:]):
+        raise ValueError(f"not a Stellar account id: {text!r} (expected G... of 56 characters)")
+    return data[1:33]
+
+
 def parse_public_key(text: str) -> bytes:
-    """Inverse of format_public_key; also accepts bare hex (either case), nothing else."""
+    """Inverse of format_public_key; also accepts bare hex (either case) and a Stellar account id
+    (G...), nothing else."""
     body = text.strip()
+    if body.startswith("G") and len(body) == 56:
+        return parse_stellar(body)
     if body.startswith(PUBKEY_PREFIX):
         body = body[len(PUBKEY_PREFIX):]
     if len(body) != 64 or not all(c in string.hexdigits for c in body):
-        raise ValueError(f"not a public key: {text!r} (expected {PUBKEY_PREFIX}<64 hex digits>)")
+        raise ValueError(f"not a public key: {text!r} (expected {PUBKEY_PREFIX}<64 hex digits> or a G... Stellar account id)")
     return bytes.fromhex(body)
 
 
