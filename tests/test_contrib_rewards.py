@@ -19,7 +19,6 @@ from abuse import NETWORK, live_pool
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
 
-
 def test_coverage_is_split_at_epoch_boundaries_and_ends_on_every_kind_of_end():
     acc = Accounting(1000)
     acc.joined(A, 500)
@@ -34,14 +33,12 @@ def test_coverage_is_split_at_epoch_boundaries_and_ends_on_every_kind_of_end():
     assert [r[:2] for r in report["nodes"]] == [[C, 1000], [B, 700], [A, 500]]
     assert sum(r[3] for r in report["nodes"]) <= PPM and report["total_ms"] == 2200
 
-
 def test_a_checkpoint_past_an_expiry_is_taken_back():
     acc = Accounting(1000)
     acc.joined(A, 0)
     acc.book_until(800)
     acc.event("node.expired", {"key": A, "expires": 600}, 900)
     assert acc.totals == {0: {A: 600}}
-
 
 def test_stake_weights_from_meta_and_config():
     acc = Accounting(1000)
@@ -50,7 +47,6 @@ def test_stake_weights_from_meta_and_config():
     acc.finished(1000)
     assert {r[0]: r[3] for r in acc.report(0)["nodes"]} == {A: 750_000, B: 250_000}
     assert {r[0]: r[3] for r in acc.report(0, {A: 0})["nodes"]} == {A: 0, B: PPM}
-
 
 def test_restart_from_a_checkpoint_counts_nothing_twice():
     acc = Accounting(1000)
@@ -65,7 +61,6 @@ def test_restart_from_a_checkpoint_counts_nothing_twice():
     assert again.report(0)["nodes"] == [[A, 1000, 1, 1_000_000 * 1000 // 1700], [C, 400, 1, 1_000_000 * 400 // 1700],
                                         [B, 300, 1, 1_000_000 * 300 // 1700]]
 
-
 def test_a_finished_epoch_takes_no_more_coverage():
     acc = Accounting(1000)
     acc.joined(A, 0)
@@ -76,7 +71,6 @@ def test_a_finished_epoch_takes_no_more_coverage():
     acc.ended(B, 1400)
     assert acc.totals == {1: {A: 200, B: 400}}
 
-
 @st.composite
 def histories(draw):
     keys = [bytes([i]) * 32 for i in range(4)]
@@ -85,7 +79,6 @@ def histories(draw):
         t += draw(st.integers(0, 700))
         steps.append((t, draw(st.sampled_from(["join", "end", "checkpoint", "restart"])), draw(st.sampled_from(keys))))
     return steps
-
 
 @given(histories(), st.integers(100, 2000))
 @settings(max_examples=300, deadline=None)
@@ -121,3 +114,75 @@ def test_total_coverage_is_exactly_the_time_leases_were_held(steps, length):
     acc.book_until(end)
     got = {e: t for e, t in acc.totals.items() if t}
     assert got == {e: t for e, t in truth.items() if any(t.values())}
+
+# --- end to end: a daemon process, real nodes, an expiry and a pool restart ---------------------------
+
+CONFIG = """[plugins]
+enabled = ["rewards"]
+
+[plugins.rewards]
+epoch = 2
+checkpoint = 0.1
+grace = 0.5
+stake_meta = "stake"
+"""
+ENV = {"GALAXYNODE_REGISTRY_MIN_TTL": "1", "GALAXYNODE_REGISTRY_EXPIRY_INTERVAL": "0.05"}
+
+async def report(url: str, epoch: int) -> dict | None:
+    from galaxynode.contrib.rewards import verify_report
+    from galaxynode.net.connection import RemoteError
+    async with connect(url, Identity.generate(), network=NETWORK) as pool:
+        try:
+            reply = await plugin.call(pool, "rewards", "report", {"epoch": epoch})
+        except RemoteError as e:
+            assert e.message == f"rewards: no report for epoch {epoch}"
+            return None
+        return verify_report(reply, pool.peer_key)
+
+async def wait_report(url: str, epoch: int) -> dict:
+    with trio.fail_after(30):
+        while (got := await report(url, epoch)) is None:
+            await trio.sleep(0.2)
+    return got
+
+def shares(rep: dict) -> dict[bytes, list]:
+    return {k: [ms, w, ppm] for k, ms, w, ppm in rep["nodes"]}
+
+async def test_rewards_across_an_expiry_and_a_pool_restart(tmp_path):
+    config = tmp_path / "galaxynode.toml"
+    config.write_text(CONFIG)
+    data, brief, steady = tmp_path / "data", Identity.generate(), Identity.generate()
+    with live_pool(data, env=ENV, args=("--config", str(config))) as pool:
+        async with connect(pool.url, steady, network=NETWORK) as node:
+            await node.join(ttl=600, meta={"stake": "3"})
+        async with connect(pool.url, brief, network=NETWORK) as node:
+            await node.join(ttl=1)  # never renewed: expires after a second
+
+        rep = await wait_report(pool.url, (await _now_epoch()) + 1)
+        assert pool.stop() == 0
+    with live_pool(data, env=ENV, args=("--config", str(config))) as pool:
+        last = await wait_report(pool.url, rep["epoch"] + 2)  # an epoch that spans no restart: compare
+        reports = [await report(pool.url, e) for e in range(rep["epoch"] - 3, last["epoch"] + 1)]
+        key = tmp_path / "k"
+        result = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "galaxynode", "rewards", pool.url, "--network", NETWORK,
+             "--epoch", str(last["epoch"]), "--json"], capture_output=True, text=True, timeout=60))
+    reports = [r for r in reports if r is not None]
+    # the node whose lease expired: covered for its one-second lease, in total, once
+    brief_ms = sum(shares(r).get(brief.public, [0])[0] for r in reports)
+    assert 1000 - 50 <= brief_ms <= 1000, brief_ms
+    # the steady node: every whole epoch after its JOIN fully covered, the restart's included, never more
+    covered = [shares(r)[steady.public] for r in reports if steady.public in shares(r)]
+    assert all(ms <= 2000 for ms, _, _ in covered)
+    assert [ms for ms, _, _ in covered[1:]] == [2000] * (len(covered) - 1) and len(covered) >= 3
+    assert {w for _, w, _ in covered} == {3}
+    assert all(r["origin"] == last["origin"] and r["network"] == NETWORK for r in reports)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["epoch"] == last["epoch"] and out["pool"] == format_public_key(last["origin"])
+    assert out["nodes"] == [{"key": format_public_key(steady.public), "stellar": format_stellar(steady.public),
+                             "ms": 2000, "weight": 3, "share_ppm": 1_000_000}]
+
+async def _now_epoch() -> int:
+    import time
+    return time.time_ns() // 1_000_000 // 2000
