@@ -63,11 +63,14 @@ def break_signatures(monkeypatch) -> set[str]:
 
 
 class _ReplayingSession(handshake.Session):
-    def decode(self, data, *, now=None):
-        frame = codec.decode_envelope(data, self.limits, expected_key=self.peer_key, now=now)
-        if frame.sid == self.sid and frame.seq is not None and frame.seq < self.recv_seq:
+    def decode(self, data):
+        try:
+            frame = codec.decode_session_envelope(data, self.recv_key, self.limits)
+        except ProtocolError:
+            return super().decode(data)
+        if frame.seq < self.recv_seq:
             return codec.parse_message(frame)  # a replay: accepted as if new
-        return super().decode(data, now=now)
+        return super().decode(data)
 
 
 def break_replay(monkeypatch) -> set[str]:
@@ -92,19 +95,20 @@ def break_expiry(monkeypatch) -> set[str]:
     return {"7.6"}
 
 
-class _WrongSidCodeSession(handshake.Session):
-    def decode(self, data, *, now=None):
+class _WrongMacCodeSession(handshake.Session):
+    def decode(self, data):
         try:
-            return super().decode(data, now=now)
+            return super().decode(data)
         except ProtocolError as e:
-            if e.code is ErrorCode.WRONG_SID:
+            if e.code is ErrorCode.BAD_MAC:
                 raise ProtocolError(ErrorCode.BAD_SEQUENCE, e.message, e.ref) from None
             raise
 
 
 def break_error_code(monkeypatch) -> set[str]:
-    """A foreign or missing sid is reported as bad_sequence instead of wrong_sid."""
-    monkeypatch.setattr(handshake, "Session", _WrongSidCodeSession)
+    """A frame whose MAC fails (another session's, reflected, tampered) is reported as bad_sequence
+    instead of bad_mac."""
+    monkeypatch.setattr(handshake, "Session", _WrongMacCodeSession)
     return {"4.3", "4.4", "4.5"}
 
 

@@ -175,7 +175,7 @@ def test_the_skip_pass_changes_no_verdict(payload):
 # --- pre-auth bounds ---------------------------------------------------------------------------------
 
 def hello_frame(**extra) -> bytes:
-    body = m.Hello(network="t", role="node", nonce=b"\x07" * 32, versions=(1,)).to_body()
+    body = m.Hello(network="t", role="node", nonce=b"\x07" * 32, eph=b"\x09" * 32, versions=(2,)).to_body()
     payload = {"type": "HELLO", "id": b"\x00" * 16, "ts": now_ms(), "from": A.public, "body": {**body, **extra}}
     return sign_payload(A, msgpack.packb(payload, use_bin_type=True), Limits(max_frame_size=1 << 62))
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from galaxynode.gelato import messages as m
-from galaxynode.gelato.codec import Limits, decode_frame, now_ms, sign_payload
+from galaxynode.gelato.codec import Limits, decode_frame, mac_payload, now_ms
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.net.client import connect
 from galaxynode.net.connection import (Connection, RemoteError, SessionClosed, SessionLimits, establish,
@@ -181,10 +181,9 @@ async def test_unknown_type_is_answered_and_not_fatal(identity_a, identity_b):
     async with session_server(identity_a) as (url, conns), \
             open_channel(url, max_message_size=2**20, connect_timeout=5) as ch:
         session = await establish(ch, identity_b, opener=True, network=NET, role="probe", limits=FAST)
-        payload = msgpack.packb({"type": "FUTURE", "id": b"i" * 16, "ts": now_ms(), "from": identity_b.public,
-                                 "sid": session.sid, "seq": session.send_seq, "body": {}})
+        payload = msgpack.packb({"type": "FUTURE", "id": b"i" * 16, "seq": session.send_seq, "body": {}})
         session.send_seq += 1
-        await ch.send(sign_payload(identity_b, payload))
+        await ch.send(mac_payload(session.send_key, payload))
         with trio.fail_after(5):
             error = session.decode(await ch.receive())
             assert error.type == "ERROR" and error.msg.code == ErrorCode.UNKNOWN_TYPE and error.msg.re == b"i" * 16

@@ -455,6 +455,7 @@ class Hello(Body):
     network: str = _name()
     role: str = field("str", choices=ROLES)
     nonce: bytes = _key()
+    eph: bytes = _key()  # ephemeral X25519 public key, fresh per connection (gelato/keys.py)
     versions: tuple[int, ...] = field("list", min_len=1, max_len=8, item=Spec("uint", max=255))
     features: tuple[str, ...] = _strs(16, 32, default=())
     agent: str = field("str", max_len=128, default="")

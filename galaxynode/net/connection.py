@@ -1,7 +1,7 @@
 """One Gelato session over a Channel: handshake, then a reader, a writer, a dispatcher and a
 keepalive task, with every limit of "Limits and defences" enforced here.
 
-Outgoing frames are encoded (seq stamped, signed) as they are queued, so sequence order is wire
+Outgoing frames are encoded (seq stamped, MAC'd) as they are queued, so sequence order is wire
 order and the queue is bounded in the bytes it really holds: per session (send_queue_bytes) and
 per process (an OutputBudget shared by every session, send_queue_total_bytes); see outbox.py.
 One writer task hands them to the transport. `send()` waits while the queue is full
@@ -12,8 +12,8 @@ which is also what frees a budget such a peer holds. Incoming requests are hande
 at a time, in order, by a dispatcher task; the reader meanwhile keeps answering PING and
 resolving replies to our own `request()`s, so a handler may itself wait on a request.
 
-Session frames are not checked against the clock: sid and seq already make a replay impossible,
-and a clock step should not kill a live session (the handshake checks the time window).
+Session frames carry no timestamp: the session's keys and the exact-next seq already make a replay
+impossible, and a clock step should not kill a live session (the handshake checks the time window).
 """
 from __future__ import annotations
 
@@ -92,12 +92,12 @@ _WS_CLOSE = {ErrorCode.TEXT_FRAME: 1003, ErrorCode.FRAME_TOO_LARGE: 1009, ErrorC
 # never bans anyone by accident: a new abuse code must be added here (and to docs/gelato/errors.md §7).
 # Deliberately absent, because honest clients hit them: well-formed refusals (network_mismatch,
 # not_admitted, banned, temporarily_banned, too_many_connections, duplicate_session,
-# pinned_key_mismatch, self_connection, no_common_version, kicked), ordinary life (idle_timeout,
+# pinned_key_mismatch, self_connection, kicked), ordinary life (idle_timeout,
 # shutting_down), a newer client (unsupported_version) and a skewed clock (stale_timestamp).
 _ABUSE = frozenset({
     ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.TEXT_FRAME, ErrorCode.LIMIT_EXCEEDED,
-    ErrorCode.BAD_SIGNATURE, ErrorCode.BAD_KEY, ErrorCode.WRONG_SENDER, ErrorCode.UNEXPECTED_MESSAGE,
-    ErrorCode.BAD_NONCE, ErrorCode.WRONG_SID, ErrorCode.BAD_SEQUENCE, ErrorCode.HANDSHAKE_TIMEOUT,
+    ErrorCode.BAD_SIGNATURE, ErrorCode.BAD_KEY, ErrorCode.WRONG_SENDER, ErrorCode.BAD_MAC, ErrorCode.UNEXPECTED_MESSAGE,
+    ErrorCode.BAD_NONCE, ErrorCode.BAD_SEQUENCE, ErrorCode.HANDSHAKE_TIMEOUT,
     ErrorCode.RATE_LIMITED, ErrorCode.SLOW_READER,
 })
 
@@ -365,8 +365,7 @@ class Connection:
         return SessionClosed(self.close_code, self.close_reason, self.local_error or self.remote_error)
 
     def _encode(self, msg: Any, frame_id: bytes) -> bytes:
-        s = self.session
-        return encode_frame(s.identity, msg, sid=s.sid, seq=s.send_seq, frame_id=frame_id, limits=s.limits)
+        return self.session.frame(msg, frame_id=frame_id)
 
     def _put(self, data: bytes, msg: Any) -> None:
         """Queue an encoded frame: its seq is taken (no checkpoint since _encode, so seq order is queue order)."""
