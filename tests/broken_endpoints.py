@@ -56,10 +56,11 @@ async def endpoint(role: str = "pool", bans: Bans | None = None) -> AsyncIterato
 # --- defects -------------------------------------------------------------------------------------
 
 def break_signatures(monkeypatch) -> set[str]:
-    """Frames are never signature-checked (the suite's own decoder shares the function: harmless,
-    the endpoint's frames are genuine). Third-key frames then fail later, as wrong_sender."""
+    """Signed frames are never signature-checked (the suite's own decoder shares the function:
+    harmless, the endpoint's frames are genuine). Third-key frames (a signed frame in a session, a
+    READY) then fail later, as wrong_sender."""
     monkeypatch.setattr(codec, "verify", lambda key, sig, data: True)
-    return {"2.1", "2.2", "2.3", "2.5"}
+    return {"2.1", "2.6", "2.8"}
 
 
 class _ReplayingSession(handshake.Session):
@@ -106,10 +107,10 @@ class _WrongMacCodeSession(handshake.Session):
 
 
 def break_error_code(monkeypatch) -> set[str]:
-    """A frame whose MAC fails (another session's, reflected, tampered) is reported as bad_sequence
-    instead of bad_mac."""
+    """A frame whose MAC fails (corrupted, tampered, the other direction's, reflected, another
+    session's, under stale keys) is reported as bad_sequence instead of bad_mac."""
     monkeypatch.setattr(handshake, "Session", _WrongMacCodeSession)
-    return {"4.3", "4.4", "4.5"}
+    return {"2.2", "2.3", "2.4", "2.5", "3.4", "4.4"}
 
 
 def break_join_identity(monkeypatch) -> set[str]:

@@ -153,7 +153,7 @@ async def descriptor_expires(opts: Options) -> str:
         lease = got.msg
         if lease.expires > desc.expires:
             raise CaseFailed(f"a lease ending by the descriptor's expiry {desc.expires}", f"{lease.expires}")
-        ends = trio.current_time() + (lease.expires - got.ts) / 1000  # by the main net's clock
+        ends = trio.current_time() + (lease.expires - link.peer_now()) / 1000  # by the main net's clock
         while True:  # the registration ends with the lease (which may be shorter than the descriptor)
             await trio.sleep(0.2)
             listed = bool(await lookup_name(link, desc.name))
