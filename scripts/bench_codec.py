@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  
 from nacl.bindings import crypto_sign_open  # noqa: E402
 
 from galaxynode.gelato import messages as m  # noqa: E402
-from galaxynode.gelato.codec import SIGN_PREFIX, decode_frame, encode_frame, now_ms  # noqa: E402
-from galaxynode.gelato.handshake import Session, derive_sid  # noqa: E402
+from galaxynode.gelato.codec import SIGN_PREFIX, MacKey, decode_frame, encode_frame, now_ms  # noqa: E402
+from galaxynode.gelato.handshake import Session  # noqa: E402
 from galaxynode.identity import Identity  # noqa: E402
 
 TARGET_STEP1 = 0.80  # step 1's target
@@ -63,10 +63,10 @@ def run(reps: int, batch: int) -> dict[str, float]:
     signed = SIGN_PREFIX + payload
     public = Ed25519PublicKey.from_public_bytes(sender.public)
     raw_public = sender.public
-    sid = derive_sid(b"\x00" * 32, b"\x01" * 32, sender.public, receiver.public)
-    outgoing = Session(sender, receiver.public, None, sid, True)
-    incoming = Session(receiver, sender.public, None, sid, False)
-    stream = [outgoing.encode(msg, ts=ts) for _ in range(batch)]
+    sid, k_oa, k_ao = b"\x00" * 32, b"\x01" * 32, b"\x02" * 32  # v2: session frames are MAC'd, not signed
+    outgoing = Session(sender, receiver.public, None, sid, True, MacKey(k_oa), MacKey(k_ao))
+    incoming = Session(receiver, sender.public, None, sid, False, MacKey(k_ao), MacKey(k_oa))
+    stream = [outgoing.encode(msg) for _ in range(batch)]
 
     def bare_sign() -> None:
         for _ in range(batch):

@@ -48,7 +48,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from galaxynode.gelato import messages as m  # noqa: E402
-from galaxynode.gelato.codec import encode_frame  # noqa: E402
+from galaxynode.gelato.codec import MacKey, encode_session_frame  # noqa: E402
 from galaxynode.gelato.errors import ProtocolError  # noqa: E402
 from galaxynode.identity import Identity, verify  # noqa: E402
 from galaxynode.net import ChannelClosed, Server, SessionLimits, connect  # noqa: E402
@@ -286,7 +286,7 @@ def frame_sizes() -> Sizes:
     identity = Identity.generate()
 
     def size(msg: Any) -> int:  # a mid-session seq (uint32) for a representative size
-        return len(encode_frame(identity, msg, sid=bytes(32), seq=1 << 20))
+        return len(encode_session_frame(MacKey(bytes(32)), msg, seq=1 << 20))
     pad = max(0, min(64, FRAME_SIZE - size(m.Pong(data=b""))))  # PONG data is at most 64 bytes
     pong = m.Pong(data=os.urandom(pad))
     return Sizes(size(pong), size(m.Heartbeat()), pong)
