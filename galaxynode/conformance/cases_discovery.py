@@ -19,6 +19,7 @@ from galaxynode.conformance.probe import (LISTENING, CaseFailed, CaseSkipped, Li
 from galaxynode.conformance.runner import case
 from galaxynode.descriptor import SIGN_PREFIX, Descriptor
 from galaxynode.gelato import messages as m
+from galaxynode.gelato.codec import SIGN_PREFIX as FRAME_PREFIX
 from galaxynode.gelato.codec import now_ms
 from galaxynode.gelato.errors import ErrorCode
 from galaxynode.identity import Identity
@@ -99,7 +100,7 @@ async def wrong_prefix(opts: Options) -> None:
     async with answering(me, opts):  # reachable: only the signature can refuse it
         desc = descriptor(me, opts)
         record = desc.encode()
-        sd = m.SignedDescriptor(record=record, sig=me.sign(b"gelato/v1\0" + record))
+        sd = m.SignedDescriptor(record=record, sig=me.sign(FRAME_PREFIX + record))
         await _refused_announce(opts, sd, desc.name, ErrorCode.BAD_DESCRIPTOR, link_identity=me)
 
 
