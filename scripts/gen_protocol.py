@@ -111,7 +111,7 @@ MESSAGE_DOCS: dict[str, tuple[str, tuple[str, ...], str]] = {
                   "Receive EVENTs whose topic matches any pattern (* one segment, # or ** the rest); patterns "
                   "are added to those held, within the subscription caps of messages §5."),
     "UNSUBSCRIBE": ("request", ("ACK",), "Stop receiving the given patterns."),
-    "EVENT": ("push", (), "An event on a subscribed topic; origin is the pool where it happened, signed its "
+    "EVENT": ("push", (), "An event on a subscribed topic; origin is the pool where it happened, signed is its "
                           "signature of it (records.md §8)."),
     "ANNOUNCE": ("request", ("LEASE",), "Register a pool's own signed descriptor at the main net."),
     "LOOKUP": ("request", ("LOOKUP_RESULT",), "Find pool descriptors by network, capability or name, one page at a time."),
