@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from galaxynode import descriptor as d  # noqa: E402
+from galaxynode.config import ServerConfig  # noqa: E402
 from galaxynode.gelato import codec, handshake, keys  # noqa: E402
 from galaxynode.gelato import messages as m  # noqa: E402
 from galaxynode.gelato.errors import FATAL_CODES, GROUPS, ErrorCode  # noqa: E402
@@ -186,6 +187,17 @@ SESSION_LIMIT_DOCS = {
     "max_subscriptions": "Topic patterns one session may hold (duplicates and `#`/`**` spellings count once); a "
                          "SUBSCRIBE past it is refused whole with LIMIT_EXCEEDED, not fatal (messages §5).",
     "recv_queue": "Received requests queued for the handler per session.",
+}
+
+# A pool's connection limits (limits §4): local policy, not protocol, but what a client meets. Defaults
+# come from the [server] config section so that the table cannot drift from the code (issue 14).
+SERVER_LIMIT_DOCS = {
+    "max_pending": "sockets accepted but not through the Gelato handshake (TLS, upgrade, HELLO/READY), in all: "
+                   "a new socket is closed unread",
+    "max_pending_per_address": "the same, per address: closed unread",
+    "max_connections": "sockets in the handshake or in a session, in all: ERROR `too_many_connections` (close "
+                       "1013) before the HELLO",
+    "max_connections_per_address": "the same, per address: ERROR `too_many_connections` before the HELLO",
 }
 
 BOUNDS = {name: getattr(m, name) for name in (
@@ -432,6 +444,8 @@ def build() -> dict[str, Any]:
         "limits": _limits(codec.Limits, CODEC_LIMIT_DOCS),
         "session_limits": _limits(SessionLimits, SESSION_LIMIT_DOCS, skip=("codec",)),
         "preauth_limits": {k: {"value": v, "meaning": PREAUTH_LIMIT_DOCS[k]} for k, v in PREAUTH_LIMITS.items()},
+        "server_limits": {a.name: {"default": a.default, "meaning": SERVER_LIMIT_DOCS[a.name]}
+                          for a in attrs.fields(ServerConfig) if a.name in SERVER_LIMIT_DOCS},
         "bounds": {k: {"value": v, "meaning": BOUND_DOCS[k]} for k, v in BOUNDS.items()},
         "errors": {
             "groups": {str(k * 1000): v for k, v in GROUPS.items()},
@@ -571,6 +585,12 @@ def md_session_limits(spec: dict[str, Any]) -> str:
     return "\n".join(_limit_table(spec["session_limits"])) + "\n"
 
 
+def md_server_limits(spec: dict[str, Any]) -> str:
+    rows = ["| limit | default | past it |", "|---|---|---|"]
+    rows += [f"| `{k}` | {_number(v['default'])} | {_cell(v['meaning'])} |" for k, v in spec["server_limits"].items()]
+    return "\n".join(rows) + "\n"
+
+
 def md_bounds(spec: dict[str, Any]) -> str:
     rows = ["| name | value | applies to |", "|---|---|---|"]
     rows += [f"| `{k}` | {v['value']} | {_cell(v['meaning'])} |" for k, v in spec["bounds"].items()]
@@ -600,7 +620,7 @@ BLOCKS = {
     "messages.md": {"kinds": md_kinds, "messages": md_messages, "structs": md_structs},
     "errors.md": {"codes": md_errors},
     "limits.md": {"codec-limits": md_codec_limits, "preauth-limits": md_preauth_limits,
-                  "session-limits": md_session_limits, "bounds": md_bounds},
+                  "session-limits": md_session_limits, "bounds": md_bounds, "server-limits": md_server_limits},
     "framing.md": {"decode-order": md_decode_order},
     "handshake.md": {"handshake-checks": md_handshake_checks},
 }
