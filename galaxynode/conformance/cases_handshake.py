@@ -178,12 +178,17 @@ async def open_with_echo(opts: Options) -> None:
     await _refused_hello(opts, ErrorCode.BAD_NONCE, echo=os.urandom(32))
 
 
-@case("handshake", "handshake §5 M2, §8.1", "a HELLO with an invalid body ends the handshake with invalid_body "
-                                            "(vector hs/bad-role)")
-async def hello_bad_body(opts: Options) -> None:
-    await refused_frame(opts, ErrorCode.INVALID_BODY, lambda link: link.craft(
-        "HELLO", {"network": opts.network, "role": "wizard", "nonce": os.urandom(32), "eph": os.urandom(32),
-                  "versions": [VERSION]}), after="connect", closes=True)
+@case("handshake", "handshake §2.1, §5 M2, §8.1", "a HELLO with an invalid body ends the handshake with "
+                                                  "invalid_body: a bad role, or no eph (vectors hs/bad-role, "
+                                                  "body/eph-missing)")
+async def hello_bad_body(opts: Options) -> str:
+    good = {"network": opts.network, "role": "probe", "nonce": os.urandom(32), "eph": os.urandom(32),
+            "versions": [VERSION]}
+    bad = {"bad role": good | {"role": "wizard"}, "no eph": {k: v for k, v in good.items() if k != "eph"}}
+    for body in bad.values():
+        await refused_frame(opts, ErrorCode.INVALID_BODY, lambda link: link.craft("HELLO", body),
+                            after="connect", closes=True)
+    return ", ".join(bad)
 
 
 @case("handshake", "handshake §4.3 H2", "a PING, or an unknown type, instead of HELLO is unexpected_message "
