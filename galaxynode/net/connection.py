@@ -82,6 +82,10 @@ class SessionLimits:
 
 DEFAULT_SESSION_LIMITS = SessionLimits()
 
+# The writer sends what is queued in one write up to about this many bytes (a maximal frame alone
+# may exceed it); larger batches save no more system calls worth having.
+_WRITE_BATCH_BYTES = 64 * 1024
+
 # WebSocket close code sent after an ERROR (RFC 6455 7.4.1); anything else is 1008 policy violation.
 _WS_CLOSE = {ErrorCode.TEXT_FRAME: 1003, ErrorCode.FRAME_TOO_LARGE: 1009, ErrorCode.INTERNAL: 1011,
              ErrorCode.SHUTTING_DOWN: 1001, ErrorCode.TOO_MANY_CONNECTIONS: 1013,
@@ -448,14 +452,19 @@ class Connection:
         stalled = False
         try:
             while (item := await box.get()) is not None:
-                size, (data, (kind, code)) = item
+                # What else is queued goes along in the same write (see Channel.send_many).
+                items = [item, *box.take_ready(_WRITE_BATCH_BYTES)] if len(box) else [item]
                 with trio.move_on_after(lim.write_timeout) as scope:
-                    await self.channel.send(data)
+                    if len(items) == 1:
+                        await self.channel.send(item[1][0])
+                    else:
+                        await self.channel.send_many([data for _, (data, _) in items])
                 if scope.cancelled_caught:  # part of a frame may be on the wire: nothing more can follow it
                     stalled = True
                     break
-                box.done(size)
-                self._count_out(size, kind, code)
+                for size, (_, (kind, code)) in items:
+                    box.done(size)
+                    self._count_out(size, kind, code)
         except ChannelClosed as e:
             # A peer that refuses us sends ERROR, then closes: our send can fail before our reader
             # has read why. Give the reader that long to get to it, so callers see the ERROR.

@@ -107,6 +107,15 @@ class Outbox(Generic[T]):
             await self._ready.park()
         return self._items.popleft()
 
+    def take_ready(self, max_bytes: int) -> list[tuple[int, T]]:
+        """Items queued right now, in order, up to about max_bytes (the writer's batch after get())."""
+        items, total = [], 0
+        while self._items and total < max_bytes:
+            item = self._items.popleft()
+            total += item[0]
+            items.append(item)
+        return items
+
     def done(self, n: int) -> None:
         """The writer has handed an item of n bytes to the transport: its bytes are free."""
         if self._released:
