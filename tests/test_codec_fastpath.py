@@ -61,10 +61,12 @@ def _decline(cls: type, body: dict) -> Any:
 
 @contextlib.contextmanager
 def reference_only():
-    """The decoder with its fast paths off: every body walked, then parsed by _from_body."""
+    """The decoder with its fast paths off: the outer array read by msgpack, every body walked,
+    then parsed by _from_body."""
     with mock.patch.object(m, "_fast_from_body", _decline), \
             mock.patch.object(codec, "parse_proven", lambda *a: None), \
-            mock.patch.object(codec, "_check_shape", reference_check_shape):
+            mock.patch.object(codec, "_check_shape", reference_check_shape), \
+            mock.patch.object(codec, "_split_fast", lambda *a: None):
         yield
 
 
@@ -523,3 +525,31 @@ def test_fast_parser_copies_like_the_reference():
     msg = m.Join.from_body(body)
     assert msg == JOIN and type(msg.capabilities) is tuple
     assert msg.meta == body["meta"] and msg.meta is not body["meta"]  # a strmap is copied, as before
+
+
+def _outer(version: bytes, payload: bytes, auth: bytes, *, wide: bool = False) -> bytes:
+    """[version, payload, auth] with chosen encodings (wide: bin16/bin32 headers where bin8 would do)."""
+    def binary(b: bytes, big: bool) -> bytes:
+        return (b"\xc6" + len(b).to_bytes(4, "big") if big else b"\xc5" + len(b).to_bytes(2, "big")) + b
+    if wide:
+        return b"\x93" + version + binary(payload, False) + binary(auth, True)
+    return b"\x93" + version + msgpack.packb(payload, use_bin_type=True) + msgpack.packb(auth, use_bin_type=True)
+
+
+@PROP
+@given(st.sampled_from([b"\x02", b"\xcc\x02", b"\x01", b"\xd0\x02"]), st.binary(max_size=300),
+       st.sampled_from([0, 15, 16, 17, 64, 65]), st.booleans(), st.integers(-3, 3), st.binary(max_size=2))
+def test_the_hand_read_outer_array_agrees_with_msgpack(version, payload, auth_len, wide, cut, tail):
+    """codec._split_fast (the outer array read by hand) against msgpack's reading of the same bytes,
+    over other integer encodings of the version, wide bin headers, truncation and trailing bytes."""
+    data = _outer(version, payload, b"\x07" * auth_len, wide=wide)
+    data = (data[:cut] if cut < 0 else data) + (tail if cut > 0 else b"")
+    def split(lim: Limits) -> tuple:
+        try:
+            return ("parts", *codec.split_frame(data, lim))
+        except ProtocolError as e:
+            return ("error", e.code, e.ref, e.message)
+    for lim in (Limits(), Limits(max_frame_size=max(1, len(data) - 1))):
+        got = split(lim)
+        with reference_only():
+            assert split(lim) == got

@@ -267,9 +267,34 @@ def mac_payload(key: MacKey, payload: bytes, limits: Limits = DEFAULT_LIMITS) ->
     return _frame(payload, key.tag(payload), limits)
 
 
+def _split_fast(data: Any, max_size: int) -> tuple[bytes, bytes] | None:
+    """The outer array exactly as encoders write it (fixarray 3, fixint 2, bin8/bin16 payload, bin8
+    auth of 16 or 64 bytes, nothing after), read by hand; None for anything else, which the general
+    path then judges. Whatever this accepts the general path would return alike: it only skips a
+    msgpack call with its limits on every frame."""
+    if type(data) is not bytes or not 6 <= len(data) <= max_size or data[0] != 0x93 or data[1] != 2:
+        return None
+    marker = data[2]
+    if marker == 0xc4:
+        start = 4
+        end = start + data[3]
+    elif marker == 0xc5:
+        start = 5
+        end = start + int.from_bytes(data[3:5], "big")
+    else:
+        return None
+    if end + 2 > len(data) or data[end] != 0xc4 or data[end + 1] not in (MAC_LEN, SIG_LEN) \
+            or end + 2 + data[end + 1] != len(data):
+        return None
+    return data[start:end], data[end + 2:]
+
+
 def split_frame(data: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, bytes]:
     """Size, outer structure and version: the payload bytes and the auth bytes (64: signature,
     16: MAC). Nothing is authenticated yet."""
+    parts = _split_fast(data, limits.max_frame_size)
+    if parts is not None:
+        return parts
     if isinstance(data, str):
         raise ProtocolError(ErrorCode.TEXT_FRAME, "text messages are not Gelato frames")
     if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -4,7 +4,7 @@ keepalive task, with every limit of "Limits and defences" enforced here.
 Outgoing frames are encoded (seq stamped, MAC'd) as they are queued, so sequence order is wire
 order and the queue is bounded in the bytes it really holds: per session (send_queue_bytes) and
 per process (an OutputBudget shared by every session, send_queue_total_bytes); see outbox.py.
-One writer task hands them to the transport. `send()` waits while the queue is full
+One writer task hands them to the transport, what is queued at once in one write. `send()` waits while the queue is full
 (backpressure); `send_nowait()` is for pushes that may be lost (events): on a full queue it drops
 the frame, counts it in `stats.dropped` and returns False. A writer that cannot hand a frame over
 for write_timeout means the peer does not read: the session is closed (slow_reader, a violation),

@@ -2,7 +2,7 @@
 per process (Stellar Core's outbound queue limits and "drop peers whose queue does not drain").
 
 Why bytes and not frames: a reply may be 1 MiB, so a queue of 256 frames let 20 sessions that
-never read hold a gigabyte. A Connection encodes (stamps seq, signs) each frame as it queues it,
+never read hold a gigabyte. A Connection encodes (stamps seq, MACs) each frame as it queues it,
 so what is counted is exactly what will be written; the bytes are given back once the writer has
 handed the frame to the transport. The frame count stays bounded too (each queued frame also
 costs a Python object).
