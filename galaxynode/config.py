@@ -16,7 +16,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import attrs
@@ -25,6 +25,7 @@ from galaxynode.gelato import codec
 from galaxynode.identity import format_public_key, parse_public_key
 
 ENV_PREFIX = "GALAXYNODE_"
+TEST_ENV_PREFIX = ENV_PREFIX + "TEST_"  # the test suite's variables: no [test] section, ever
 SPEC = "galaxynode.spec"        # field metadata: the key's Spec
 EXTRA = "galaxynode.extra"      # field metadata: unknown sub-tables of the section land here
 _NO = object()                  # "no offending value to show"
@@ -48,6 +49,20 @@ class ConfigError(Exception):
 
     def __reduce__(self):  # picklable although the constructor has keyword-only arguments
         return ConfigError, (self.key, self.problem)
+
+
+class ConfigErrors(ConfigError):
+    """Several problems found in one pass (collect_config). Its key and problem are the first's;
+    `errors` holds them all and str() is one ``config: <key>: <problem>`` line each."""
+
+    def __init__(self, errors: Sequence[ConfigError]):
+        first = errors[0]
+        super().__init__(first.key, first._reason, got=first.got, source=first.source)
+        self.errors = list(errors)
+        self.args = ("\n".join(str(e) for e in self.errors),)
+
+    def __reduce__(self):
+        return ConfigErrors, (self.errors,)
 
 
 def _show(value: Any) -> str:
@@ -446,6 +461,7 @@ class ServerConfig(_Section):
     # Connections accepted but not yet through the Gelato handshake (TLS, upgrade, HELLO).
     max_pending: int = _setting(Int(1, 1_000_000), 256)
     max_pending_per_address: int = _setting(Int(1, 1_000_000), 16)
+    workers: int = _setting(Int(1, 256), 1)
 
     def _check(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -457,6 +473,13 @@ class ServerConfig(_Section):
             raise self._fail("max_connections_per_address", f"must be at most max_connections ({self.max_connections})")
         if self.max_pending_per_address > self.max_pending:
             raise self._fail("max_pending_per_address", f"must be at most max_pending ({self.max_pending})")
+
+
+@attrs.frozen
+class TLSConfig(_Section):
+    """What we trust when we dial wss:// (peers, the main net, the main net's dial-back)."""
+    SECTION = "tls"
+    ca_file: str | None = _setting(FilePath(optional=True, must_exist=True), None)
 
 
 _CODEC = codec.Limits()
@@ -520,8 +543,13 @@ class RegistryConfig(_Section):
     page_max: int = _setting(Int(1, 100_000), 1000)
     commit_interval: float = _setting(Float(0, 1, " seconds"), 0.005)
     page_bytes: int = _setting(Int(4096, 64 * MiB), 256 * 1024)
+    backend: str = _setting(Str(choices=("sqlite", "postgresql")), "sqlite")
+    dsn: str = _setting(Str(min_len=0, max_len=4096), "")
 
     def _check(self) -> None:
+        if self.backend == "postgresql" and not self.dsn:
+            raise self._fail("dsn", "must be set when backend is 'postgresql' (e.g. postgresql://galaxy@db/galaxy; "
+                                    "the password may come from GALAXYNODE_REGISTRY_DSN or PGPASSWORD)")
         if self.max_ttl < self.min_ttl:
             raise self._fail("max_ttl", f"must be at least min_ttl ({self.min_ttl})")
         if not self.min_ttl <= self.default_ttl <= self.max_ttl:
@@ -606,7 +634,12 @@ class PluginsConfig(_Section):
     max_restarts: int = _setting(Int(0, 1000), 5)
     backoff_base: float = _setting(Float(0.001, 3600, " seconds"), 0.5)
     backoff_max: float = _setting(Float(0.001, 86_400, " seconds"), 30.0)
-    # [plugins.<name>] tables, plugin-specific and not validated here.
+    path: tuple[str, ...] = _setting(ListOf(FilePath(), max_items=64), ())  # plugins_path: dotted-path search
+    admission_timeout: float = _setting(Float(0.001, 60, " seconds"), 2.0)
+    admission_default: str = _setting(Str(choices=("closed", "open")), "closed")
+    # The config file's directory (set by load_config, not a key): dotted plugin paths are looked up there.
+    config_dir: str | None = attrs.field(default=None, eq=False, hash=False)
+    # [plugins.<name>] tables, checked against each plugin's options by plugins.check_config.
     sections: dict[str, dict[str, Any]] = attrs.field(factory=dict, converter=_plugin_tables, hash=False,
                                                       metadata={EXTRA: True})
 
@@ -648,6 +681,7 @@ class Config:
     network: NetworkConfig = attrs.field(factory=NetworkConfig)
     data: DataConfig = attrs.field(factory=DataConfig)
     server: ServerConfig = attrs.field(factory=ServerConfig)
+    tls: TLSConfig = attrs.field(factory=TLSConfig)
     limits: LimitsConfig = attrs.field(factory=LimitsConfig)
     registry: RegistryConfig = attrs.field(factory=RegistryConfig)
     admission: AdmissionConfig = attrs.field(factory=AdmissionConfig)
@@ -662,6 +696,11 @@ class Config:
         if self.peers.target > self.limits.max_peers:
             raise ConfigError("peers.target", f"must not exceed limits.max_peers ({self.limits.max_peers})",
                               got=self.peers.target)
+        if self.server.workers > 1 and self.registry.backend != "postgresql":
+            raise ConfigError("server.workers", "more than 1 worker needs [registry] backend = \"postgresql\" "
+                                                "(a SQLite registry belongs to one process)", got=self.server.workers)
+        if self.server.workers > 1 and self.node.role == "mainnet":
+            raise ConfigError("server.workers", "a main net runs as one process (workers = 1)", got=self.server.workers)
 
     def data_path(self, *parts: str) -> Path:
         return Path(self.data.dir, *parts)
@@ -777,58 +816,119 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
                 overrides: Mapping[str, Any] = {}, check_files: bool = False) -> Config:
     """Defaults < TOML file at `path` < env ``GALAXYNODE_<SECTION>_<KEY>`` < `overrides` (dotted keys,
     e.g. from CLI flags; a string is read like an environment value, None means "not given").
-    `check_files`: configured files (key, TLS) must exist; the daemon creates its default key itself."""
+    `check_files`: configured files (key, TLS) must exist; the daemon creates its default key itself.
+    Raises ConfigError: the one problem, or ConfigErrors when there are several (collect_config)."""
+    config, errors = collect_config(path, env=env, overrides=overrides, check_files=check_files)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    assert config is not None
+    return config
+
+
+def collect_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str] = os.environ,
+                   overrides: Mapping[str, Any] = {},
+                   check_files: bool = False) -> tuple[Config | None, list[ConfigError]]:
+    """load_config that reports every problem in one pass (at most one per key), for `config check`
+    and the daemon's start: (the config with defaults in place of bad values, the problems). The
+    config is None only when the file cannot be read at all."""
     values: dict[str, dict[str, Any]] = {}
     sources: dict[str, str] = {}
+    errors: dict[str, ConfigError] = {}
+
+    def fail(e: ConfigError) -> None:
+        if e.got is not _NO and sources.get(e.key) and not e.source:
+            e = ConfigError(e.key, e._reason, got=e.got, source=sources[e.key])
+        errors.setdefault(e.key, e)
 
     def put(section: str, name: str, value: Any, source: str) -> None:
         values.setdefault(section, {})[name] = value
         sources[f"{section}.{name}"] = source
 
     if path is not None:
-        for section, table in _read_toml(Path(path)).items():
-            if not isinstance(table, dict):
-                owners = [f"{s}.{section}" for s, cls in SECTIONS.items() if section in _fields(cls)]
-                if section not in SECTIONS and owners:
-                    raise ConfigError(section, f"keys belong in a [section]; did you mean {owners[0]}?")
-                _section(section)
-                raise ConfigError(section, f"must be a table [{section}]", got=table)
-            cls = _section(section)
+        try:
+            table_of = _read_toml(Path(path))
+        except ConfigError as e:
+            return None, [e]
+        for section, table in table_of.items():
+            try:
+                if not isinstance(table, dict):
+                    owners = [f"{s}.{section}" for s, cls in SECTIONS.items() if section in _fields(cls)]
+                    if section not in SECTIONS and owners:
+                        raise ConfigError(section, f"keys belong in a [section]; did you mean {owners[0]}?")
+                    _section(section)
+                    raise ConfigError(section, f"must be a table [{section}]", got=table)
+                cls = _section(section)
+            except ConfigError as e:
+                fail(e)
+                continue
             extra = next((a.name for a in attrs.fields(cls) if EXTRA in a.metadata), None)
             for name, value in table.items():
                 if extra is not None and isinstance(value, dict) and name not in _fields(cls):
                     values.setdefault(section, {}).setdefault(extra, {})[name] = value
                     continue
-                _lookup(section, name)
+                try:
+                    _lookup(section, name)
+                except ConfigError as e:
+                    fail(e)
+                    continue
                 put(section, name, value, "")
     for var in sorted(env):
-        if var.startswith(ENV_PREFIX):
+        # GALAXYNODE_TEST_* belongs to the test suite (e.g. GALAXYNODE_TEST_PG), never a config key.
+        if var.startswith(ENV_PREFIX) and not var.startswith(TEST_ENV_PREFIX):
             section, _, name = var[len(ENV_PREFIX):].lower().partition("_")
-            put(section, name, _lookup(section, name, var).parse_text(env[var]), var)
+            try:
+                put(section, name, _lookup(section, name, var).parse_text(env[var]), var)
+            except ConfigError as e:
+                fail(e)
     for dotted, value in overrides.items():
         if value is None:
             continue
         section, _, name = dotted.partition(".")
-        spec = _lookup(section, name, _FROM_FLAGS)
+        try:
+            spec = _lookup(section, name, _FROM_FLAGS)
+        except ConfigError as e:
+            fail(e)
+            continue
         put(section, name, spec.parse_text(value) if isinstance(value, str) else value, _FROM_FLAGS)
 
+    # Each value on its own first, so that one bad key does not hide the others of its section.
+    for section, table in values.items():
+        fields = _fields(SECTIONS[section])
+        for name, value in list(table.items()):
+            if name in fields:
+                try:
+                    fields[name].metadata[SPEC].convert(value)
+                except _Bad as bad:
+                    fail(ConfigError(f"{section}.{name}", bad.problem, got=bad.got))
+                    del table[name]
+    sections: dict[str, _Section] = {}
+    for name, cls in SECTIONS.items():
+        try:
+            sections[name] = cls(**values.get(name, {}))
+        except ConfigError as e:  # a rule across keys of the section (or its extra tables)
+            fail(e)
+            sections[name] = cls()
     try:
-        config = Config(**{name: cls(**values.get(name, {})) for name, cls in SECTIONS.items()})
-    except ConfigError as e:
-        if e.got is _NO or not sources.get(e.key):
-            raise
-        raise ConfigError(e.key, e._reason, got=e.got, source=sources[e.key]) from None
+        config = Config(**sections)
+    except ConfigError as e:  # a rule across sections: report it, and go on with the defaults
+        fail(e)
+        config = Config()
+    if path is not None:  # plugins_path: dotted plugin paths are looked up beside the config file
+        object.__setattr__(config.plugins, "config_dir", str(Path(path).resolve().parent))
     if check_files:
-        _check_files(config)
-    return config
+        for e in _check_files(config):
+            fail(e)
+    return config, list(errors.values())
 
 
-def _check_files(config: Config) -> None:
+def _check_files(config: Config) -> list[ConfigError]:
+    out = []
     for name, section in config._sections():
         for a in attrs.fields(type(section)):
             spec, value = a.metadata.get(SPEC), getattr(section, a.name)
             if isinstance(spec, FilePath) and spec.must_exist and value is not None and not Path(value).is_file():
-                raise ConfigError(f"{name}.{a.name}", "no such file", got=value)
+                out.append(ConfigError(f"{name}.{a.name}", "no such file", got=value))
+    return out
 
 
 # --- TOML output ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ import trio
 from galaxynode import __version__
 from galaxynode.config import Config, ConfigError, apply_reloadable, diff_reloadable, load_config
 from galaxynode.events import EventBus
+from galaxynode.health import Readiness
 from galaxynode.datadir import locked, private_dir, private_umask
 from galaxynode.identity import Identity, load_or_create_key, warn_if_exposed
 from galaxynode.logs import setup_logging
@@ -31,10 +33,13 @@ from galaxynode.net.connection import SessionLimits
 from galaxynode.net.bans import Bans
 from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.server import Server
+from galaxynode.net.tls import TLSError, client_context, server_context
 from galaxynode.peerpolicy import PeerPolicy
 from galaxynode.peering import PeerManager
-from galaxynode.plugins import PluginContext, PluginSupervisor
+from galaxynode.plugins import PluginContext, PluginError, PluginSupervisor, make_api_context
+from galaxynode.plugins import check_config as check_plugins, search_path as plugin_search_path
 from galaxynode.pool import PoolInfo, PoolServices
+from galaxynode.cluster import ClusterModule, open_member_registry
 from galaxynode.registry import Admission, LeaseTable, Registry
 from galaxynode.systemd import Notifier
 
@@ -48,6 +53,9 @@ class Runtime:
     config: Config
     identity: Identity
     started: float = attrs.field(factory=time.monotonic)
+    # /readyz and sd_notify STATUS: modules set their checks (galaxynode.health; see expected_checks)
+    readiness: Readiness = attrs.field(factory=Readiness)
+    worker: int | None = None  # this process's index among its supervisor's workers (galaxynode.cluster)
 
 
 def admission_from(config: Config) -> Admission:
@@ -75,18 +83,30 @@ class RegistryModule(Module):
     async def start(self, ctx: ModuleContext) -> None:
         rt: Runtime = ctx.config
         rc, bus = rt.config.registry, ctx.container.get("bus")
+        kw = dict(expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval,
+                  backend=store_backend(rt.config))
         if rt.config.node.role == "mainnet":
-            registry = await open_pool_registry(rt.config.data_path("mainnet.sqlite"), bus,
-                                                expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
+            registry = await open_pool_registry(rt.config.data_path("mainnet.sqlite"), bus, **kw)
         else:
             # A page and its frame (header, signature, cursor) must fit the peer's max_frame_size too.
             page_bytes = min(rc.page_bytes, rt.config.limits.max_frame_size // 2)
             table = LeaseTable(min_ttl=rc.min_ttl, max_ttl=rc.max_ttl, default_ttl=rc.default_ttl,
                                page_max=rc.page_max, page_bytes=page_bytes, admission=admission_from(rt.config))
-            registry = await Registry.open(rt.config.data_path("registry.sqlite"), table, bus,
-                                           expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
+            if rc.backend == "postgresql":  # a cluster member: its replica loads the table (ClusterModule)
+                registry = await open_member_registry(rt.config, table, bus)
+            else:
+                registry = await Registry.open(rt.config.data_path("registry.sqlite"), table, bus, **kw)
         ctx.container.register("registry", registry)
         await ctx.nursery.start(registry.run)
+
+
+def store_backend(config: Config):
+    """How the registry opens its store for a table name: None for SQLite in the data directory, else a
+    PgStore on [registry] dsn (migrated at start-up)."""
+    if config.registry.backend != "postgresql":
+        return None
+    from galaxynode.registry.pgstore import PgStore  # psycopg is an optional dependency
+    return lambda table: PgStore(config.registry.dsn, table=table)
 
 
 class ServicesModule(Module):
@@ -103,8 +123,8 @@ class ServicesModule(Module):
         registry, bus = ctx.container.get("registry"), ctx.container.get("bus")
         if c.node.role == "mainnet":
             policy, mc = mainnet_policy(c), c.mainnet
-            reach = Reachability(rt.identity, network=c.network.id, policy=policy,
-                                 limits=session_limits(c)) if mc.verify else None
+            reach = Reachability(rt.identity, network=c.network.id, policy=policy, limits=session_limits(c),
+                                 ssl_context=client_ssl_context(c)) if mc.verify else None
             services = MainnetServices(info, registry, bus, policy=policy, reachability=reach)
         else:
             services = PoolServices(info, registry, bus)
@@ -121,27 +141,35 @@ def mainnet_policy(config: Config) -> MainnetPolicy:
 
 
 class PluginsModule(Module):
+    """The plugins (galaxynode.plugins): checked up front (a bad spec or section stops the start with
+    one line), started before the network so their admission hooks and messages serve from the first
+    session; the pool services ask them (services.plugins) on JOIN and for x.<plugin>.<name> types."""
+
     name = "plugins"
-    requires = ("events", "registry")
+    requires = ("events", "registry", "services")
 
     async def start(self, ctx: ModuleContext) -> None:
         rt: Runtime = ctx.config
-        pc = rt.config.plugins
+        c = rt.config
+        pc = c.plugins
         if not pc.enabled:
             return
+        errors = check_plugins(c)
+        if errors:
+            raise PluginError("; ".join(str(e) for e in errors))
         container = ctx.container
+        bus, registry = container.get("bus"), container.get("registry")
 
         def make_context(name: str) -> PluginContext:
-            section = dict(pc.section(name))
-            section.setdefault("data_dir", str(rt.config.data_path()))
-            return PluginContext(name=name, config=section, bus=container.get("bus"),
-                                 registry=container.get("registry"), container=container,
-                                 log=logging.getLogger(f"galaxynode.plugin.{name}"))
+            return make_api_context(name, config=pc.section(name), bus=bus, registry=registry,
+                                    identity=rt.identity, network=c.network.id, data_dir=c.data_path())
 
         supervisor = PluginSupervisor(list(pc.enabled), make_context, max_restarts=pc.max_restarts,
-                                      backoff_base=pc.backoff_base, backoff_max=pc.backoff_max,
-                                      bus=container.get("bus"))
+                                      backoff_base=pc.backoff_base, backoff_max=pc.backoff_max, bus=bus,
+                                      admission_timeout=pc.admission_timeout,
+                                      admission_default=pc.admission_default, search=plugin_search_path(c))
         container.register("plugins", supervisor)
+        container.get("services").plugins = supervisor
         await ctx.nursery.start(supervisor.run)
 
 
@@ -156,14 +184,17 @@ def session_limits(config: Config) -> SessionLimits:
                          max_subscriptions=lc.max_subscriptions)
 
 
-def ssl_context(config: Config):
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The listener's TLS context ([server] tls_cert, tls_key), None without; TLSError names the bad file."""
     if not config.server.tls_cert:
         return None
-    import ssl
     warn_if_exposed(config.server.tls_key or config.server.tls_cert, "TLS key file")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(config.server.tls_cert, config.server.tls_key)
-    return ctx
+    return server_context(config.server.tls_cert, config.server.tls_key)
+
+
+def client_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """What our dials to wss:// trust: the system's CAs, plus [tls] ca_file (None: the defaults)."""
+    return client_context(config.tls.ca_file) if config.tls.ca_file else None
 
 
 class NetworkModule(Module):
@@ -193,7 +224,8 @@ class NetworkModule(Module):
                                        window=c.limits.violation_window, exempt=services.registry.table.is_admin),
                              listen_urls=c.server.listen, ssl_context=ssl_context(c),
                              agent=f"galaxynode/{__version__}",
-                             output_budget=OutputBudget(c.limits.send_queue_total_bytes))
+                             output_budget=OutputBudget(c.limits.send_queue_total_bytes),
+                             reuse_port=rt.worker is not None)
         ctx.container.register("server", self.server)
         services.server = self.server  # ADMIN kick/ban close live sessions; bans/unban reach its ban table
         try:
@@ -204,8 +236,11 @@ class NetworkModule(Module):
                 raise
             raise OSError(f"cannot listen on {' '.join(c.server.listen)}: {leaf.strerror}") from None
         ctx.log.info("serving Gelato on %s", " ".join(urls))
+        self.readiness = rt.readiness
+        self.readiness.set("listening", True, " ".join(urls))
 
     async def stop(self) -> None:
+        self.readiness.set("listening", False, "stopping")
         await self.server.shutdown()
 
 
@@ -229,11 +264,13 @@ class PeeringModule(Module):
                             pool_handler=services.handler, limits=session_limits(c),
                             static=[(p.url, p.key) for p in c.peers.static], max_peers=c.limits.max_peers,
                             reconnect_min=c.peers.reconnect_min, reconnect_max=c.peers.reconnect_max,
-                            issuer=issuer, book=book, listen=server.bound_urls, ssl_context=None,
+                            issuer=issuer, book=book, listen=server.bound_urls, ssl_context=client_ssl_context(c),
                             policy=PeerPolicy(c.peers.accept, max_misses=c.peers.max_misses),
                             max_inbound=c.peers.max_inbound, max_outbound=c.peers.max_outbound,
                             target=c.peers.target, query_budget=c.peers.query_budget)
         peers.discover_budget = discover_budget(c.mainnet.discover_dials, give_up_after=peers.give_up_after)
+        if "plugins" in ctx.container and ctx.container.get("plugins").admitters:  # asked on peer acceptance too
+            peers.admission = ctx.container.get("plugins").admit
         services.peers = peers
         ctx.container.register("peers", peers)
         await ctx.nursery.start(peers.run)
@@ -243,7 +280,8 @@ class PeeringModule(Module):
                                   book_path=c.data_path("descriptors.bin"),
                                   announce_interval=c.mainnet.announce_interval,
                                   backoff_min=min(1.0, c.peers.reconnect_min),
-                                  backoff_max=c.peers.reconnect_max, on_descriptors=peers.discover)
+                                  backoff_max=c.peers.reconnect_max, on_descriptors=peers.discover,
+                                  ssl_context=client_ssl_context(c))
             ctx.container.register("announcer", announcer)
             peers.on_unlisted = announcer.lookup_soon  # a pool listed since our last LOOKUP is promoted
             await ctx.nursery.start(announcer.run)
@@ -265,7 +303,7 @@ class MetricsModule(Module):
             return
         registry = daemon_registry(ctx.container, network=c.network.id, role=c.node.role, name=c.node.name,
                                    key=rt.identity.public_text)
-        server = MetricsServer(registry, c.metrics.listen)
+        server = MetricsServer(registry, c.metrics.listen, readiness=rt.readiness)
         ctx.container.register("metrics", server)
         try:
             urls = await ctx.nursery.start(server.run)
@@ -274,9 +312,26 @@ class MetricsModule(Module):
         ctx.log.info("serving metrics on %s", " ".join(urls))
 
 
-CORE_MODULES: tuple[type[Module], ...] = (EventsModule, RegistryModule, ServicesModule, PluginsModule, NetworkModule,
+CORE_MODULES: tuple[type[Module], ...] = (EventsModule, RegistryModule, ClusterModule, ServicesModule, PluginsModule, NetworkModule,
                                           MetricsModule)
 POOL_MODULES: tuple[type[Module], ...] = CORE_MODULES + (PeeringModule,)
+
+
+def reload_tls(config: Config, container) -> None:
+    """SIGHUP re-reads [server] tls_cert and tls_key (the same paths: a renewed certificate) into the
+    listener's context; handshakes from then on use them, sessions already open keep theirs. A pair
+    that does not load keeps the running one (logged)."""
+    server = container.get("server") if "server" in container else None
+    ctx = getattr(server, "ssl_context", None)
+    if ctx is None or not config.server.tls_cert:
+        return
+    try:
+        server_context(config.server.tls_cert, config.server.tls_key)  # checked first: names the bad file
+        ctx.load_cert_chain(config.server.tls_cert, config.server.tls_key)
+    except (TLSError, ssl.SSLError) as e:
+        log.error("reload: keeping the running TLS certificate: %s", e)
+        return
+    log.info("reload: TLS certificate %s re-read", config.server.tls_cert)
 
 
 def reload_config(rt: Runtime, container, path: str | None, overrides: dict) -> None:
@@ -302,6 +357,66 @@ def reload_config(rt: Runtime, container, path: str | None, overrides: dict) -> 
     log.info("reloaded: %s", ", ".join(sorted(changed)))
 
 
+def expected_checks(config: Config) -> list[str]:
+    """The readiness checks a pool with this config must pass before any is sampled (galaxynode.health):
+    listening, the registry loaded and storing changes, announced when [mainnet] url is set. Each
+    plugin's check ("plugin.<name>") appears with the plugin, before the first sample."""
+    names = ["listening", "registry"]
+    if config.node.role == "pool" and config.mainnet.url:
+        names.append("mainnet")
+    return names
+
+
+class ReadinessSampler:
+    """Sets the checks that follow a service's own state (sampled, so the services need not know
+    about readiness): the registry, the announcer, the plugins."""
+
+    def __init__(self, readiness: Readiness):
+        self.readiness = readiness
+        self._commits = self._failures = 0
+        self._writable = True
+
+    def __call__(self, container: Any) -> None:
+        r = self.readiness
+        if "registry" in container:
+            r.set("registry", *self._registry(container.get("registry")))
+        if "announcer" in container:
+            a = container.get("announcer")
+            r.set("mainnet", a.state == "announced",
+                  "announced" if a.state == "announced" else a.last_error or "not announced yet")
+        if "plugins" in container:
+            for name, st in container.get("plugins").stats.items():
+                r.set(f"plugin.{name}", *_plugin_check(st))
+
+    def _registry(self, registry: Any) -> tuple[bool, str]:
+        """Storing changes: refused commits since the last sample and none that went through mean the
+        store refuses changes now; no commit either way keeps the last verdict."""
+        commits, failures = registry.commits, registry.commit_failures
+        failing = failures > self._failures and commits == self._commits
+        if commits > self._commits or failing:
+            self._writable = not failing
+        self._commits, self._failures = commits, failures
+        if not self._writable:
+            return False, "cannot store changes (see the log; changes are refused with 'unavailable')"
+        return True, f"{len(registry.table)} leases"
+
+
+def _plugin_check(st: Any) -> tuple[bool, str]:
+    if st.state in ("running", "finished"):
+        return True, st.state
+    if st.state == "backoff":
+        return False, f"restarting after a crash ({st.failures} in a row): {st.last_error}"
+    if st.state == "failed":
+        return False, f"gave up: {st.last_error}"
+    return False, "not started" if st.state == "pending" else st.state
+
+
+async def _sample_readiness(sample: ReadinessSampler, container: Any, interval: float = 1.0) -> None:
+    while True:
+        sample(container)
+        await trio.sleep(interval)
+
+
 async def _watchdog(notifier: Notifier, interval: float) -> None:
     while True:
         notifier.notify(WATCHDOG=1)
@@ -324,15 +439,16 @@ def _gc_threshold(young: int) -> Any:
 
 
 async def run_daemon(config: Config, *, config_path: str | None = None, overrides: dict | None = None,
-                     modules: tuple[type[Module], ...] | None = None) -> int:
+                     modules: tuple[type[Module], ...] | None = None, worker: int | None = None) -> int:
     """Run until SIGTERM/SIGINT. The data dir is locked (a second daemon on it stops with
-    DataDirInUse naming the first one's pid) and private (0700, files 0600) for the whole run."""
+    DataDirInUse naming the first one's pid) and private (0700, files 0600) for the whole run; a
+    ``worker`` of galaxynode.cluster's supervisor leaves the lock to its supervisor, which holds it."""
     data_dir = private_dir(config.data.dir)
-    with locked(data_dir), private_umask():
+    with (contextlib.nullcontext() if worker is not None else locked(data_dir)), private_umask():
         identity, created = load_or_create_key(config.key_path)
         if created:
             log.info("generated pool key %s at %s", identity.public_text, config.key_path)
-        rt = Runtime(config, identity)
+        rt = Runtime(config, identity, readiness=Readiness(*expected_checks(config)), worker=worker)
         if modules is None:
             modules = CORE_MODULES if config.node.role == "mainnet" else POOL_MODULES
         kernel = Kernel([m() for m in modules], config=rt, stop_timeout=config.daemon.stop_timeout)
@@ -360,20 +476,26 @@ async def _serve(config: Config, rt: Runtime, identity: Identity, kernel: Kernel
         interval = Notifier.watchdog_interval() if config.daemon.watchdog else None
         if interval and notifier.enabled:
             root.start_soon(_watchdog, notifier, interval)
-        async with kernel.run() as container:
+        async with kernel.run() as container, trio.open_nursery() as health:
             registry = container.get("registry")
             status = f"serving {len(registry.table)} nodes on network {config.network.id}"
-            notifier.notify(READY=1, STATUS=status)
+            readiness, sample = rt.readiness, ReadinessSampler(rt.readiness)
+            sample(container)
+            health.start_soon(_sample_readiness, sample, container)
+            notifier.notify(READY=1, STATUS=readiness.summary())  # start-up is done; STATUS says if we serve
+            readiness.on_change(lambda r: notifier.notify(STATUS=r.summary()))
             log.info("ready: pool %s (%s), %s, version %s", config.node.name, identity.public_text,
                      status, __version__)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
                     reload_config(rt, container, config_path, overrides or {})
-                    notifier.notify(READY=1, STATUS=status)
+                    reload_tls(rt.config, container)
+                    notifier.notify(READY=1, STATUS=readiness.summary())
                     continue
                 log.info("received %s, stopping (bound %.1fs)", signal.Signals(signum).name,
                          config.daemon.stop_timeout)
                 notifier.notify(STOPPING=1, STATUS="stopping")
                 break
+            health.cancel_scope.cancel()
         root.cancel_scope.cancel()

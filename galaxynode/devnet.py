@@ -12,20 +12,18 @@ connects the peer graph without waiting for the next periodic LOOKUP.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections import deque
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
+
+import attrs
 
 DEFAULT_NETWORK = "galaxy-dev"
 START_TIMEOUT = 30.0   # per daemon: listening (main net) or announced (pool)
@@ -37,51 +35,25 @@ REGIONS = ("eu", "us", "ap")
 # Set by systemd for the devnet itself; a child must not claim to be the service.
 CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 
+
+@attrs.frozen
+class Options:
+    """What `galaxynode devnet` runs (its flags)."""
+    pools: int = 3
+    nodes: int = 10
+    base_port: int = 0             # main net on it, pools on the next ports; 0: random free ports
+    network: str = DEFAULT_NETWORK
+    duration: float | None = None  # stop after this many seconds; None: until SIGINT/SIGTERM
+    keep: bool = False             # the data directory is kept (else the caller removes it)
+
+
+class DevnetError(Exception):
+    """A daemon of the devnet failed: exited, or did not start in time. One line."""
+
+
 _SERVING = re.compile(r"serving Gelato on (ws://\S+)")
 _READY = re.compile(r"ready: pool ")
 _ANNOUNCED = re.compile(r"announced to the main net")
-
-
-def _int_in(lo: int, hi: int) -> Callable[[str], int]:
-    def convert(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{text!r}: must be in {lo}..{hi}")
-        return value
-    convert.__name__ = "int"
-    return convert
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a number") from None
-    if not 0 < value < 1e9:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
-    return value
-
-
-def add_commands(sub: Any) -> None:
-    """Add `devnet` to the `galaxynode` subcommand parser."""
-    p = sub.add_parser("devnet", help="run a main net, pools and simulated nodes on 127.0.0.1 with a live status table",
-                       description="Start a main net, N pools that find and peer with each other through it, "
-                                   "and M simulated nodes spread over the pools, all on 127.0.0.1; show their "
-                                   "status every second until Ctrl-C (or --duration), then stop everything.")
-    p.add_argument("--pools", type=_int_in(1, 64), default=3, metavar="N", help="number of pools (default 3)")
-    p.add_argument("--nodes", type=_int_in(0, 10_000), default=10, metavar="M",
-                   help="simulated nodes, spread over the pools (default 10)")
-    p.add_argument("--base-port", type=_int_in(0, 65535), default=0, metavar="PORT",
-                   help="main net on PORT, pools on PORT+1.. (default 0: random free ports)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="keep keys, databases and logs here (default: a temporary directory, removed at exit)")
-    p.add_argument("--network", default=DEFAULT_NETWORK, metavar="ID", help=f"network id (default {DEFAULT_NETWORK})")
-    p.add_argument("--duration", type=_seconds, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per refresh instead of a table")
-    p.set_defaults(func=cmd_devnet)
 
 
 # --- the daemons ---------------------------------------------------------------------------------
@@ -140,7 +112,6 @@ class Daemon:
         """Run the child until cancelled (then SIGTERM, SIGKILL past STOP_BOUND). Exiting on its
         own is an error: the devnet stops and says why."""
         import trio
-        from galaxynode.cli import CliError
         async with trio.open_nursery() as nursery:
             self.proc = await nursery.start(partial(
                 trio.run_process, self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -148,16 +119,15 @@ class Daemon:
             nursery.start_soon(self._read_log)
             task_status.started()
         if not self.stopping:
-            raise CliError(f"{self.name} exited with code {self.proc.returncode}: {self.last_line()}")
+            raise DevnetError(f"{self.name} exited with code {self.proc.returncode}: {self.last_line()}")
 
     async def wait(self, event: Any, what: str) -> None:
         import trio
-        from galaxynode.cli import CliError
         try:
             with trio.fail_after(START_TIMEOUT):
                 await event.wait()
         except trio.TooSlowError:
-            raise CliError(f"{self.name} not {what} within {START_TIMEOUT:g}s: {self.last_line()}") from None
+            raise DevnetError(f"{self.name} not {what} within {START_TIMEOUT:g}s: {self.last_line()}") from None
 
 
 async def _terminate(proc: Any) -> None:
@@ -334,60 +304,6 @@ def snapshot(mainnet: Daemon, pools: list[Daemon], nodes: list[SimNode], elapsed
             "nodes": {"simulated": len(nodes), "joined": sum(n.joined for n in nodes)}}
 
 
-def _v(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def plain_line(snap: dict) -> str:
-    """One line per refresh, for logs and pipes."""
-    m = snap["mainnet"]
-    parts = [f"t={snap['t']:g}s mainnet {'up' if m['up'] else 'down'} pools={_v(m['pools'])} "
-             f"ev/s={m['events_per_s']:g}"]
-    for p in snap["pools"]:
-        parts.append(f"{p['name']} {'up' if p['up'] else 'down'} peers={_v(p['peers'])} nodes={_v(p['nodes'])} "
-                     f"ev/s={p['events_per_s']:g}")
-    parts.append(f"nodes joined={snap['nodes']['joined']}/{snap['nodes']['simulated']}")
-    return " | ".join(parts)
-
-
-def table(snap: dict, footer: str) -> str:
-    """The full-screen view for a terminal."""
-    from galaxynode.cli_client import format_table
-    m = snap["mainnet"]
-    rows = [[m["name"], _v(m["url"]), "up" if m["up"] else "down", "-", f"{_v(m['pools'])} pools",
-             f"{m['events_per_s']:.1f}"]]
-    rows += [[p["name"], _v(p["url"]), "up" if p["up"] else "down", _v(p["peers"]), _v(p["nodes"]),
-              f"{p['events_per_s']:.1f}"] for p in snap["pools"]]
-    n = snap["nodes"]
-    return "\n".join([
-        f"galaxynode devnet: {len(snap['pools'])} pools, {n['joined']}/{n['simulated']} simulated nodes joined, "
-        f"up {snap['t']:.0f}s",
-        "",
-        format_table(rows, ["NAME", "URL", "STATE", "PEERS", "NODES", "EVENTS/S"]),
-        "",
-        footer,
-    ])
-
-
-class Screen:
-    """Where refreshes go: a redrawn table on a terminal, else a line (or JSON object) each."""
-
-    def __init__(self, out: TextIO, *, as_json: bool, footer: str):
-        self.out = out
-        self.as_json = as_json
-        self.footer = footer
-        self.tty = out.isatty() and not as_json
-
-    def show(self, snap: dict) -> None:
-        if self.as_json:
-            text = json.dumps(snap)
-        elif self.tty:
-            text = "\x1b[H\x1b[2J" + table(snap, self.footer)
-        else:
-            text = plain_line(snap)
-        print(text, file=self.out, flush=True)
-
-
 def note(message: str) -> None:
     from galaxynode.logs import printable  # daemons' log lines may quote what remote parties sent
     print(f"devnet: {printable(message)}", file=sys.stderr, flush=True)
@@ -395,8 +311,8 @@ def note(message: str) -> None:
 
 # --- the command ---------------------------------------------------------------------------------
 
-async def show_until(stop: Any, screen: Screen, mainnet: Daemon, pools: list[Daemon], nodes: list[SimNode],
-                     duration: float | None) -> None:
+async def show_until(stop: Any, show: Callable[[dict], None], mainnet: Daemon, pools: list[Daemon],
+                     nodes: list[SimNode], duration: float | None) -> None:
     """A refresh every REFRESH seconds until `stop` is set or `duration` has passed."""
     import trio
     started = last = trio.current_time()
@@ -407,25 +323,29 @@ async def show_until(stop: Any, screen: Screen, mainnet: Daemon, pools: list[Dae
         now = trio.current_time()
         if stop.is_set() or now >= end:
             return
-        screen.show(snapshot(mainnet, pools, nodes, now - started, now - last))
+        show(snapshot(mainnet, pools, nodes, now - started, now - last))
         last = now
 
 
-async def run_devnet(args: argparse.Namespace, root: Path, out: TextIO) -> int:
+def until_text(opts: Options) -> str:
+    return f"stops after {opts.duration:g}s" if opts.duration else "Ctrl-C to stop"
+
+
+async def run_devnet(opts: Options, root: Path, show: Callable[[dict], None]) -> int:
+    """Start the devnet in `root`, `show` a snapshot() every REFRESH seconds, stop everything on
+    SIGINT/SIGTERM or after opts.duration. 1 if a daemon stopped uncleanly. Raises DevnetError."""
     import trio
     env = child_env()
 
     def port(i: int) -> int:
-        return args.base_port + i if args.base_port else 0
+        return opts.base_port + i if opts.base_port else 0
 
     mainnet = Daemon("mainnet", daemon_argv("mainnet", "mainnet", port=port(0), data_dir=root / "mainnet",
-                                            network=args.network), root / "mainnet.log")
+                                            network=opts.network), root / "mainnet.log")
     pools: list[Daemon] = []
     nodes: list[SimNode] = []
     daemons = [mainnet]
-    until = f"stops after {args.duration:g}s" if args.duration else "Ctrl-C to stop"
-    where = f"data and logs in {root}" + ("" if args.data_dir else " (removed at exit)")
-    screen = Screen(out, as_json=args.json, footer=f"{where}; {until}")
+    until = until_text(opts)
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as procs:
@@ -438,14 +358,14 @@ async def run_devnet(args: argparse.Namespace, root: Path, out: TextIO) -> int:
                         return
                 procs.start_soon(on_signal)
 
-                note(f"starting a main net and {args.pools} pools on 127.0.0.1 (data and logs in {root})")
+                note(f"starting a main net and {opts.pools} pools on 127.0.0.1 (data and logs in {root})")
                 await procs.start(mainnet.supervise, env)
                 await mainnet.wait(mainnet.ready, "listening")
                 note(f"main net {mainnet.url}")
-                for i in range(1, args.pools + 1):
+                for i in range(1, opts.pools + 1):
                     name = f"pool-{i}"
                     pool = Daemon(name, daemon_argv("run", name, port=port(i), data_dir=root / name,
-                                                    network=args.network, mainnet=mainnet.url), root / f"{name}.log")
+                                                    network=opts.network, mainnet=mainnet.url), root / f"{name}.log")
                     pools.append(pool)
                     daemons.append(pool)
                     await procs.start(pool.supervise, env)
@@ -453,16 +373,16 @@ async def run_devnet(args: argparse.Namespace, root: Path, out: TextIO) -> int:
                     note(f"{name} {pool.url}")
             if not stop.is_set():
                 rng = random.Random()
-                nodes = [SimNode(i, pools[i % len(pools)].url, args.network, rng) for i in range(args.nodes)]
+                nodes = [SimNode(i, pools[i % len(pools)].url, opts.network, rng) for i in range(opts.nodes)]
                 # Stopped in this order: the nodes leave, then the monitors close, then the daemons stop.
                 async with trio.open_nursery() as watching:
                     for d in daemons:
-                        await watching.start(monitor, d, args.network)
+                        await watching.start(monitor, d, opts.network)
                     async with trio.open_nursery() as simulating:
                         for n in nodes:
                             simulating.start_soon(n.run)
                         note(f"{len(nodes)} simulated nodes joining; {until}")
-                        await show_until(stop, screen, mainnet, pools, nodes, args.duration)
+                        await show_until(stop, show, mainnet, pools, nodes, opts.duration)
                         simulating.cancel_scope.cancel()
                     watching.cancel_scope.cancel()
             for d in daemons:
@@ -471,36 +391,5 @@ async def run_devnet(args: argparse.Namespace, root: Path, out: TextIO) -> int:
     unclean = [d for d in daemons if d.proc is not None and d.proc.returncode != 0]
     for d in unclean:
         note(f"warning: {d.name} stopped with code {d.proc.returncode}: {d.last_line()}")
-    note("stopped" + (f"; logs kept in {root}" if args.data_dir else ""))
+    note("stopped" + (f"; logs kept in {root}" if opts.keep else ""))
     return 1 if unclean else 0
-
-
-def cmd_devnet(args: argparse.Namespace) -> int:
-    import trio
-    from galaxynode.cli import EXIT_USAGE, CliError
-    if args.base_port and args.base_port + args.pools > 65535:
-        raise CliError(f"--base-port {args.base_port} leaves no room for {args.pools} pools", EXIT_USAGE)
-    temp = args.data_dir is None
-    root = Path(tempfile.mkdtemp(prefix="galaxynode-devnet-") if temp else args.data_dir).resolve()
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        return trio.run(run_devnet, args, root, sys.stdout)
-    except BaseExceptionGroup as group:
-        error = _first_cli_error(group)
-        if error is None:
-            raise
-        raise error from None
-    finally:
-        if temp:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def _first_cli_error(exc: BaseException) -> Exception | None:
-    from galaxynode.cli import CliError
-    if isinstance(exc, CliError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for e in exc.exceptions:
-            if (found := _first_cli_error(e)) is not None:
-                return found
-    return None

@@ -33,7 +33,7 @@ from galaxynode.identity import Identity
 from galaxynode.net.client import connect
 from galaxynode.net.connection import DEFAULT_SESSION_LIMITS, Connection, SessionClosed, SessionLimits
 from galaxynode.net.slots import address_group
-from galaxynode.net.transport import ChannelClosed, parse_url
+from galaxynode.net.transport import CertificateError, ChannelClosed, parse_url
 from galaxynode.pool import PoolInfo, PoolServices, SessionHandler
 from galaxynode.registry import LeaseTable, Registry
 from galaxynode.registry.leases import Entry
@@ -620,7 +620,7 @@ class Announcer:
         backoff = self.backoff_min
         while True:
             self.state = "connecting"
-            error = "internal error (logged)"
+            error, certificate = "internal error (logged)", False
             with self.task_failures.guard("mainnet.announce"):
                 try:
                     async with connect(self.mainnet_url, self.identity, network=self.network, role="pool",
@@ -628,6 +628,10 @@ class Announcer:
                                        ssl_context=self.ssl_context, connect_timeout=self.connect_timeout) as conn:
                         await self._serve(conn)
                     error = "the main net closed the session"
+                except CertificateError as e:  # no retry cures it: wait the longest, say so
+                    error = (f"{e.reason}; this will not fix itself (the main net's certificate or our [tls] "
+                             "ca_file must change)")
+                    certificate = True
                 except _SESSION_ENDED as e:
                     error = str(e)
             if self.state == "announced":  # we got through before it ended: start over gently
@@ -635,7 +639,7 @@ class Announcer:
             self.failures += 1
             self.last_error = error
             self.state = "backoff"
-            delay = backoff * random.uniform(0.5, 1.0)
+            delay = self.backoff_max if certificate else backoff * random.uniform(0.5, 1.0)
             log.warning("main net %s: %s; retrying in %.1fs", self.mainnet_url, error, delay)
             await trio.sleep(delay)
             backoff = min(backoff * 2, self.backoff_max)

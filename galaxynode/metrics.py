@@ -1,5 +1,6 @@
 """Prometheus metrics: a collector that reads the daemon's own counters at scrape time, served by a
-small trio HTTP endpoint (GET /metrics). Every metric is described in docs/metrics.md.
+small trio HTTP endpoint (GET /metrics, and /healthz, /readyz from galaxynode.health). Every metric
+and endpoint is described in docs/metrics.md.
 
 The collector, not prometheus_client Counter objects, because the frame path then only bumps the plain
 ints and dicts the sessions keep anyway: building the metric families costs once per scrape, not once
@@ -9,10 +10,12 @@ daemon's nursery; this is one more task, cancelled with the daemon like the othe
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import attrs
 import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
@@ -25,6 +28,7 @@ from galaxynode import __version__
 from galaxynode.container import Container
 from galaxynode.gelato.errors import ErrorCode
 from galaxynode.gelato.messages import ROLES
+from galaxynode.health import Readiness
 from galaxynode.net.server import HANDSHAKE_BUCKETS
 from galaxynode.net.transport import format_address
 
@@ -196,6 +200,18 @@ class DaemonCollector:
             for s in PLUGIN_STATES:
                 state.add_metric([name, s], float(st.state == s))
         yield from (restarts, crashes, state)
+        admissions = CounterMetricFamily("galaxynode_plugin_admissions", "Admission hook verdicts (failed: raised, "
+                                         "timed out or not running; admission_default applied).",
+                                         labels=["plugin", "result"])
+        requests = CounterMetricFamily("galaxynode_plugin_requests", "x.<plugin>.* requests answered, by result.",
+                                       labels=["plugin", "result"])
+        for name, st in sorted(supervisor.stats.items()):
+            for result, n in (("admitted", st.admitted), ("refused", st.refused), ("failed", st.admission_failed)):
+                admissions.add_metric([name, result], n)
+            requests.add_metric([name, "ok"], st.messages - st.message_errors)
+            requests.add_metric([name, "error"], st.message_errors)
+        yield from (admissions, requests)
+        yield from supervisor.metrics.collect()  # the plugins' own: galaxynode_plugin_<short>_<name>
 
     def _announcer(self, a: Any) -> Iterator[Metric]:
         state = GaugeMetricFamily("galaxynode_mainnet_announce_state", "1 for the state of the main net session.",
@@ -230,17 +246,52 @@ def split_host_port(listen: str) -> tuple[str, int]:
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+@attrs.frozen
+class Request:
+    """A request head: method, path (without the query), query string, headers (lower-case names)."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+
+
+@attrs.frozen
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+
+
+Route = Callable[[Request], Response]
+
+
+def healthz(request: Request) -> Response:
+    """Liveness: the process is up and its event loop answers."""
+    return Response(200, b"ok\n")
+
+
+def readyz(readiness: Readiness) -> Route:
+    """Readiness: 200 when every check is ok, else 503; the body names each check (JSON)."""
+    def route(request: Request) -> Response:
+        body = json.dumps(readiness.as_json(), sort_keys=True).encode() + b"\n"
+        return Response(200 if readiness.ready else 503, body, "application/json")
+    return route
 
 
 class MetricsServer:
-    """HTTP/1.x on `listen`: GET (or HEAD) /metrics gives the registry's exposition, anything else a
-    short error; one request per connection. Bounded: request head size, the time a client may take
-    (read and write together), and the number of clients at once (past it a connection is closed
-    unanswered). Nothing a client sends can raise out of the handler."""
+    """HTTP/1.x on `listen`: GET (or HEAD) of a path in `routes` (path -> handler), anything else a
+    short error; one request per connection. /metrics gives the registry's exposition, /healthz
+    liveness, /readyz (with a `readiness`) readiness; others add routes with `route()` before run.
+    Bounded: request head size, the time a client may take (read and write together), and the
+    number of clients at once (past it a connection is closed unanswered). Nothing a client sends
+    can raise out of the handler."""
 
     def __init__(self, registry: CollectorRegistry, listen: str, *, max_request: int = 8192,
-                 timeout: float = 5.0, max_clients: int = 16):
+                 timeout: float = 5.0, max_clients: int = 16, readiness: Readiness | None = None):
         self.registry = registry
         self.host, self.port = split_host_port(listen)
         self.max_request = max_request
@@ -249,6 +300,13 @@ class MetricsServer:
         self.urls: list[str] = []
         self.served = 0
         self._clients = 0
+        self.routes: dict[str, Route] = {"/metrics": self._metrics, "/healthz": healthz}
+        if readiness is not None:
+            self.routes["/readyz"] = readyz(readiness)
+
+    def route(self, path: str, handler: Route) -> None:
+        """Serve GET/HEAD `path` with `handler` (which must not block: it runs on the event loop)."""
+        self.routes[path] = handler
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen (port 0 picks a free port), report the bound URLs, serve until cancelled."""
@@ -303,21 +361,29 @@ class MetricsServer:
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             return _response(400, b"bad request\n")
-        method, target = parts[0], parts[1]
-        if target.split("?", 1)[0] != "/metrics":
-            return _response(404, b"not found; metrics are at /metrics\n")
+        method, (path, _, query) = parts[0], parts[1].partition("?")
+        handler = self.routes.get(path)
+        if handler is None:
+            return _response(404, f"not found; try {', '.join(sorted(self.routes))}\n".encode())
         if method not in ("GET", "HEAD"):
             return _response(405, b"method not allowed\n", extra="Allow: GET, HEAD\r\n")
-        accept = next((v for k, _, v in (line.partition(":") for line in lines[1:])
-                       if k.strip().lower() == "accept"), "")
-        encoder, content_type = choose_encoder(accept.strip())
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        try:
+            r = handler(Request(method, path, query, headers))
+        except Exception:
+            log.exception("serving %s failed", path)
+            return _response(500, b"internal error\n")
+        return _response(r.status, r.body, content_type=r.content_type, head_only=method == "HEAD")
+
+    def _metrics(self, request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         try:
             body = encoder(self.registry)
         except Exception:
             log.exception("collecting metrics failed")
-            return _response(500, b"collecting metrics failed\n")
+            return Response(500, b"collecting metrics failed\n")
         self.served += 1
-        return _response(200, body, content_type=content_type, head_only=method == "HEAD")
+        return Response(200, body, content_type)
 
 
 def _response(status: int, body: bytes, *, content_type: str = "text/plain; charset=utf-8", extra: str = "",

@@ -23,7 +23,7 @@ from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import Identity, load_key
 from galaxynode.net.client import connect as connect_session
 from galaxynode.net.connection import DEFAULT_SESSION_LIMITS, Connection, RemoteError, SessionClosed, SessionLimits
-from galaxynode.net.transport import ChannelClosed, raise_single
+from galaxynode.net.transport import CertificateError, ChannelClosed, raise_single
 
 log = logging.getLogger(__name__)
 
@@ -236,16 +236,17 @@ async def gather(pages: AsyncIterator[m.QueryResult], limit: int) -> tuple[list[
 @asynccontextmanager
 async def connect(url: str, key: Identity | str | os.PathLike, *, network: str = DEFAULT_NETWORK,
                   role: str = "node", timeout: float = 10.0, limits: SessionLimits | None = None,
-                  pinned_key: bytes | None = None,
-                  event_buffer: int = DEFAULT_EVENT_BUFFER) -> AsyncIterator[PoolClient]:
+                  pinned_key: bytes | None = None, event_buffer: int = DEFAULT_EVENT_BUFFER,
+                  ca_file: str | None = None) -> AsyncIterator[PoolClient]:
     """`async with connect(url, key) as pool:` a PoolClient for the block, closed with GOODBYE
-    at its end. `key` is an Identity or a key file path. Failing to connect raises ChannelClosed;
+    at its end. `key` is an Identity or a key file path. Failing to connect raises ChannelClosed
+    (CertificateError when a wss:// pool's certificate is refused; `ca_file` trusts a private CA);
     a refused handshake raises ProtocolError (RemoteError when the pool refused us)."""
     identity = _identity(key)
     inbox = _Inbox(event_buffer)
     async with connect_session(url, identity, network=network, role=role,
                                limits=limits or DEFAULT_SESSION_LIMITS, pinned_key=pinned_key,
-                               handler=inbox, connect_timeout=timeout) as conn:
+                               handler=inbox, connect_timeout=timeout, ca_file=ca_file) as conn:
         client = PoolClient(conn, inbox, timeout=timeout)
         try:
             yield client
@@ -311,6 +312,8 @@ class _Keeper:
                     self._report("rejoined" if ever_joined else "joined", lease=lease, pool_key=client.peer_key)
                     ever_joined, attempt = True, 0
                     await self._hold(client, lease)
+            except CertificateError:  # retrying will not change the certificate or what we trust
+                raise
             except CONNECTION_ERRORS as e:
                 why = _why(e)
                 if why is not None and why.code in PERMANENT_ERRORS:  # e.g. banned, now or mid-session
@@ -365,20 +368,22 @@ async def keep_joined(url: str, identity: Identity | str | os.PathLike, *, capab
                       meta: Mapping[str, str] = {}, ttl: int | None = None, network: str = DEFAULT_NETWORK,
                       on_event: Callable[[JoinState], Any] | None = None, backoff_min: float = 1.0,
                       backoff_max: float = 30.0, timeout: float = 10.0, limits: SessionLimits | None = None,
-                      pinned_key: bytes | None = None) -> None:
+                      pinned_key: bytes | None = None, ca_file: str | None = None) -> None:
     """Stay joined until cancelled: join, heartbeat at ttl/3, and on any connection failure
     reconnect with exponential backoff and jitter (reset after each successful join). On
     cancellation the lease is given up (LEAVE, then GOODBYE) before returning, within `timeout`.
     Refusals that retrying cannot fix (PERMANENT_ERRORS: bad ttl, not admitted, banned, wrong
     network or pool key ...) are raised, also when the pool ends a live session with one (an
-    admin's ban). A kicked node rejoins after a backoff that grows with each kick in a row; a node
-    refused with temporarily_banned waits backoff_max before each retry."""
+    admin's ban), and so is CertificateError (a wss:// pool's certificate refused). A kicked node rejoins
+    after a backoff that grows with each kick in a row; a node refused with temporarily_banned waits
+    backoff_max before each retry."""
     if not 0 < backoff_min <= backoff_max or not math.isfinite(backoff_max):
         raise ValueError("need 0 < backoff_min <= backoff_max")
     keeper = _Keeper(url, _identity(identity), on_event=on_event, backoff_min=backoff_min,
                      backoff_max=backoff_max,
                      join={"capabilities": _names(capabilities, "capabilities"), "meta": dict(meta), "ttl": ttl},
-                     connect={"network": network, "timeout": timeout, "limits": limits, "pinned_key": pinned_key})
+                     connect={"network": network, "timeout": timeout, "limits": limits, "pinned_key": pinned_key,
+                              "ca_file": ca_file})
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keeper.run)

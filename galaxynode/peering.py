@@ -29,7 +29,7 @@ import os
 import random
 import ssl
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 import attrs
 import trio
@@ -43,7 +43,7 @@ from galaxynode.mainnet import dial_target, discover_budget, node_summary
 from galaxynode.net.client import connect
 from galaxynode.net.connection import (DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler, SessionClosed,
                                        SessionLimits)
-from galaxynode.net.transport import ChannelClosed, parse_url
+from galaxynode.net.transport import CertificateError, ChannelClosed, parse_url
 from galaxynode.peerpolicy import Grade, PeerPolicy, Standing
 from galaxynode.pool import node_record
 from galaxynode.records import EventSeqs, NodeSeqs, RecordError, RecordSigner, accept_event, accept_node, matches
@@ -116,6 +116,8 @@ class PeerSession:
         self.grade = grade                          # the policy's grade once attached
         self.standing = Standing(0)
         self.probing = False                        # a query to this low-standing peer is out (recovery)
+        # inbound sessions wait for the plugins' admission hooks (is_peer) before the policy grades them
+        self.plugin_verdict: bool | None = None if manager.admission is not None and direction == "inbound" else True
 
     @property
     def key(self) -> bytes:
@@ -133,6 +135,8 @@ class PeerSession:
 
     async def run(self, conn: Connection) -> None:
         mgr = self.manager
+        if self.plugin_verdict is None:
+            self.plugin_verdict = await mgr.admit_peer(conn)
         mgr._attach(self, conn)
         if self.refusal is not None:
             await conn.close(self.refusal)
@@ -269,6 +273,8 @@ class PeerManager:
         # Called when a pool we do not know as listed dials us under accept = "listed": the daemon
         # sets it to the announcer's lookup_soon, so a pool listed since our last LOOKUP is promoted.
         self.on_unlisted: Callable[[], None] | None = None
+        # plugins.PluginSupervisor.admit when a plugin has an admission hook (set by the daemon)
+        self.admission: Callable[[Any], Awaitable[Any]] | None = None
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.query_timeout = query_timeout
@@ -318,6 +324,18 @@ class PeerManager:
 
     def routes(self) -> dict[str, Callable[[Connection, Frame], Any]]:
         return {"DESCRIPTORS": self._on_descriptors, "EVENT": self._on_event}
+
+    async def admit_peer(self, conn: Connection) -> bool:
+        """Whether the plugins' admission hooks (galaxynode.plugin, is_peer) let this pool be a peer; a
+        refused one is served as a node, like a key the policy does not accept."""
+        from galaxynode.plugin import AdmissionRequest
+        try:
+            await self.admission(AdmissionRequest(key=conn.peer_key, remote=conn.remote, is_peer=True, role="pool"))
+        except ProtocolError as e:
+            log.info("pool %s (%s) is not accepted as a peer by a plugin: %s", conn.peer_key.hex()[:16],
+                     conn.remote, e.message)
+            return False
+        return True
 
     def handler_factory(self, conn: Connection) -> Handler:
         """For Server(handler_factory=...): sessions that say role "pool" get a PeerSession, which
@@ -378,11 +396,11 @@ class PeerManager:
         cannot interleave with another session's): the policy grades the key (a key it does not
         accept leaves the session unverified: served as a node, decided again when the policy
         lists it), then one session per key, then the slots (_slot)."""
-        if s.state not in ("new", "unverified"):
+        if s.state not in ("new", "unverified") or s.plugin_verdict is None:  # None: the plugins are asked
             return
         s.conn = conn
         key = conn.peer_key
-        s.grade = max(s.floor, self.policy.grade(key, self.clock()))
+        s.grade = max(s.floor, self.policy.grade(key, self.clock())) if s.plugin_verdict else Grade.NONE
         if s.grade == Grade.NONE:
             if s.state == "new":
                 s.state = "unverified"
@@ -572,8 +590,13 @@ class PeerManager:
             if peer.key is not None and peer.key in self._peers:
                 continue  # lost to another session: stand by
             peer.state = "backoff"
-            delay = random.uniform(0, backoff)
-            log.info("peer %s: %s; redialling in %.2fs", peer.url, error, delay)
+            if isinstance(error, CertificateError):  # no redial cures it: wait the longest, say so
+                delay = self.reconnect_max
+                log.warning("peer %s: %s; this will not fix itself (its certificate or our [tls] ca_file "
+                            "must change): redialling in %.0fs", peer.url, error.reason, delay)
+            else:
+                delay = random.uniform(0, backoff)
+                log.info("peer %s: %s; redialling in %.2fs", peer.url, error, delay)
             await trio.sleep(delay)
             backoff = min(backoff * 2, self.reconnect_max)
 

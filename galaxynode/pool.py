@@ -20,6 +20,7 @@ from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.net.connection import SessionClosed
+from galaxynode.plugin import AdmissionRequest
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class PoolServices:
         self.bus = bus
         self.peers = peers
         self.event_queue = event_queue
+        self.plugins: Any = None  # plugins.PluginSupervisor, set by the daemon: admission and x.* messages
 
     def handler(self) -> "SessionHandler":
         return SessionHandler(self)
@@ -92,13 +94,31 @@ class SessionHandler:
     async def __call__(self, conn: Any, frame: Frame) -> Any:
         route = self.routes.get(frame.type)
         if route is None:
+            if isinstance(frame.msg, m.Extension):  # x.<plugin>.<name>: a plugin's, or unknown_type
+                if self.s.plugins is None:
+                    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {frame.type!r}", frame.id)
+                return await self.s.plugins.dispatch(conn, frame, is_peer=is_pool_session(conn))
             raise ProtocolError(ErrorCode.NOT_SUPPORTED, f"{frame.type} is not served by this endpoint", frame.id)
         return await route(conn, frame)
 
     # registry -------------------------------------------------------------------------------
     async def join(self, conn: Any, frame: Frame) -> m.Lease:
         msg = frame.msg
-        e = await self.s.registry.join(conn.peer_key, capabilities=msg.capabilities, meta=msg.meta, ttl=msg.ttl)
+        meta = msg.meta
+        if any(k.startswith(m.EXTENSION_PREFIX) for k in meta):  # x.* keys are the plugins' (Admit.meta)
+            meta = {k: v for k, v in meta.items() if not k.startswith(m.EXTENSION_PREFIX)}
+        plugins = self.s.plugins
+        if plugins is not None and plugins.admitters:
+            hello = getattr(conn, "peer_hello", None)
+            attached = await plugins.admit(AdmissionRequest(
+                key=conn.peer_key, capabilities=msg.capabilities, meta=meta, remote=getattr(conn, "remote", None),
+                is_peer=False, role=hello.role if hello is not None else "node"))
+            if attached:
+                meta = {**meta, **attached}
+                if len(meta) > m.MAX_META_ENTRIES:
+                    raise ProtocolError(ErrorCode.INVALID_BODY, f"meta: more than {m.MAX_META_ENTRIES} entries "
+                                        f"with the {len(attached)} the pool's plugins attach", frame.id)
+        e = await self.s.registry.join(conn.peer_key, capabilities=msg.capabilities, meta=meta, ttl=msg.ttl)
         return m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires)
 
     async def heartbeat(self, conn: Any, frame: Frame) -> m.Lease:

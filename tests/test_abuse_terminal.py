@@ -18,10 +18,12 @@ import pytest
 import trio
 
 from abuse import NETWORK, alive, live_pool
-from galaxynode.cli_client import format_table, nodes_table, printable
+from galaxynode.cli.client import nodes_table
+from galaxynode.cli.common import format_table
 from galaxynode.descriptor import DescriptorIssuer
 from galaxynode.gelato import messages as m
 from galaxynode.identity import Identity, write_key
+from galaxynode.logs import printable
 from galaxynode.nodeclient import connect
 
 EVIL = "\x1b[2J\x1b]0;pwned\x07"
@@ -103,8 +105,9 @@ def test_cli_prints_hostile_node_and_peer_text_escaped(tmp_path):
 def test_nodes_table_and_json_never_carry_raw_controls(as_json):
     rec = m.NodeRecord(key=b"\x01" * 32, capabilities=(EVIL,), meta={"a": "b\nFAKE"}, expires=0, pool=None)
     if as_json:
-        from galaxynode.cli_client import _json_default, node_json
-        text = json.dumps(node_json(rec), default=_json_default)
+        from galaxynode.cli.client import node_json
+        from galaxynode.cli.common import json_default
+        text = json.dumps(node_json(rec), default=json_default)
         assert json.loads(text)["capabilities"] == [EVIL]  # JSON keeps the value, escaped by the encoding
         for c in RAW + ("\n",):
             assert c not in text

@@ -1,4 +1,5 @@
 import datetime
+import math
 import pickle
 import re
 import tomllib
@@ -9,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from galaxynode.config import (RELOADABLE, SECTIONS, SPEC, Config, ConfigError, Float, Int, LimitsConfig,
-                               StaticPeer, apply_reloadable, diff_reloadable, load_config)
+from galaxynode.config import (ENV_PREFIX, RELOADABLE, SECTIONS, SPEC, Bool, Config, ConfigError, FilePath, Float,
+                               HostPort, Int, LimitsConfig, ListOf, Peer, PublicKey, Spec, StaticPeer, Str, Url,
+                               apply_reloadable, diff_reloadable, load_config)
 from galaxynode.gelato import codec
 from galaxynode.identity import format_public_key
 
@@ -376,3 +378,76 @@ def test_apply_reloadable_keeps_the_rest():
     with pytest.raises(ConfigError) as info:
         apply_reloadable(old, big)
     assert info.value.key == "limits.byte_burst"
+
+
+# --- every key at and just past its bounds (derived from the Specs: a new key is covered by itself) ----
+
+MAX_PATH = 4096  # FilePath's length bound (config.FilePath.convert)
+
+
+def bound_probes(spec: Spec) -> tuple[list, list]:
+    """(values the spec must accept: at its bounds; values it must refuse: just past them)."""
+    if isinstance(spec, Int):
+        return [spec.lo, spec.hi], [spec.lo - 1, spec.hi + 1]
+    if isinstance(spec, Float):
+        return [spec.lo, spec.hi], [math.nextafter(spec.lo, -math.inf), math.nextafter(spec.hi, math.inf)]
+    if isinstance(spec, Str):
+        if spec.choices:
+            return list(spec.choices), [c + "x" for c in spec.choices]
+        n, wide = spec.max_len, "\u00e9"  # 2 bytes of UTF-8: the bound is in bytes
+        accepted = ["a" * max(spec.min_len, 1), "a" * n, wide * (n // 2) + "a" * (n % 2)]
+        refused = ["a" * (n + 1), wide * (n // 2 + 1)] + (["a" * (spec.min_len - 1)] if spec.min_len else [])
+        return accepted + ([""] if spec.min_len == 0 else []), refused
+    if isinstance(spec, ListOf):
+        item = bound_probes(spec.item)[0][0]
+        refused = [[item] * (spec.max_items + 1)] + ([[item] * (spec.min_items - 1)] if spec.min_items else [])
+        return [[item] * spec.min_items, [item] * spec.max_items], refused
+    if isinstance(spec, FilePath):
+        return ["p" * MAX_PATH, "/x"], ["p" * (MAX_PATH + 1)] + ([] if spec.optional else [""])
+    if isinstance(spec, HostPort):
+        return ["127.0.0.1:0", "127.0.0.1:65535", "[::1]:65535"], ["127.0.0.1:65536", "[::1]:65536"]
+    if isinstance(spec, Url):
+        return ["ws://127.0.0.1:1", "wss://127.0.0.1:65535"], ["ws://127.0.0.1:65536"] + (
+            [] if spec.empty_ok else [""])
+    if isinstance(spec, Peer):
+        return [{"url": "ws://127.0.0.1:1"}, {"url": "ws://127.0.0.1:65535", "key": T1}], [
+            {"url": "ws://127.0.0.1:65536"}, {"url": "ws://127.0.0.1:1", "key": T1[:-1]}]
+    if isinstance(spec, PublicKey):
+        return [K1, T1], [K1[:31], K1 + b"\0", T1 + "0"]
+    if isinstance(spec, Bool):
+        return [True, False], [0, 1, "true"]
+    pytest.fail(f"no bound probes for {type(spec).__name__}: add them to bound_probes")
+
+
+def spec_of(key: str) -> Spec:
+    section, _, name = key.partition(".")
+    return attrs.fields_dict(SECTIONS[section])[name].metadata[SPEC]
+
+
+@pytest.mark.parametrize("key", sorted(schema_keys()))
+def test_every_key_takes_its_bounds_and_refuses_just_past_them(key):
+    """At both bounds: accepted (by the key's Spec: a section may add cross-key rules). Just below the
+    minimum and just above the maximum: refused by the section, the error naming the key and the range."""
+    spec = spec_of(key)
+    section, _, name = key.partition(".")
+    accepted, refused = bound_probes(spec)
+    for value in accepted:
+        got = spec.convert(value)
+        if isinstance(spec, (Int, Float)):
+            assert got == value
+    for value in refused:
+        with pytest.raises(ConfigError) as info:
+            SECTIONS[section](**{name: value})
+        assert info.value.key == key, value
+        if isinstance(spec, (Int, Float)):
+            assert spec.bounds.replace("..", " and ") in info.value.problem
+
+
+@pytest.mark.parametrize("key", sorted(k for k in schema_keys() if isinstance(spec_of(k), (Int, Float))))
+def test_numeric_keys_just_past_their_bounds_are_refused_from_the_environment(key):
+    """The same edges as text, the way an operator gives them (repr of a float is exact)."""
+    spec = spec_of(key)
+    var = ENV_PREFIX + key.replace(".", "_").upper()
+    for value in bound_probes(spec)[1]:
+        e = error_of(env={var: repr(value)})
+        assert e.key == key and f"from {var}" in e.problem, value

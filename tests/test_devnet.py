@@ -10,7 +10,7 @@ from pathlib import Path
 
 from procutil import Proc
 
-from galaxynode.devnet import plain_line, table
+from galaxynode.cli.devnet import plain_line, table
 
 
 def devnet(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:

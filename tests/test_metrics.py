@@ -175,7 +175,7 @@ async def test_two_runtimes_in_one_process_have_their_own_metrics_and_see_their_
 
 async def flaky_plugin(ctx) -> None:
     """Crashes on its first run in a data dir, then idles: one plugin restart to count."""
-    marker = Path(ctx.config["data_dir"], "flaky-plugin-crashed")
+    marker = Path(ctx.data_dir, "flaky-plugin-crashed")
     if not marker.exists():
         marker.touch()
         raise RuntimeError("first run crashes")
@@ -188,14 +188,14 @@ async def test_mainnet_announce_and_plugin_restarts(tmp_path):
         async with pool(tmp_path / "pool", POOLS[1], **{"mainnet.url": url, "plugins.enabled": [
                 "test_metrics:flaky_plugin"], "plugins.backoff_base": 0.01}) as p:
             samples = await until(p, lambda s: value(s, "galaxynode_mainnet_announce_state", state="announced") == 1
-                                  and value(s, "galaxynode_plugin_state", plugin="test_metrics:flaky_plugin",
+                                  and value(s, "galaxynode_plugin_state", plugin="test_metrics",
                                             state="running") == 1)
             assert abs(value(samples, "galaxynode_mainnet_last_announce_timestamp_seconds") - time.time()) < 60
             assert value(samples, "galaxynode_mainnet_lease_expiry_timestamp_seconds") > time.time()
             assert value(samples, "galaxynode_mainnet_announces_total") >= 1
             assert value(samples, "galaxynode_mainnet_announce_state", state="backoff") == 0
-            assert value(samples, "galaxynode_plugin_restarts_total", plugin="test_metrics:flaky_plugin") == 1
-            assert value(samples, "galaxynode_plugin_crashes_total", plugin="test_metrics:flaky_plugin") == 1
+            assert value(samples, "galaxynode_plugin_restarts_total", plugin="test_metrics") == 1
+            assert value(samples, "galaxynode_plugin_crashes_total", plugin="test_metrics") == 1
             on_mainnet = await until(mainnet, lambda s: value(s, "galaxynode_registry_nodes") == 1)
     assert value(on_mainnet, "galaxynode_sessions_connected", role="pool") == 1
     assert value(on_mainnet, "galaxynode_mainnet_announces_refused_total") == 0

@@ -16,7 +16,8 @@ import attrs
 import pytest
 import trio
 
-from galaxynode import cli, cli_client
+from galaxynode.cli import client as cli_client
+from galaxynode.cli import common as cli_common
 from galaxynode.events import EventBus
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.errors import ErrorCode
@@ -468,6 +469,6 @@ def test_cli_output_helpers():
     assert cli_client.event_line(ev, POOL.public, as_json=False) == \
         f'1970-01-01T00:00:00.000Z node.joined {{"k": "ff"}} (from {ADMIN.public_text})'
     assert json.loads(cli_client.event_line(ev, POOL.public, as_json=True))["data"] == {"k": "ff"}
-    assert cli_client._meta_pair("a=b=c") == ("a", "b=c")
+    assert cli_common.meta_pair("a=b=c") == ("a", "b=c")
     with pytest.raises(argparse.ArgumentTypeError):
-        cli_client._meta_pair("novalue")
+        cli_common.meta_pair("novalue")

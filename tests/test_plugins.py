@@ -86,13 +86,20 @@ class FakeSleep:
         await trio.lowlevel.checkpoint()
 
 
-def contexts(bus=None, sections=None):
-    return lambda name: PluginContext(name=name, config=dict((sections or {}).get(name, {})), bus=bus)
+def contexts(bus=None, sections=None, data_dir=None):
+    return lambda name: PluginContext(name=name, config=dict((sections or {}).get(name, {})), bus=bus,
+                                      data_dir=data_dir)
 
 
 # -- plugins addressed by dotted path from the tests ------------------------------------------------
 
 CALLS: dict[str, int] = {}
+
+
+def named(fn):
+    """A short name of its own (the default for a dotted path is the module's: test_plugins)."""
+    fn.name = fn.__name__
+    return fn
 
 
 def _count(key: str) -> int:
@@ -106,20 +113,24 @@ def _reset_calls():
     BLOCKERS.clear()
 
 
+@named
 async def always_crashes(ctx):
     _count("always_crashes")
     raise RuntimeError("boom")
 
 
+@named
 async def crashes_twice_then_finishes(ctx):
     if _count("twice") <= 2:
         raise ValueError(f"attempt {CALLS['twice']}")
 
 
+@named
 async def finishes(ctx):
     _count("finishes")
 
 
+@named
 async def stable_then_crash(ctx):
     """Crash, crash, run 100 s then crash, crash, crash."""
     if _count("stable") == 3:
@@ -127,11 +138,13 @@ async def stable_then_crash(ctx):
     raise RuntimeError("flaky")
 
 
+@named
 async def bad_config(ctx):
     _count("bad_config")
     raise PluginError("bad_config: `x` must be a number")
 
 
+@named
 async def group_crash(ctx):
     _count("group")
 
@@ -146,6 +159,7 @@ async def group_crash(ctx):
 BLOCKERS: dict[str, str] = {}
 
 
+@named
 async def blocks(ctx):
     BLOCKERS[ctx.name] = "running"
     try:
@@ -155,6 +169,8 @@ async def blocks(ctx):
 
 
 class BlockingPlugin:
+    name = "blocking"
+
     def __init__(self, ctx):
         self.ctx = ctx
 
@@ -164,6 +180,15 @@ class BlockingPlugin:
 
 class NoRun:
     def __init__(self, ctx):
+        pass
+
+
+class Empty:
+    pass
+
+
+class SyncRun:
+    def run(self):
         pass
 
 
@@ -187,7 +212,8 @@ def test_resolve_entry_point_and_dotted_paths():
     ("", "unknown plugin ''"),
     ("nonexistent_pkg.mod:thing", "unknown plugin 'nonexistent_pkg.mod:thing'"),
     ("galaxynode.plugins_builtin:Nope", "has no attribute 'Nope'"),
-    (f"{HERE}:NoRun", "has no `async def run(self)`"),
+    (f"{HERE}:Empty", "is not a plugin (it has no `async def run(self)`"),
+    (f"{HERE}:SyncRun", "SyncRun.run must be `async def run(self)`"),
     (f"{HERE}:sync_function", "not a plugin"),
     (f"{HERE}:CALLS", "not a plugin"),
 ])
@@ -210,9 +236,9 @@ def test_resolve_reports_a_broken_module(tmp_path, monkeypatch):
 
 def test_supervisor_reports_every_bad_spec_at_once():
     with pytest.raises(PluginError) as info:
-        PluginSupervisor(["audit-log", "nope", "audit-log", f"{HERE}:NoRun"], contexts())
+        PluginSupervisor(["audit-log", "nope", "audit-log", f"{HERE}:Empty"], contexts())
     text = str(info.value)
-    assert "unknown plugin 'nope'" in text and "'audit-log' listed twice" in text and "NoRun" in text
+    assert "unknown plugin 'nope'" in text and "'audit-log' listed twice" in text and "Empty" in text
     assert "\n" not in text
 
 
@@ -246,19 +272,19 @@ async def test_crashing_plugin_restarts_with_backoff_then_fails_while_sibling_ru
         async with trio.open_nursery() as nursery:
             await nursery.start(sup.run)
             await trio.testing.wait_all_tasks_blocked()
-            st = sup.stats[crasher]
+            st = sup.stats["always_crashes"]
             assert (st.state, st.crashes, st.restarts, st.failures) == ("failed", 5, 4, 5)
             assert st.last_error == "RuntimeError: boom"
             assert sleep.delays == [0.5, 1.0, 2.0, 3.0]  # doubled, capped at backoff_max
             assert CALLS["always_crashes"] == 5
             # the supervisor and the sibling are untouched
-            assert sup.stats[healthy].state == "running" and BLOCKERS[healthy] == "running"
+            assert sup.stats["blocking"].state == "running" and BLOCKERS["blocking"] == "running"
             nursery.cancel_scope.cancel()
-    assert BLOCKERS[healthy] == "cancelled" and sup.stats[healthy].state == "stopped"
+    assert BLOCKERS["blocking"] == "cancelled" and sup.stats["blocking"].state == "stopped"
     assert bus.topics("plugin.") == ["plugin.crashed"] * 4 + ["plugin.failed"]
     crashed = [d for t, d in bus.published if t == "plugin.crashed"]
     assert [d["retry_in"] for d in crashed] == [0.5, 1.0, 2.0, 3.0]
-    assert bus.published[-1][1] == {"name": crasher, "error": "RuntimeError: boom", "crashes": 5}
+    assert bus.published[-1][1] == {"name": "always_crashes", "error": "RuntimeError: boom", "crashes": 5}
     tracebacks = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
     assert len(tracebacks) == 5  # every crash is logged with its traceback
 
@@ -275,7 +301,7 @@ async def test_plugin_that_recovers_is_restarted_then_finished():
     spec = f"{HERE}:crashes_twice_then_finishes"
     sup = PluginSupervisor([spec], contexts(), jitter=0.0, sleep=sleep)
     await sup.run()  # returns: nothing left to supervise
-    st = sup.stats[spec]
+    st = sup.stats["crashes_twice_then_finishes"]
     assert (st.state, st.crashes, st.restarts) == ("finished", 2, 2)
     assert st.last_error == "ValueError: attempt 2"
     assert sleep.delays == [0.5, 1.0] and CALLS["twice"] == 3
@@ -286,7 +312,7 @@ async def test_finished_plugin_is_not_restarted():
     spec = f"{HERE}:finishes"
     sup = PluginSupervisor([spec], contexts(bus), sleep=sleep, bus=bus)
     await sup.run()
-    assert sup.stats[spec].state == "finished" and CALLS["finishes"] == 1
+    assert sup.stats["finishes"].state == "finished" and CALLS["finishes"] == 1
     assert sleep.delays == [] and bus.published == []
 
 
@@ -295,7 +321,7 @@ async def test_stable_run_resets_the_failure_count(autojump_clock):
     spec = f"{HERE}:stable_then_crash"
     sup = PluginSupervisor([spec], contexts(), max_restarts=2, jitter=0.0, stable_after=60.0, sleep=sleep)
     await sup.run()
-    st = sup.stats[spec]
+    st = sup.stats["stable_then_crash"]
     # failures: 1, 2, (100 s of running) 1, 2, 3 > max_restarts -> failed
     assert sleep.delays == [0.5, 1.0, 0.5, 1.0]
     assert (st.state, st.crashes, st.restarts, st.failures) == ("failed", 5, 4, 3)
@@ -306,7 +332,7 @@ async def test_plugin_error_fails_at_once_without_restart():
     spec = f"{HERE}:bad_config"
     sup = PluginSupervisor([spec], contexts(bus), sleep=sleep, bus=bus)
     await sup.run()
-    st = sup.stats[spec]
+    st = sup.stats["bad_config"]
     assert (st.state, st.crashes, st.restarts) == ("failed", 0, 0) and CALLS["bad_config"] == 1
     assert st.last_error == "bad_config: `x` must be a number" and sleep.delays == []
     assert bus.topics() == ["plugin.failed"]
@@ -316,8 +342,9 @@ async def test_exception_group_from_a_plugins_own_nursery_is_a_crash():
     spec = f"{HERE}:group_crash"
     sup = PluginSupervisor([spec], contexts(), max_restarts=1, sleep=FakeSleep())
     await sup.run()
-    st = sup.stats[spec]
-    assert (st.state, st.crashes) == ("failed", 2) and st.last_error.startswith("ExceptionGroup")
+    st = sup.stats["group_crash"]
+    # the plugin's own group of one is unwrapped: the log names the real error
+    assert (st.state, st.crashes) == ("failed", 2) and st.last_error == "KeyError: 'inner'"
 
 
 async def test_broken_context_factory_is_a_crash_not_a_daemon_failure():
@@ -327,7 +354,8 @@ async def test_broken_context_factory_is_a_crash_not_a_daemon_failure():
     spec = f"{HERE}:finishes"
     sup = PluginSupervisor([spec], make_context, max_restarts=1, sleep=FakeSleep())
     await sup.run()
-    assert sup.stats[spec].state == "failed" and sup.stats[spec].crashes == 2 and "finishes" not in CALLS
+    st = sup.stats["finishes"]
+    assert st.state == "failed" and st.crashes == 2 and "finishes" not in CALLS
 
 
 async def test_cancellation_stops_all_plugins_cleanly():
@@ -337,10 +365,10 @@ async def test_cancellation_stops_all_plugins_cleanly():
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         await trio.testing.wait_all_tasks_blocked()
-        assert sup.stats[specs[2]].state == "backoff"
-        assert BLOCKERS == {specs[0]: "running", specs[1]: "running"}
+        assert sup.stats["always_crashes"].state == "backoff"
+        assert BLOCKERS == {"blocks": "running", "blocking": "running"}
         nursery.cancel_scope.cancel()
-    assert BLOCKERS == {specs[0]: "cancelled", specs[1]: "cancelled"}
+    assert BLOCKERS == {"blocks": "cancelled", "blocking": "cancelled"}
     assert [s.state for s in sup.stats.values()] == ["stopped"] * 3
 
 
@@ -355,7 +383,7 @@ async def test_empty_supervisor_returns():
 
 async def test_audit_log_writes_one_json_line_per_matching_event(tmp_path):
     bus = FakeBus()
-    sup = PluginSupervisor(["audit-log"], contexts(bus, {"audit-log": {"data_dir": str(tmp_path)}}), bus=bus)
+    sup = PluginSupervisor(["audit-log"], contexts(bus, data_dir=tmp_path), bus=bus)
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         await trio.testing.wait_all_tasks_blocked()  # subscribed
@@ -376,8 +404,8 @@ async def test_audit_log_writes_one_json_line_per_matching_event(tmp_path):
 async def test_audit_log_appends_to_configured_path_and_topics(tmp_path):
     bus, path = FakeBus(), tmp_path / "custom.jsonl"
     path.write_text('{"earlier": true}\n')
-    cfg = {"audit-log": {"path": str(path), "topics": ["pool.*"], "data_dir": "/nonexistent"}}
-    sup = PluginSupervisor(["audit-log"], contexts(bus, cfg), bus=bus)
+    cfg = {"audit-log": {"path": str(path), "topics": ["pool.*"]}}
+    sup = PluginSupervisor(["audit-log"], contexts(bus, cfg, data_dir=Path("/nonexistent")), bus=bus)
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         await trio.testing.wait_all_tasks_blocked()
@@ -391,8 +419,7 @@ async def test_audit_log_appends_to_configured_path_and_topics(tmp_path):
 
 async def test_audit_log_resubscribes_after_being_dropped(tmp_path):
     bus, sleep = FakeBus(), FakeSleep()
-    sup = PluginSupervisor(["audit-log"], contexts(bus, {"audit-log": {"data_dir": str(tmp_path)}}), bus=bus,
-                           sleep=sleep)
+    sup = PluginSupervisor(["audit-log"], contexts(bus, data_dir=tmp_path), bus=bus, sleep=sleep)
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         await trio.testing.wait_all_tasks_blocked()
@@ -409,9 +436,10 @@ async def test_audit_log_resubscribes_after_being_dropped(tmp_path):
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"data_dir": "/tmp", "topics": "node.#"}, "`topics` must be a list"),
+    ({"topics": "node.#"}, "plugins.audit-log.topics: must be a list of strings"),
     ({}, "set `path`"),
-    ({"path": 5}, "`path` must be a file name"),
+    ({"path": 5}, "plugins.audit-log.path: must be a string"),
+    ({"pth": "x"}, "plugins.audit-log.pth: unknown key; did you mean plugins.audit-log.path?"),
 ])
 async def test_audit_log_bad_config_fails_without_restarts(section, message):
     bus = FakeBus()

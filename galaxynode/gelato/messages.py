@@ -7,6 +7,7 @@ out-of-bounds values raise ProtocolError(INVALID_BODY).
 """
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, Callable, ClassVar
 
@@ -403,6 +404,8 @@ def struct(cls: type) -> type:
 def parse_body(type_name: str, body: Any) -> Any:
     cls = MESSAGES.get(type_name)
     if cls is None:
+        if type_name.startswith(EXTENSION_PREFIX) and isinstance(body, dict):
+            return Extension.parse(type_name, body)
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {type_name!r}")
     if not isinstance(body, dict):
         raise ProtocolError(ErrorCode.INVALID_BODY, f"{type_name}: body must be a map")
@@ -639,3 +642,40 @@ class AdminResult(Body):
     re: bytes = _ref()
     items: tuple[Any, ...] = field("list", max_len=MAX_PAGE * 10, item=Spec("anymap"), default=())
     cursor: bytes | None = _cursor(default=None)  # nodes: more records follow; ask again with it
+
+
+# --- extensions --------------------------------------------------------------------------------
+
+EXTENSION_PREFIX = "x."
+_EXTENSION_TYPE = re.compile(r"x\.[a-z][a-z0-9_-]{0,31}\.[a-z][a-z0-9_-]{0,31}")
+
+
+@attrs.frozen
+class Extension:
+    """A message of a plugin's namespace `x.<plugin>.<name>` (galaxynode.plugin). The codec has checked
+    the body's shape against its limits (depth, sizes, string keys) like any body; the pool checks it
+    against the plugin's schema before the handler sees it, and answers unknown_type for a namespace
+    no plugin serves. `re` (bin 16) marks a reply, as for every core reply type."""
+
+    TYPE: str
+    body: dict
+    re: bytes | None = None
+    FAMILY: ClassVar[str] = "extension"
+
+    @classmethod
+    def make(cls, type_name: str, body: dict, re: bytes | None = None) -> "Extension":
+        if not _EXTENSION_TYPE.fullmatch(type_name):
+            raise ValueError(f"extension type {type_name!r} must be x.<plugin>.<name>")
+        return cls(type_name, body, re)
+
+    @classmethod
+    def parse(cls, type_name: str, body: dict) -> "Extension":
+        if not _EXTENSION_TYPE.fullmatch(type_name):
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {type_name[:80]!r}")
+        re_ = body.get("re")
+        if re_ is not None and (type(re_) is not bytes or len(re_) != 16):
+            raise _bad(f"{type_name}.re", "expected bin of 16 bytes")
+        return cls(type_name, body, re_)
+
+    def to_body(self) -> dict:
+        return self.body if self.re is None else {**self.body, "re": self.re}

@@ -59,6 +59,29 @@ class ServerStats:
             st.errors_sent_by_code[int(error.code)] = st.errors_sent_by_code.get(int(error.code), 0) + 1
 
 
+def reuse_port_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+    """Listeners on (host, port) with SO_REUSEPORT, as trio.open_tcp_listeners makes them otherwise
+    (port 0 would give each process its own port: the supervisor resolves it first)."""
+    import socket
+    socks = []
+    try:
+        for family, type_, proto, _, addr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE):
+            sock = socket.socket(family, type_, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(4096)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in socks]
+
+
 class Server:
     """Serves Gelato on `listen_urls` (ws:// or wss://host:port; port 0 picks a free port).
 
@@ -81,7 +104,7 @@ class Server:
                  max_pending_per_address: int | None = None, handler_factory: Callable[[Connection], Handler] | None = None,
                  bans: Bans | None = None, listen_urls: Sequence[str] = ("ws://127.0.0.1:0",),
                  ssl_context: ssl.SSLContext | None = None, agent: str = AGENT,
-                 output_budget: OutputBudget | None = None):
+                 output_budget: OutputBudget | None = None, reuse_port: bool = False):
         if max_connections < 1 or max_pending < 1:
             raise ValueError("max_connections and max_pending must be positive")
         self._listen = []
@@ -104,6 +127,9 @@ class Server:
         self.ssl_context = ssl_context
         self.agent = agent
         self.output_budget = output_budget or OutputBudget()  # queued output bytes of all sessions (outbox.py)
+        # Several processes serve the same ports ([server] workers): each listens with SO_REUSEPORT
+        # and the kernel spreads new connections among them.
+        self.reuse_port = reuse_port
         self.connections: dict[bytes, Connection] = {}
         self.stats = ServerStats()
         self._live: set[Connection] = set()  # established sessions still running (even if replaced)
@@ -126,8 +152,9 @@ class Server:
             async with trio.open_nursery() as nursery:
                 urls = []
                 for secure, host, port in self._listen:
+                    listeners = reuse_port_listeners(host, port) if self.reuse_port else None
                     bound = await nursery.start(partial(
-                        serve_channels, self._serve, host, port,
+                        serve_channels, self._serve, host, port, listeners=listeners,
                         max_message_size=self.limits.codec.max_frame_size,
                         preauth_message_size=self.limits.preauth_frame_size,
                         ssl_context=self.ssl_context if secure else None,

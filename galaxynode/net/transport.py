@@ -20,6 +20,11 @@ a small fixed allowance and the message size the pre-auth one.
 
 On the accepting side an `admit(host)` hook decides before any byte is read (and before any TLS or
 HTTP work); one deadline runs from accept to the end of the Gelato handshake (`Channel.deadline`).
+
+TLS failures say why (galaxynode.net.tls): a client gets the reason its certificate check failed
+(CertificateError when the certificate was refused, which no redial cures); the server logs one
+line per failed handshake, rate limited, and answers plain HTTP on a TLS port with an HTTP 400
+saying to use wss://, so that a ws:// client learns what is wrong instead of seeing a hang-up.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ import wsproto
 from trio_websocket import (ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection,
                             WebSocketRequest)
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+
+from galaxynode.net import tls
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,14 @@ class ChannelClosed(Exception):
         super().__init__(f"channel closed ({code}){': ' + reason if reason else ''}")
         self.code = code
         self.reason = reason
+
+
+class CertificateError(ChannelClosed):
+    """The server's certificate was refused (self-signed, unknown CA, hostname mismatch, expired):
+    `reason` says which. Redialling will not help until a certificate or the trusted CAs change."""
+
+    def __init__(self, reason: str):
+        super().__init__(ABNORMAL, reason)
 
 
 class LimitExceeded(ChannelClosed):
@@ -263,6 +278,13 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return stream.socket if isinstance(stream, trio.SocketStream) else None
 
 
+def _peer_address(stream: trio.abc.Stream) -> tuple[str, int]:
+    try:
+        return tuple(_socket_of(stream).getpeername()[:2])  # type: ignore[return-value]
+    except (AttributeError, OSError):  # not a socket, or already disconnected
+        return "?", 0
+
+
 def _peer_host(stream: trio.abc.Stream) -> str:
     try:
         return _socket_of(stream).getpeername()[0]
@@ -415,7 +437,11 @@ def raise_single(group: BaseExceptionGroup,
 
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, ConnectionRejected):
-        return ChannelClosed(PROTOCOL_ERROR, f"WebSocket upgrade rejected with HTTP {exc.status_code}")
+        body = (exc.body or b"")[:200].decode("utf-8", "replace").strip().splitlines()
+        if body == [TLS_PORT_ANSWER]:
+            return ChannelClosed(PROTOCOL_ERROR, TLS_PORT_ANSWER)
+        return ChannelClosed(PROTOCOL_ERROR, f"WebSocket upgrade rejected with HTTP {exc.status_code}"
+                                             + (f": {body[0]}" if body and body[0].isprintable() else ""))
     if isinstance(exc, ConnectionClosed):
         return _close_reason(exc)
     if isinstance(exc, HandshakeError):
@@ -466,7 +492,11 @@ async def open_channel(url: str, *, max_message_size: int, connect_timeout: floa
                     if secure:
                         stream = trio.SSLStream(stream, ssl_context or ssl.create_default_context(),
                                                 server_hostname=host, https_compatible=True)
-                        await stream.do_handshake()
+                        try:
+                            await stream.do_handshake()
+                        except trio.BrokenResourceError as e:
+                            await _send_alert(stream)
+                            raise _tls_failed(e.__cause__) from None
                     with watch.upgrade:
                         ws, guard = _websocket(stream, "client", max_message_size=max_message_size,
                                                host=host if port == (443 if secure else 80) else where,
@@ -494,6 +524,43 @@ async def open_channel(url: str, *, max_message_size: int, connect_timeout: floa
         await trio.aclose_forcefully(stream)
 
 
+async def _send_alert(stream: trio.SSLStream) -> None:
+    """Send the alert OpenSSL wrote when our handshake failed (e.g. unknown_ca), which trio drops
+    with the broken stream: the server can then log why we refused it. Best effort, uses trio's
+    outgoing BIO (a private attribute; nothing is sent if it is gone)."""
+    outgoing = getattr(stream, "_outgoing", None)
+    if not isinstance(outgoing, ssl.MemoryBIO):
+        return
+    data = outgoing.read()
+    if data:
+        with trio.move_on_after(1):
+            try:
+                await stream.transport_stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+def _tls_failed(cause: BaseException | None) -> ChannelClosed:
+    reason = tls.describe(cause)
+    return CertificateError(reason) if tls.is_certificate_error(cause) else ChannelClosed(ABNORMAL, reason)
+
+
+# What a plain-HTTP request on a TLS port is answered with (the client shows it as its error).
+TLS_PORT_ANSWER = "the server speaks TLS here: use wss://"
+
+
+async def _answer_plain_http(stream: trio.SSLStream) -> None:
+    """A ws:// client on a wss:// port: tell it in HTTP, which it can read (nginx does the same)."""
+    body = (TLS_PORT_ANSWER + "\n").encode()
+    raw = stream.transport_stream
+    try:
+        await raw.send_all(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                           b"Connection: close\r\n\r\n%s" % (len(body), body))
+        await _linger(raw)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+
+
 class Admission(Protocol):
     """What serve_channels' `admit(host)` hook returns for a socket it lets in."""
 
@@ -509,6 +576,8 @@ async def serve_channels(handler: Callable[[Channel], Awaitable[None]], host: st
                          max_streams: int | None = None,
                          admit: Callable[[str], Admission | None] | None = None,
                          on_upgrade_timeout: Callable[[str], None] | None = None,
+                         tls_log: tls.HandshakeLog | None = None,
+                         listeners: list[trio.SocketListener] | None = None,
                          task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
                          ) -> NoReturn:
     """Accept WebSocket connections offering subprotocol gelato.v1 and run `handler(channel)` for
@@ -520,15 +589,20 @@ async def serve_channels(handler: Callable[[Channel], Awaitable[None]], host: st
 
     One deadline, handshake_timeout from the accept, covers TLS, the HTTP upgrade and (handed on
     as `channel.deadline`) the Gelato handshake; a socket that misses it during TLS or the upgrade
-    is reported to `on_upgrade_timeout(peer_host)` and closed. Until the handler authenticates the
+    is reported to `on_upgrade_timeout(peer_host)` and closed. A failed TLS handshake is logged
+    (`tls_log`, rate limited; one per call by default). Until the handler authenticates the
     channel, messages are held to preauth_message_size (capped at max_message_size) and the peer
     to preauth_frames WebSocket frames in all. A handler that raises is logged and only its own
     connection ends."""
-    if ssl_context is None:
+    if listeners is not None:  # made by the caller (e.g. with SO_REUSEPORT)
+        if ssl_context is not None:
+            listeners = [trio.SSLListener(li, ssl_context, https_compatible=True) for li in listeners]
+    elif ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
     else:
         listeners = await trio.open_ssl_over_tcp_listeners(port, ssl_context, host=host, https_compatible=True)
     open_streams = 0
+    tls_log = tls_log or tls.HandshakeLog(log)
 
     async def serve_stream(stream: trio.abc.Stream) -> None:
         nonlocal open_streams
@@ -554,9 +628,23 @@ async def serve_channels(handler: Callable[[Channel], Awaitable[None]], host: st
 
     async def serve_one(stream: trio.abc.Stream, ticket: Admission | None) -> None:
         deadline = trio.current_time() + handshake_timeout
+        if isinstance(stream, trio.SSLStream):
+            with trio.move_on_at(deadline) as timer:
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError as e:
+                    tls_log.failed(format_address(*_peer_address(stream)), e.__cause__)
+                    if isinstance(e.__cause__, ssl.SSLError) and e.__cause__.reason == "HTTP_REQUEST":
+                        await _answer_plain_http(stream)
+                    return
+            if timer.cancelled_caught:
+                tls_log.failed(format_address(*_peer_address(stream)), None, timed_out=True)
+                if on_upgrade_timeout is not None:
+                    on_upgrade_timeout(_peer_host(stream))
+                return
         async with trio.open_nursery() as nursery:
             watch = _WatchReader(nursery)
-            # as trio_websocket.wrap_server_stream (see _websocket); TLS happens on the first read
+            # as trio_websocket.wrap_server_stream (see _websocket); TLS is done (above)
             conn, guard = _websocket(stream, "server", max_message_size=max_message_size,
                                      preauth_message_size=preauth_message_size, preauth_frames=preauth_frames)
             ws = None

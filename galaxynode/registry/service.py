@@ -27,7 +27,8 @@ import trio
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.registry.leases import Entry, LeaseTable
-from galaxynode.registry.store import Ban, Delete, Op, SqliteStore, Unban, Upsert
+from galaxynode.events import Event
+from galaxynode.registry.store import Ban, Delete, KvDelete, KvPut, Op, SqliteStore, Store, Unban, Upsert
 from galaxynode.resilience import TaskFailures
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,52 @@ class _Batch:
         self.events: list[tuple[str, dict]] = []  # published once the batch is stored
 
 
+class ChangesLost(Exception):
+    """A change watch cannot go on without missing changes: take a new snapshot."""
+
+
+class ChangeWatch:
+    """The changes after a snapshot (Registry.watch): every node.* event published after it, in order,
+    none of them already in the snapshot. The snapshot is memory, which runs ahead of the events (a
+    change's events wait for its commit), so the events of batches pending at snapshot time are skipped;
+    if such a batch fails, memory is put back under the snapshot and the watch is lost."""
+
+    def __init__(self, registry: "Registry", queue_size: int):
+        self._registry = registry
+        self._send, self._recv = trio.open_memory_channel[Event](queue_size)
+        self.skip: dict[_Batch, int] = {}  # pending batch -> how many of its events the snapshot holds
+        self.lost: str | None = None
+
+    def offer(self, event: Event, batch: "_Batch | None") -> None:
+        if batch is not None and self.skip.get(batch, 0) > 0:
+            self.skip[batch] -= 1
+            return
+        if self.lost is None:
+            try:
+                self._send.send_nowait(event)
+            except trio.WouldBlock:
+                self.lose(f"the consumer fell {self._send.statistics().max_buffer_size} changes behind")
+
+    def lose(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+            self._send.close()
+
+    def close(self) -> None:
+        self._registry._watches.discard(self)
+        self._send.close()
+        self._recv.close()
+
+    def __aiter__(self) -> "ChangeWatch":
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self._recv.receive()
+        except trio.EndOfChannel:
+            raise ChangesLost(self.lost or "the registry stopped") from None
+
+
 @attrs.define
 class _Failing:
     """A store failure episode: since when, how many changes were refused, when to log next."""
@@ -59,11 +106,14 @@ class _Failing:
 class Registry:
     """Durable node registry. Start ``run`` in a nursery; with ``store=None`` it lives in memory only."""
 
-    def __init__(self, table: LeaseTable, store: SqliteStore | None = None, bus=None, *,
+    def __init__(self, table: LeaseTable, store: Store | None = None, bus=None, *,
                  expiry_interval: float = 1.0, clock: Callable[[], int] | None = None,
                  publish_renewals: bool = False, retry_delay: float = 1.0, owns_store: bool = False,
-                 commit_interval: float = 0.0, failure_log_interval: float = 60.0):
+                 commit_interval: float = 0.0, failure_log_interval: float = 60.0, expire_locally: bool = True):
         self.table = table
+        # False in a cluster member (galaxynode.cluster): the elected member expires leases for the pool.
+        self.expire_locally = expire_locally
+        self._inflight_keys: frozenset = frozenset()  # the keys of the commit under way (pending())
         self.store = store
         self.bus = bus
         self.expiry_interval = expiry_interval
@@ -90,19 +140,28 @@ class Registry:
         self._failing: _Failing | None = None
         self.expired = 0  # leases that ran out, here or while we were down (for metrics)
         self.task_failures = TaskFailures(log)  # the expiry loop's failed ticks (for metrics)
+        self.kv: dict[str, dict[str, bytes]] = {}  # plugin -> name -> value (galaxynode.plugin Store)
+        self._kv_ops: dict[tuple[str, str], Op] = {}
+        self._watches: set[ChangeWatch] = set()
 
     @classmethod
     async def open(cls, path: str | os.PathLike | None, table: LeaseTable | None = None, bus=None, *,
-                   store_table: str = "nodes", **kwargs) -> "Registry":
-        """Load the registry from ``path`` (None: in memory). Leases keep their absolute expiry, so each comes
-        back with the time it had left; leases that ran out while we were down are expired now."""
+                   store_table: str = "nodes", backend: Callable[[str], Store] | None = None,
+                   **kwargs) -> "Registry":
+        """Load the registry from the SQLite file at ``path``, or from ``backend(store_table)`` (e.g. a
+        PgStore), or neither: in memory. Leases keep their absolute expiry, so each comes back with the
+        time it had left; leases that ran out while we were down are expired now."""
         table = LeaseTable() if table is None else table
-        if path is None:
+        if path is None and backend is None:
             return cls(table, None, bus, **kwargs)
-        store = await trio.to_thread.run_sync(lambda: SqliteStore(path, table=store_table))
+        opener = backend or (lambda name: SqliteStore(path, table=name))
+        store = await trio.to_thread.run_sync(opener, store_table)
         reg = cls(table, store, bus, owns_store=True, **kwargs)
         try:
             entries, bans = await trio.to_thread.run_sync(store.load)
+            if hasattr(store, "load_kv"):
+                for plugin, name, value in await trio.to_thread.run_sync(store.load_kv):
+                    reg.kv.setdefault(plugin, {})[name] = value
             dropped, lapsed = table.restore(entries, bans, reg.clock())
             for e in dropped:
                 reg._write(Delete(e.key))
@@ -175,6 +234,29 @@ class Registry:
             await self._durable()
         return found
 
+    async def kv_write(self, plugin: str, puts: Mapping[str, bytes] = MappingProxyType({}),
+                       deletes: Iterable[str] = ()) -> None:
+        """Change a plugin's key-value space; returns once durable (all of it in one transaction)."""
+        self._check_open()
+        space = self.kv.setdefault(plugin, {})
+        for name, value in puts.items():
+            space[name] = value
+            self._write(KvPut(plugin, name, value))
+        for name in deletes:
+            space.pop(name, None)
+            self._write(KvDelete(plugin, name))
+        await self._durable()
+
+    def watch(self, queue_size: int = 4096) -> tuple[list[Entry], ChangeWatch]:
+        """Every lease now, and the changes from exactly there (see ChangeWatch). Close the watch."""
+        w = ChangeWatch(self, queue_size)
+        pending = self._entry_ops or self._ban_ops or self._kv_ops
+        for batch, dirty in ((self._inflight, True), (self._batch, bool(pending))):
+            if batch is not None and not batch.done.is_set() and (dirty or batch.events):
+                w.skip[batch] = len(batch.events)
+        self._watches.add(w)
+        return list(self.table._entries.values()), w
+
     def query(self, **filters) -> tuple[list[Entry], bytes | None]:
         """See LeaseTable.query."""
         return self.table.query(**filters)
@@ -197,7 +279,7 @@ class Registry:
         """Wait until every change made so far (expiries included) is durable."""
         if self.store is None:
             return
-        if self._entry_ops or self._ban_ops:
+        if self._entry_ops or self._ban_ops or self._kv_ops:
             self._check_open()
             await self._durable()  # commits after any batch in flight
         elif self._inflight is not None and not self._inflight.done.is_set():
@@ -217,7 +299,8 @@ class Registry:
             async with trio.open_nursery() as nursery:
                 if self.store is not None:
                     nursery.start_soon(self._writer)
-                nursery.start_soon(self._expiry_loop)
+                if self.expire_locally:
+                    nursery.start_soon(self._expiry_loop)
                 task_status.started()
         finally:
             self._state = "stopped"
@@ -273,7 +356,13 @@ class Registry:
         try:
             # Shielded: once ops are taken they must reach the store and their waiters must hear back.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.store.apply, ops)
+                self._inflight_keys = frozenset(op.key for op in ops)
+                # A store that logs changes for other processes (PgStore) logs the events with them.
+                logged = (batch.events,) if getattr(self.store, "logs_events", False) else ()
+                try:
+                    await trio.to_thread.run_sync(self.store.apply, ops, *logged)
+                finally:
+                    self._inflight_keys = frozenset()
         except Exception as exc:
             self._roll_back(ops, batch, exc)
             return False
@@ -288,7 +377,9 @@ class Registry:
     def _release(self, batch: _Batch) -> None:
         """The batch is stored: its events become visible, then its callers hear back."""
         for topic, data in batch.events:
-            self.bus.publish(topic, data)
+            self._announce(topic, data, batch)
+        for w in self._watches:
+            w.skip.pop(batch, None)
         batch.done.set()
 
     def _roll_back(self, ops: list[Op], batch: _Batch, exc: Exception) -> None:
@@ -300,8 +391,12 @@ class Registry:
         for b in (batch, later):
             b.error = error
             b.done.set()
+            for w in self._watches:
+                if w.skip.pop(b, None) is not None:
+                    w.lose("the store refused changes the snapshot held")
         bans = {op.key for op in ops if isinstance(op, (Ban, Unban))}
         leases = {op.key for op in ops if isinstance(op, (Upsert, Delete))}
+        self._restore_kv({op.key for op in ops if isinstance(op, (KvPut, KvDelete))})
         try:
             # On the event loop, between commits: nothing can change these keys while they are read.
             entries, stored_bans = self.store.read(leases, bans)
@@ -310,6 +405,22 @@ class Registry:
             entries, stored_bans = {}, {k: until for k, until in self.table.bans().items() if k in bans}
         self._restore(leases, entries, bans, stored_bans)
         self._report_failure(exc, len(ops))
+
+    def _restore_kv(self, keys: set[tuple[str, str]]) -> None:
+        """Put plugin values back to what is stored (unreadable: forget them, as leases are)."""
+        if not keys:
+            return
+        try:
+            stored = self.store.read_kv(keys)
+        except Exception as read_exc:
+            log.error("registry cannot read back %d plugin keys of a failed commit: %s", len(keys), read_exc)
+            stored = {}
+        for plugin, name in keys:
+            value = stored.get((plugin, name))
+            if value is None:
+                self.kv.get(plugin, {}).pop(name, None)
+            else:
+                self.kv.setdefault(plugin, {})[name] = value
 
     def _restore(self, leases: set[bytes], entries: Mapping[bytes, Entry], bans: set[bytes],
                  stored_bans: Mapping[bytes, int | None]) -> None:
@@ -348,7 +459,7 @@ class Registry:
 
     async def _final_flush(self) -> None:
         # Bounded by the store's busy timeout; a commit in a thread cannot be interrupted anyway.
-        if self.store is not None and (self._entry_ops or self._ban_ops):
+        if self.store is not None and (self._entry_ops or self._ban_ops or self._kv_ops):
             if not await self._commit():
                 log.error("registry stopped with changes not stored (their callers were told)")
         # Anyone still waiting (the flush failed) is told, never left hanging.
@@ -388,15 +499,21 @@ class Registry:
         """Mark op's key dirty; only the latest op per key (and per kind: lease, ban) is written."""
         if self.store is None:
             return
-        pending = self._ban_ops if isinstance(op, (Ban, Unban)) else self._entry_ops
+        pending = (self._ban_ops if isinstance(op, (Ban, Unban)) else
+                   self._kv_ops if isinstance(op, (KvPut, KvDelete)) else self._entry_ops)
         if replace:
             pending[op.key] = op
         else:
             pending.setdefault(op.key, op)
 
+    def pending(self, key: bytes | tuple[str, str]) -> bool:
+        """Whether a change of ``key`` (a lease, a ban or a plugin pair) made here is not yet committed."""
+        return (key in self._entry_ops or key in self._ban_ops or key in self._kv_ops
+                or key in self._inflight_keys)
+
     def _take_ops(self) -> list[Op]:
-        ops = [*self._entry_ops.values(), *self._ban_ops.values()]
-        self._entry_ops, self._ban_ops = {}, {}
+        ops = [*self._entry_ops.values(), *self._ban_ops.values(), *self._kv_ops.values()]
+        self._entry_ops, self._ban_ops, self._kv_ops = {}, {}, {}
         return ops
 
     def _publish(self, topic: str, entry: Entry, *, stored: bool = False) -> None:
@@ -404,9 +521,18 @@ class Registry:
 
     def _emit(self, topic: str, data: dict, *, stored: bool = False) -> None:
         """Publish now if the change needs no commit (or is one already), else once its batch is stored."""
-        if self.bus is None:
+        if self.bus is None and not self._watches:
             return
         if stored or self.store is None:
-            self.bus.publish(topic, data)
+            self._announce(topic, data, None)
         else:
             self._batch.events.append((topic, data))
+
+    def _announce(self, topic: str, data: dict, batch: _Batch | None) -> None:
+        """Publish a stored change on the bus and hand the same Event to the change watches."""
+        if self.bus is not None:
+            event = self.bus.publish(topic, data)
+        else:
+            event = Event(topic, dict(data), os.urandom(16), wall_clock_ms())
+        for w in tuple(self._watches):
+            w.offer(event, batch)

@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import attrs
 
@@ -49,10 +50,51 @@ class Unban:
     key: bytes
 
 
-Op = Upsert | Delete | Ban | Unban
+@attrs.frozen
+class KvPut:
+    """A plugin's durable key-value pair (galaxynode.plugin Store), committed with the registry's batch."""
+
+    plugin: str
+    name: str
+    value: bytes
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.plugin, self.name)
+
+
+@attrs.frozen
+class KvDelete:
+    plugin: str
+    name: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.plugin, self.name)
+
+
+Op = Upsert | Delete | Ban | Unban | KvPut | KvDelete
+
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _IN_CHUNK = 500  # keys per SELECT ... IN (...): below SQLite's bound on host parameters
+
+
+class Store(Protocol):
+    """What the Registry needs of a backend (SqliteStore, pgstore.PgStore). Blocking calls: ``apply``
+    runs in a worker thread, one at a time; ``read`` runs on the event loop after a failed commit and
+    must answer at once or raise StoreError."""
+
+    path: str  # where it lives, for logs (a DSN without its password)
+
+    def apply(self, ops: Sequence[Op]) -> None: ...
+
+    def load(self) -> tuple[list[Entry], dict[bytes, int | None]]: ...
+
+    def read(self, keys: Iterable[bytes], ban_keys: Iterable[bytes]
+             ) -> tuple[dict[bytes, Entry], dict[bytes, int | None]]: ...
+
+    def close(self) -> None: ...
 
 
 class SqliteStore:
@@ -78,6 +120,8 @@ class SqliteStore:
                 "payload BLOB) WITHOUT ROWID")
             self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table}_bans (key BLOB PRIMARY KEY, until INTEGER) "
                                "WITHOUT ROWID")
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table}_plugin_kv (plugin TEXT NOT NULL, name TEXT NOT NULL, "
+                               "value BLOB NOT NULL, PRIMARY KEY (plugin, name)) WITHOUT ROWID")
         except sqlite3.Error as exc:
             self._conn.close()
             raise StoreError(f"cannot initialise registry database {self.path}: {exc}") from exc
@@ -86,6 +130,8 @@ class SqliteStore:
             Delete: f"DELETE FROM {table} WHERE key = ?",
             Ban: f"INSERT OR REPLACE INTO {table}_bans VALUES (?, ?)",
             Unban: f"DELETE FROM {table}_bans WHERE key = ?",
+            KvPut: f"INSERT OR REPLACE INTO {table}_plugin_kv VALUES (?, ?, ?)",
+            KvDelete: f"DELETE FROM {table}_plugin_kv WHERE plugin = ? AND name = ?",
         }
 
     def apply(self, ops: Sequence[Op]) -> None:
@@ -127,6 +173,27 @@ class SqliteStore:
             raise StoreError(f"cannot read registry database {self.path}: {exc}") from exc
         return entries, bans
 
+    def load_kv(self) -> list[tuple[str, str, bytes]]:
+        """Every plugin key-value row: (plugin, name, value)."""
+        try:
+            return [(p, n, bytes(v)) for p, n, v in
+                    self._conn.execute(f"SELECT plugin, name, value FROM {self._t}_plugin_kv").fetchall()]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read plugin data from {self.path}: {exc}") from exc
+
+    def read_kv(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """What is stored for these (plugin, name) keys, absent ones left out (after a failed commit)."""
+        out = {}
+        try:
+            for plugin, name in keys:
+                row = self._conn.execute(f"SELECT value FROM {self._t}_plugin_kv WHERE plugin = ? AND name = ?",
+                                         (plugin, name)).fetchone()
+                if row is not None:
+                    out[(plugin, name)] = bytes(row[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read plugin data from {self.path}: {exc}") from exc
+        return out
+
     def _select(self, select: str, keys: Iterable[bytes]) -> list[tuple]:
         keys, rows = list(keys), []
         for i in range(0, len(keys), _IN_CHUNK):
@@ -151,6 +218,10 @@ def _params(op: Op) -> tuple:
                 e.payload)
     if isinstance(op, Ban):
         return (op.key, op.until)
+    if isinstance(op, KvPut):
+        return (op.plugin, op.name, op.value)
+    if isinstance(op, KvDelete):
+        return (op.plugin, op.name)
     return (op.key,)
 
 

@@ -1,4 +1,4 @@
-"""Client subcommands of `galaxynode`: node join, query, status, watch, admin.
+"""Client commands of `galaxynode`: node join, query, status, watch, admin.
 
 Heavy imports (trio, the network stack) happen inside the commands, so `galaxynode --help` stays
 fast. Every failure to reach or talk to a pool becomes one CliError line, exit 1.
@@ -8,70 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Sequence
 
+from galaxynode.cli.common import (EXIT_USAGE, add_client_args, cli_error, connect_options, duration,
+                                   format_table, iso, json_default, meta_pair, node_key, now_ms, positive,
+                                   print_json, pub)
 from galaxynode.logs import printable
-
-DEFAULT_NETWORK = "galaxy-dev"  # = nodeclient.DEFAULT_NETWORK (not imported: keeps --help light)
-EXIT_USAGE = 2
-
-
-def _cli_error(message: str, code: int = 1) -> Exception:
-    from galaxynode.cli import CliError
-    return CliError(printable(" ".join(message.split("\n"))), code)  # pools' refusals are their text
-
-
-# --- argument types ----------------------------------------------------------------------------
-
-def _url(text: str) -> str:
-    from galaxynode.net.transport import parse_url
-    try:
-        parse_url(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def _node_key(text: str) -> bytes:
-    from galaxynode.identity import parse_public_key
-    try:
-        return parse_public_key(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _meta_pair(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
-    return name, value
-
-
-def _positive(kind: type) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: not a number") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
-        return value
-    convert.__name__ = kind.__name__
-    return convert
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", type=_url, metavar="URL", help="pool endpoint, e.g. ws://127.0.0.1:7447")
-    p.add_argument("--network", default=DEFAULT_NETWORK, metavar="ID", help=f"network id (default {DEFAULT_NETWORK})")
-    p.add_argument("--timeout", type=_positive(float), default=10.0, metavar="S",
-                   help="connect and reply timeout in seconds (default 10)")
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capability", action="append", default=[], metavar="X", help="capability (repeatable)")
-    p.add_argument("--meta", action="append", default=[], type=_meta_pair, metavar="K=V",
+    p.add_argument("--meta", action="append", default=[], type=meta_pair, metavar="K=V",
                    help="metadata pair (repeatable)")
 
 
@@ -80,40 +27,40 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("node", help="act as a node of a pool")
     nsub = p.add_subparsers(dest="node_command", required=True, metavar="ACTION")
     j = nsub.add_parser("join", help="join a pool and stay joined (heartbeats, reconnects) until Ctrl-C")
-    _add_common(j)
+    add_client_args(j)
     j.add_argument("--key", required=True, metavar="PATH", help="the node's private key file")
     _add_filters(j)
-    j.add_argument("--ttl", type=_positive(int), metavar="S", help="lease time in seconds (default: the pool's)")
+    j.add_argument("--ttl", type=positive(int), metavar="S", help="lease time in seconds (default: the pool's)")
     j.set_defaults(func=cmd_node_join)
 
     p = sub.add_parser("query", help="list nodes registered at a pool")
-    _add_common(p)
+    add_client_args(p)
     _add_filters(p)
     p.add_argument("--scope", choices=("local", "peers"), default="local", help="also ask peered pools (peers)")
-    p.add_argument("--limit", type=_positive(int), default=100, metavar="N", help="at most N nodes (default 100)")
+    p.add_argument("--limit", type=positive(int), default=100, metavar="N", help="at most N nodes (default 100)")
     p.add_argument("--key", metavar="PATH", help="key file to connect with (default: a fresh key)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("status", help="show a pool's public status")
-    _add_common(p)
+    add_client_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("watch", help="print a pool's events as they happen, until Ctrl-C")
-    _add_common(p)
+    add_client_args(p)
     p.add_argument("topics", nargs="*", metavar="TOPIC", help="topic patterns: * one segment, # the rest (default #)")
     p.add_argument("--peers", action="store_true", help="include events relayed from peered pools")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("admin", help="administer a pool (needs an admin key)")
-    _add_common(p)
+    add_client_args(p)
     p.add_argument("--key", required=True, metavar="PATH", help="admin private key file")
     p.add_argument("action", choices=("kick", "ban", "unban", "peers", "nodes", "bans"),
                    help="kick: end a node's lease and session (it may join again); ban: that, and refuse the key "
                         "until unbanned; unban: lift a key's or (--address) an address's ban; bans: list the bans")
-    p.add_argument("node", nargs="?", type=_node_key, metavar="NODE_KEY", help="ed25519:<hex> (kick, ban, unban)")
+    p.add_argument("node", nargs="?", type=node_key, metavar="NODE_KEY", help="ed25519:<hex> (kick, ban, unban)")
     p.add_argument("--duration", type=_ban_seconds, metavar="S",
                    help=f"ban for S seconds, at most {_MAX_BAN} (10 years; default: permanently)")
     p.add_argument("--address", metavar="IP", help="unban: the address (or IPv6 /64) that `bans` lists")
@@ -152,12 +99,12 @@ def _run(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) -> int:
         line = _describe(leaves[0], args) if len(leaves) == 1 else None
         if line is None:
             raise
-        raise _cli_error(line) from None
+        raise cli_error(line) from None
     except Exception as e:
         line = _describe(e, args)
         if line is None:
             raise
-        raise _cli_error(line) from None
+        raise cli_error(line) from None
 
 
 def _leaves(exc: BaseException):
@@ -196,7 +143,7 @@ async def _until_signalled(main: Callable[[], Awaitable[None]],
 
 def _connect(args: argparse.Namespace, key: Any, role: str = "node"):
     from galaxynode.nodeclient import connect
-    return connect(args.url, key, network=args.network, role=role, timeout=args.timeout)
+    return connect(args.url, key, role=role, **connect_options(args))
 
 
 def _ephemeral_or(path: str | None):
@@ -206,44 +153,9 @@ def _ephemeral_or(path: str | None):
 
 # --- output ------------------------------------------------------------------------------------
 
-def _pub(raw: bytes | None) -> str | None:
-    from galaxynode.identity import format_public_key
-    return None if raw is None else format_public_key(raw)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
-    if isinstance(value, (tuple, set, frozenset)):
-        return list(value)
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
-
-
-def _print_json(value: Any, *, indent: int | None = 2) -> None:
-    print(json.dumps(value, default=_json_default, indent=indent), flush=True)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def node_json(rec: Any) -> dict:
-    return {"key": _pub(rec.key), "capabilities": list(rec.capabilities), "meta": dict(rec.meta),
-            "expires": rec.expires, "pool": _pub(rec.pool)}
-
-
-def format_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None = None) -> str:
-    """Aligned columns; every cell goes through printable(), so no cell can break the layout."""
-    rows = [[printable(str(c)) for c in row] for row in ([headers, *rows] if headers is not None else rows)]
-    widths = [max(len(c) for c in col) for col in zip(*rows)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return {"key": pub(rec.key), "capabilities": list(rec.capabilities), "meta": dict(rec.meta),
+            "expires": rec.expires, "pool": pub(rec.pool)}
 
 
 def nodes_table(records: Sequence[Any], now_ms: int) -> str:
@@ -252,25 +164,21 @@ def nodes_table(records: Sequence[Any], now_ms: int) -> str:
     rows = []
     for r in records:
         left = (r.expires - now_ms) / 1000
-        row = [_pub(r.key), ",".join(r.capabilities) or "-",
+        row = [pub(r.key), ",".join(r.capabilities) or "-",
                ",".join(f"{k}={v}" for k, v in sorted(r.meta.items())) or "-",
-               f"in {_duration(left)}" if left > 0 else "expired"]
+               f"in {duration(left)}" if left > 0 else "expired"]
         if with_pool:
-            row.append(_pub(r.pool) or "(this pool)")
+            row.append(pub(r.pool) or "(this pool)")
         rows.append(row)
     return format_table(rows, headers)
 
 
 def event_line(ev: Any, pool_key: bytes, *, as_json: bool) -> str:
     if as_json:
-        return json.dumps({"topic": ev.topic, "event_id": ev.event_id.hex(), "origin": _pub(ev.origin),
-                           "ts": ev.ts, "data": ev.data, "hops": ev.hops}, default=_json_default)
-    line = f"{_iso(ev.ts)} {printable(ev.topic)} {json.dumps(ev.data, default=_json_default, sort_keys=True)}"
-    return line if ev.origin == pool_key else f"{line} (from {_pub(ev.origin)})"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+        return json.dumps({"topic": ev.topic, "event_id": ev.event_id.hex(), "origin": pub(ev.origin),
+                           "ts": ev.ts, "data": ev.data, "hops": ev.hops}, default=json_default)
+    line = f"{iso(ev.ts)} {printable(ev.topic)} {json.dumps(ev.data, default=json_default, sort_keys=True)}"
+    return line if ev.origin == pool_key else f"{line} (from {pub(ev.origin)})"
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -285,13 +193,13 @@ def cmd_node_join(args: argparse.Namespace) -> int:
             why = _describe(st.error, args) or f"{args.url}: {st.error}"
             print(f"galaxynode: {printable(why)}; retrying in {st.retry_in:.1f}s", file=sys.stderr, flush=True)
         else:
-            print(f"{st.kind} {args.url} as {identity.public_text} (pool {_pub(st.pool_key)}, lease {st.lease.ttl}s)",
+            print(f"{st.kind} {args.url} as {identity.public_text} (pool {pub(st.pool_key)}, lease {st.lease.ttl}s)",
                   flush=True)
 
     async def main() -> int:
         await _until_signalled(lambda: keep_joined(
             args.url, identity, capabilities=args.capability, meta=dict(args.meta), ttl=args.ttl,
-            network=args.network, on_event=report, timeout=args.timeout))
+            on_event=report, **connect_options(args)))
         return 0
     return _run(args, main)
 
@@ -310,9 +218,9 @@ def cmd_query(args: argparse.Namespace) -> int:
             print("galaxynode: warning: some peered pools did not answer; the list may be incomplete",
                   file=sys.stderr)
         if args.json:
-            _print_json([node_json(r) for r in nodes])
+            print_json([node_json(r) for r in nodes])
         elif nodes:
-            print(nodes_table(nodes, _now_ms()))
+            print(nodes_table(nodes, now_ms()))
         else:
             print("no matching nodes")
         return 0
@@ -325,12 +233,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with _connect(args, Identity.generate(), role="probe") as pool:
             st = await pool.status()
-        out = {"key": _pub(st.key), "name": st.name, "network": st.network, "role": st.role,
+        out = {"key": pub(st.key), "name": st.name, "network": st.network, "role": st.role,
                "version": st.version, "uptime": st.uptime, "nodes": st.nodes, "peers": st.peers}
         if args.json:
-            _print_json(out)
+            print_json(out)
         else:
-            out["uptime"] = _duration(st.uptime)
+            out["uptime"] = duration(st.uptime)
             print(format_table([(f"{k}:", str(v)) for k, v in out.items()]))
         return 0
     return _run(args, main)
@@ -365,15 +273,15 @@ def cmd_admin(args: argparse.Namespace) -> int:
     from galaxynode.identity import load_key
     targeted = args.action in ("kick", "ban", "unban")
     if args.address is not None and args.action != "unban":
-        raise _cli_error("--address only applies to unban", EXIT_USAGE)
+        raise cli_error("--address only applies to unban", EXIT_USAGE)
     if args.action == "unban" and (args.node is None) == (args.address is None):
-        raise _cli_error("admin unban needs NODE_KEY or --address (one of them)", EXIT_USAGE)
+        raise cli_error("admin unban needs NODE_KEY or --address (one of them)", EXIT_USAGE)
     if targeted and args.node is None and args.address is None:
-        raise _cli_error(f"admin {args.action} needs NODE_KEY", EXIT_USAGE)
+        raise cli_error(f"admin {args.action} needs NODE_KEY", EXIT_USAGE)
     if not targeted and args.node is not None:
-        raise _cli_error(f"admin {args.action} takes no NODE_KEY", EXIT_USAGE)
+        raise cli_error(f"admin {args.action} takes no NODE_KEY", EXIT_USAGE)
     if args.duration is not None and args.action != "ban":
-        raise _cli_error("--duration only applies to ban", EXIT_USAGE)
+        raise cli_error("--duration only applies to ban", EXIT_USAGE)
     identity = load_key(args.key)
 
     async def main() -> int:
@@ -382,26 +290,26 @@ def cmd_admin(args: argparse.Namespace) -> int:
         if targeted:
             what = {"kick": "kicked", "ban": "banned", "unban": "unbanned"}[args.action]
             until = f" for {args.duration}s" if args.duration else " permanently" if args.action == "ban" else ""
-            print(f"{what} {_pub(args.node) if args.node is not None else args.address}{until}")
+            print(f"{what} {pub(args.node) if args.node is not None else args.address}{until}")
         elif args.action == "bans":
             bans = [ban_json(item) for item in items]
             if args.json:
-                _print_json(bans)
+                print_json(bans)
             else:
-                print(bans_table(bans, _now_ms()) if bans else "no bans")
+                print(bans_table(bans, now_ms()) if bans else "no bans")
         elif args.action == "nodes":
             try:
                 nodes = [NodeRecord.from_body(item) for item in items]
             except ProtocolError as e:  # the pool sent records that do not fit the schema
-                raise _cli_error(f"{args.url}: bad ADMIN nodes reply: {e}") from None
+                raise cli_error(f"{args.url}: bad ADMIN nodes reply: {e}") from None
             if args.json:
-                _print_json([node_json(r) for r in nodes])
+                print_json([node_json(r) for r in nodes])
             else:
-                print(nodes_table(nodes, _now_ms()) if nodes else "no nodes")
+                print(nodes_table(nodes, now_ms()) if nodes else "no nodes")
         else:
             peers = [{**item, "key": _peer_key(item.get("key"))} for item in items]
             if args.json:
-                _print_json(peers)
+                print_json(peers)
             elif peers:
                 cols = ("key", "state", "direction", "url", "name")
                 print(format_table([[str(p.get(c) or "-") for c in cols] for p in peers], [c.upper() for c in cols]))
@@ -416,7 +324,7 @@ _MAX_BAN = 10 * 365 * 86_400  # = gelato.messages.Admin.MAX_DURATION, which the 
 
 def _ban_seconds(text: str) -> int:
     """--duration: 1..10 years in seconds, refused here rather than by the pool."""
-    n = _positive(int)(text)
+    n = positive(int)(text)
     if n > _MAX_BAN:
         raise argparse.ArgumentTypeError(f"at most {_MAX_BAN} seconds (10 years); omit it for a permanent ban")
     return n
@@ -425,7 +333,7 @@ def _ban_seconds(text: str) -> int:
 def ban_json(item: dict) -> dict:
     """One ADMIN bans item for people: a key as ed25519:<hex>, an address as text."""
     key = item.get("key")
-    return {"key": _pub(key) if isinstance(key, bytes) else None, "address": item.get("address"),
+    return {"key": pub(key) if isinstance(key, bytes) else None, "address": item.get("address"),
             "by": item.get("by"), "until": item.get("until"), "reason": item.get("reason")}
 
 
@@ -433,7 +341,7 @@ def bans_table(bans: Sequence[dict], now_ms: int) -> str:
     rows = []
     for b in bans:
         until = b["until"]
-        left = "permanent" if not isinstance(until, int) else f"in {_duration(max(0, until - now_ms) / 1000)}"
+        left = "permanent" if not isinstance(until, int) else f"in {duration(max(0, until - now_ms) / 1000)}"
         rows.append([str(b["key"] or b["address"]), str(b["by"] or "-"), left, str(b["reason"] or "-")])
     return format_table(rows, ["KEY OR ADDRESS", "BY", "EXPIRES", "REASON"])
 
@@ -441,10 +349,10 @@ def bans_table(bans: Sequence[dict], now_ms: int) -> str:
 def _peer_key(value: Any) -> Any:
     """Peer items carry keys as hex (or bytes); show them like every other key."""
     if isinstance(value, bytes) and len(value) == 32:
-        return _pub(value)
+        return pub(value)
     if isinstance(value, str) and len(value) == 64:
         try:
-            return _pub(bytes.fromhex(value))
+            return pub(bytes.fromhex(value))
         except ValueError:
             pass
     return value or None
