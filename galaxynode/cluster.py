@@ -6,10 +6,10 @@ workers on a host or alone on one of several hosts:
 - **Replica**: each member keeps the whole lease table in memory and follows the change log
   (pgstore: one row per committed batch, ids visible in increasing order, NOTIFY with the id). It
   starts from a snapshot taken in the same transaction as the last id, then applies every row with
-  a greater id: what another member changed is read back from its rows (the rows now, not the row
-  then, so members converge whatever the order) and its events are published on the local bus, so a
-  subscriber hears every change of the pool whichever member made it. A member that lost the log for
-  longer than the log is kept (pgstore.CHANGES_KEPT) takes a new snapshot.
+  a greater id: another member's ops, with their values, in the order they were committed (so memory
+  ends where the store is), and its events, published on the local bus, so a subscriber hears every
+  change of the pool whichever member made it. A member that lost the database catches up from its
+  last id when it is back (events included), then takes a new snapshot (the stored state is the truth).
 - **Election**: pool-wide duties (lease expiry; peering and the main-net announcement) run in one
   member, the holder of a session-level advisory lock; when its connection or process dies the lock
   is released and another member takes over within about a second. Expiry deletes rows with
@@ -42,6 +42,7 @@ log = logging.getLogger("galaxynode.cluster")
 
 WORKER_ENV = "_GALAXYNODE_WORKER"  # a worker's settings from its supervisor (JSON); not a config variable
 POLL_INTERVAL = 1.0  # seconds: the change log is read at least this often, NOTIFY or not
+COALESCE = 0.005  # seconds a replica waits after a NOTIFY before reading, so one read takes a burst
 ELECTION_INTERVAL = 1.0  # seconds between attempts at the leader lock, and between its liveness checks
 RESTART_MIN, RESTART_MAX = 0.5, 30.0  # a dead worker's restart delay (doubling while it keeps dying)
 
@@ -61,6 +62,7 @@ class Replica:
         self.origin = registry.store.origin
         self.reader = PgStore(dsn, table=table, migrate_schema=False)
         self.poll_interval = poll_interval
+        self.coalesce = COALESCE
         self.last = 0  # the last change id applied
         self.applied = 0  # changes of other members applied (for metrics)
         self.resyncs = 0  # snapshots taken after the first
@@ -68,6 +70,8 @@ class Replica:
         self._caught_up = time.monotonic()
         self._catching_up = trio.Lock()
         self.failures = 0
+        self.lost_since: float | None = None  # when the change log was lost (monotonic), None while following
+        registry.resyncs_after_outage = True
 
     async def snapshot(self) -> None:
         """Replace memory with the stored state and follow the log from there."""
@@ -92,46 +96,62 @@ class Replica:
                 except StoreError as exc:
                     self._close_listen()
                     self.failures += 1
-                    log.warning("replica lost the change log (%s); retrying", exc)
+                    now = time.monotonic()
+                    if self.lost_since is None:  # logged once, then once per failure_log_interval
+                        self.lost_since, self._next_log = now, now + self.registry.failure_log_interval
+                        self._refused = self.registry.changes_refused
+                        self.registry.outage = "the pool cannot reach its database right now; retry later"
+                        log.error("replica lost PostgreSQL (%s): serving reads from memory, refusing changes, "
+                                  "retrying every %gs", exc, self.poll_interval)
+                    elif now >= self._next_log:
+                        refused, self._refused = self.registry.changes_refused - self._refused, \
+                            self.registry.changes_refused
+                        log.error("PostgreSQL still unreachable after %.0fs (%s); %d changes refused in the last %.0fs",
+                                  now - self.lost_since, exc, refused, self.registry.failure_log_interval)
+                        self._next_log = now + self.registry.failure_log_interval
                     await trio.sleep(self.poll_interval)
-                    if time.monotonic() - self._caught_up > self._max_gap():
-                        await self.snapshot()
-                        self.resyncs += 1
-                        log.warning("replica took a new snapshot: changes made meanwhile were not published here")
         finally:
             self._close_listen()
             self.reader.close()
 
-    def _max_gap(self) -> float:
-        from galaxynode.registry.pgstore import CHANGES_KEPT
-        return CHANGES_KEPT / 2
-
     async def _follow(self) -> None:
         if self._listen is None:
             self._listen = await trio.to_thread.run_sync(self._open_listen)
-            await self.catch_up()  # what was committed before LISTEN took effect
+            await self.catch_up()  # what was committed before LISTEN took effect, events included
+            if self.lost_since is not None:
+                # Memory kept the changes refused meanwhile, and what lapsed or was pruned is gone:
+                # the stored state is the truth again.
+                await self.snapshot()
+                self.registry.store.reconnect_soon()  # its idle connection died with the server
+                self.registry.outage = None  # changes are tried again
+                self.resyncs += 1
+                log.warning("replica has PostgreSQL again after %.1fs; memory resynchronised",
+                            time.monotonic() - self.lost_since)
+                self.lost_since = None
         while True:
             await trio.to_thread.run_sync(self._wait_notify)
+            await trio.sleep(self.coalesce)  # let a burst of commits arrive: one read for all of them
             await self.catch_up()
 
     def _open_listen(self):
         import psycopg
-        from galaxynode.registry.pgstore import connect
+        from galaxynode.registry.pgstore import _reason, connect
         conn = connect(self.dsn, autocommit=True)
         try:
             conn.execute(f"LISTEN {self.table}_changes")
         except psycopg.Error as exc:
             conn.close()
-            raise StoreError(f"cannot LISTEN on {self.reader.path}: {exc}") from exc
+            raise StoreError(f"cannot LISTEN on {self.reader.path}: {_reason(exc)}") from exc
         return conn
 
     def _wait_notify(self) -> None:
         import psycopg
+        from galaxynode.registry.pgstore import _reason
         try:
             for _ in self._listen.notifies(timeout=self.poll_interval, stop_after=1):
                 pass
         except psycopg.Error as exc:
-            raise StoreError(f"change notifications from {self.reader.path} stopped: {exc}") from exc
+            raise StoreError(f"change notifications from {self.reader.path} stopped: {_reason(exc)}") from exc
 
     def _close_listen(self) -> None:
         if self._listen is not None:
@@ -152,23 +172,34 @@ class Replica:
                     return
 
     async def _apply(self, change) -> None:
+        """Another member's committed batch: its ops, applied in id order (the order they were committed
+        in, so memory ends where the store is), and its events, published here."""
+        from galaxynode.registry.store import Ban, Delete, KvDelete, KvPut, Unban, Upsert
         reg = self.registry
-        # A key with a change of ours pending keeps it: our commit comes later and is what stays stored.
-        keys = {k for k in change.keys if not reg.pending(k)}
-        ban_keys = {k for k in change.ban_keys if not reg.pending(k)}
-        kv_keys = [k for k in change.kv_keys if not reg.pending(k)]
-        if keys or ban_keys:
-            entries, bans = await trio.to_thread.run_sync(
-                lambda: self.reader.read(keys, ban_keys, reconnect=True))
-            reg._restore(keys, entries, ban_keys, bans)
-        if kv_keys and hasattr(reg, "kv"):
-            stored = await trio.to_thread.run_sync(self.reader.read_kv, kv_keys)
-            for plugin, name in kv_keys:
-                space = reg.kv.setdefault(plugin, {})
-                if (plugin, name) in stored:
-                    space[name] = stored[(plugin, name)]
+        keys, entries, ban_keys, bans = set(), {}, set(), {}
+        for op in change.ops:
+            if reg.pending(op.key):  # a change of ours is on its way: it commits later and stays stored
+                continue
+            if isinstance(op, (Upsert, Delete)):
+                keys.add(op.key)
+                if isinstance(op, Upsert):
+                    entries[op.key] = op.entry
                 else:
-                    space.pop(name, None)
+                    entries.pop(op.key, None)
+            elif isinstance(op, (Ban, Unban)):
+                ban_keys.add(op.key)
+                if isinstance(op, Ban):
+                    bans[op.key] = op.until
+                else:
+                    bans.pop(op.key, None)
+            elif isinstance(op, (KvPut, KvDelete)) and hasattr(reg, "kv"):
+                space = reg.kv.setdefault(op.plugin, {})
+                if isinstance(op, KvPut):
+                    space[op.name] = op.value
+                else:
+                    space.pop(op.name, None)
+        if keys or ban_keys:
+            reg._restore(keys, entries, ban_keys, bans)
         for topic, data in change.events:
             reg._announce(topic, data, None) if hasattr(reg, "_announce") else reg.bus.publish(topic, data)
         self.applied += 1
@@ -240,8 +271,11 @@ async def expire_leases(registry: Any, store: Any, interval: float) -> None:
     """The leader's duty: delete what ran out, once for the pool; the replicas (ours too) hear it."""
     while True:
         with registry.task_failures.guard("cluster.expiry"):
-            expired = await trio.to_thread.run_sync(store.expire_due, registry.clock())
-            registry.expired += len(expired)
+            try:
+                expired = await trio.to_thread.run_sync(store.expire_due, registry.clock())
+                registry.expired += len(expired)
+            except StoreError as exc:  # the database is away: the replica says so; expiry waits for it
+                log.debug("lease expiry: %s", exc)
         await trio.sleep(interval)
 
 
@@ -266,6 +300,7 @@ class ClusterModule(Module):
 
     replica: Replica | None = None
     election: Election | None = None
+    announcer: Any = None  # set by the peering module: its state is the "mainnet" check of the leader
 
     async def start(self, ctx: ModuleContext) -> None:
         config = ctx.config.config
@@ -280,6 +315,29 @@ class ClusterModule(Module):
         ctx.nursery.start_soon(self.election.while_leader,
                                lambda: expire_leases(registry, self.replica.reader, config.registry.expiry_interval))
         ctx.container.register("cluster", self)
+        readiness = ctx.config.readiness
+        readiness.expect("backend")
+        ctx.nursery.start_soon(self._sample, readiness, registry, bool(config.mainnet.url))
+
+    async def _sample(self, readiness: Any, registry: Any, mainnet: bool, interval: float = 0.5) -> None:
+        """Readiness "backend": PostgreSQL reachable (change log followed, commits going through); and
+        "mainnet" on a member that does not lead: the elected member announces for the pool."""
+        replica = self.replica
+        while True:
+            if replica.lost_since is not None:
+                readiness.set("backend", False, f"PostgreSQL unreachable for {time.monotonic() - replica.lost_since:.0f}s: "
+                                                "reads served from memory, changes refused")
+            elif getattr(registry, "_failing", None) is not None:
+                readiness.set("backend", False, "PostgreSQL refuses changes")
+            else:
+                readiness.set("backend", True, f"PostgreSQL {replica.reader.path}")
+            if mainnet:
+                a = self.announcer
+                if self.election.leader and a is not None:
+                    readiness.set("mainnet", a.state == "announced", f"main net: {a.state}")
+                else:
+                    readiness.set("mainnet", True, "announced by the elected member")
+            await trio.sleep(interval)
 
 
 # --- supervisor (the parent of --workers N) ----------------------------------------------------------
@@ -304,6 +362,7 @@ class Supervisor:
         self.workers = workers
         self.procs: dict[int, trio.Process] = {}
         self.restarts = 0
+        self._stopping = False
         self._sockets: list[socket.socket] = []
 
     def _resolve_listen(self) -> list[str]:
@@ -321,18 +380,23 @@ class Supervisor:
     def _spawn_args(self, index: int, listen: list[str]) -> tuple[list[str], dict]:
         overrides = {**self.overrides, "server.listen": listen, "server.workers": 1}
         env = {**os.environ, WORKER_ENV: json.dumps({"index": index, "config_path": self.config_path,
-                                                     "overrides": overrides})}
+                                                     "overrides": overrides, "supervisor": os.getpid()})}
         return [sys.executable, "-m", "galaxynode.cluster"], env
 
     async def run(self) -> int:
         listen = self._resolve_listen()
         try:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
                     for i in range(self.workers):
                         nursery.start_soon(self._keep, i, listen)
                     log.info("supervising %d workers on %s", self.workers, " ".join(listen))
                     async for signum in signals:
+                        if signum == signal.SIGHUP:  # reload: each worker re-reads the config
+                            for p in list(self.procs.values()):
+                                if p.returncode is None:
+                                    p.send_signal(signal.SIGHUP)
+                            continue
                         log.info("received %s, stopping %d workers (bound %.1fs)", signal.Signals(signum).name,
                                  len(self.procs), self.config.daemon.stop_timeout)
                         break
@@ -358,6 +422,8 @@ class Supervisor:
                     with trio.CancelScope(shield=True):
                         await proc.wait()
                 self.procs.pop(index, None)
+            if self._stopping:
+                return
             if trio.current_time() - started > 60:
                 delay = RESTART_MIN
             log.error("worker %d (pid %d) exited with status %s; restarting in %.1fs", index, proc.pid, status, delay)
@@ -366,6 +432,7 @@ class Supervisor:
             delay = min(delay * 2, RESTART_MAX)
 
     async def _stop_all(self) -> None:
+        self._stopping = True
         procs = list(self.procs.values())
         for p in procs:
             if p.returncode is None:
@@ -396,6 +463,16 @@ def supervise(config: Any, *, config_path: str | None, overrides: dict) -> int:
                                    workers=config.server.workers).run)
 
 
+async def _die_with_parent(supervisor: int, interval: float = 0.5) -> None:
+    """SIGTERM this worker when its supervisor is gone (killed with -9 too): no orphan keeps serving.
+    Polled: PR_SET_PDEATHSIG would fire when the *thread* that spawned us ends (trio spawns from its
+    thread cache), not the process."""
+    while os.getppid() == supervisor:
+        await trio.sleep(interval)
+    log.error("supervisor (pid %d) is gone; stopping", supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_main() -> int:
     """A worker process (started by Supervisor with WORKER_ENV): the daemon, minus the data-dir lock its
     supervisor holds, listening with SO_REUSEPORT."""
@@ -405,8 +482,15 @@ def worker_main() -> int:
     spec = json.loads(os.environ.pop(WORKER_ENV))
     config = load_config(spec["config_path"], overrides=spec["overrides"])
     setup_logging(config.logging.level, config.logging.format)
-    return trio.run(lambda: run_daemon(config, config_path=spec["config_path"], overrides=spec["overrides"],
-                                       worker=spec["index"]))
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_die_with_parent, spec["supervisor"])
+            code = await run_daemon(config, config_path=spec["config_path"], overrides=spec["overrides"],
+                                    worker=spec["index"])
+            nursery.cancel_scope.cancel()
+        return code
+    return trio.run(main)
 
 
 if __name__ == "__main__":

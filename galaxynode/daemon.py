@@ -34,6 +34,7 @@ from galaxynode.net.bans import Bans
 from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.server import Server
 from galaxynode.net.tls import TLSError, client_context, server_context
+from galaxynode.nodeclient import DEFAULT_NETWORK
 from galaxynode.peerpolicy import PeerPolicy
 from galaxynode.peering import PeerManager
 from galaxynode.plugins import PluginContext, PluginError, PluginSupervisor, make_api_context
@@ -273,7 +274,8 @@ class PeeringModule(Module):
             peers.admission = ctx.container.get("plugins").admit
         services.peers = peers
         ctx.container.register("peers", peers)
-        await ctx.nursery.start(peers.run)
+        announcer = None
+        cluster = ctx.container.get("cluster") if "cluster" in ctx.container else None
         if c.mainnet.url:
             announcer = Announcer(rt.identity, issuer, mainnet_url=c.mainnet.url, network=c.network.id,
                                   limits=session_limits(c), registry=registry, book=book,
@@ -282,10 +284,29 @@ class PeeringModule(Module):
                                   backoff_min=min(1.0, c.peers.reconnect_min),
                                   backoff_max=c.peers.reconnect_max, on_descriptors=peers.discover,
                                   ssl_context=client_ssl_context(c))
-            ctx.container.register("announcer", announcer)
+            if cluster is not None:  # it runs in the elected member only: the cluster samples its state
+                cluster.announcer = announcer
+            else:
+                ctx.container.register("announcer", announcer)
             peers.on_unlisted = announcer.lookup_soon  # a pool listed since our last LOOKUP is promoted
+        if cluster is not None:
+            # What reaches out (static peers, discovery, the main net) runs in the elected member only,
+            # so peers and the main net see one pool; every member serves the peers that dial in.
+            ctx.nursery.start_soon(cluster.election.while_leader, lambda: _reach_out(peers, announcer))
+            return
+        await ctx.nursery.start(peers.run)
+        if announcer is not None:
             await ctx.nursery.start(announcer.run)
             ctx.log.info("announcing to main net %s", c.mainnet.url)
+
+
+async def _reach_out(peers: PeerManager, announcer: Announcer | None) -> None:
+    """A cluster leader's outbound peering and announcing, until cancelled (leadership lost)."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peers.run)
+        if announcer is not None:
+            await nursery.start(announcer.run)
+            log.info("announcing to main net %s", announcer.mainnet_url)
 
 
 class MetricsModule(Module):
@@ -355,6 +376,17 @@ def reload_config(rt: Runtime, container, path: str | None, overrides: dict) -> 
     if "server" in container:  # new sessions get the new limits
         container.get("server").limits = session_limits(merged)
     log.info("reloaded: %s", ", ".join(sorted(changed)))
+
+
+def next_step(config: Config, container) -> str:
+    """The end of the ready line: the command that shows this daemon answering, for an operator who
+    has just started it (a wildcard listen address as loopback, which reaches it from this host)."""
+    server = container.get("server") if "server" in container else None
+    if server is None or not server.bound_urls:
+        return ""
+    url = server.bound_urls[0].replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    network = "" if config.network.id == DEFAULT_NETWORK else f" --network {config.network.id}"
+    return f"; next: galaxynode status {url}{network}"
 
 
 def expected_checks(config: Config) -> list[str]:
@@ -484,8 +516,8 @@ async def _serve(config: Config, rt: Runtime, identity: Identity, kernel: Kernel
             health.start_soon(_sample_readiness, sample, container)
             notifier.notify(READY=1, STATUS=readiness.summary())  # start-up is done; STATUS says if we serve
             readiness.on_change(lambda r: notifier.notify(STATUS=r.summary()))
-            log.info("ready: pool %s (%s), %s, version %s", config.node.name, identity.public_text,
-                     status, __version__)
+            log.info("ready: pool %s (%s), %s, version %s%s", config.node.name, identity.public_text,
+                     status, __version__, next_step(config, container))
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)

@@ -287,6 +287,7 @@ class SimNode:
 
 def snapshot(mainnet: Daemon, pools: list[Daemon], nodes: list[SimNode], elapsed: float, dt: float) -> dict:
     """The status of everything as one JSON-able dict; advances the events/s windows."""
+    from galaxynode.identity import format_public_key
     def rate(d: Daemon) -> float:
         r = (d.events - d.events_seen) / dt if dt > 0 else 0.0
         d.events_seen = d.events
@@ -294,7 +295,7 @@ def snapshot(mainnet: Daemon, pools: list[Daemon], nodes: list[SimNode], elapsed
 
     def of(d: Daemon) -> dict:
         st = d.status
-        return {"name": d.name, "url": d.url, "key": st.key.hex() if st else None, "up": d.up,
+        return {"name": d.name, "url": d.url, "key": format_public_key(st.key) if st else None, "up": d.up,
                 "peers": st.peers if st else None, "nodes": st.nodes if st else None, "events_per_s": rate(d)}
 
     main = of(mainnet)

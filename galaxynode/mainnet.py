@@ -29,7 +29,7 @@ from galaxynode.descriptor import (write_atomic, MAX_LIFETIME_MS, MAX_SKEW_MS, D
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
-from galaxynode.identity import Identity
+from galaxynode.identity import Identity, format_public_key
 from galaxynode.net.client import connect
 from galaxynode.net.connection import DEFAULT_SESSION_LIMITS, Connection, SessionClosed, SessionLimits
 from galaxynode.net.slots import address_group
@@ -455,7 +455,7 @@ class MainnetServices(PoolServices):
             if e is not None and e.expires > now:  # else it left or expired since the order was drawn
                 signed = unpack_signed(e.payload)
                 if signed is None:
-                    log.error("registered pool %s has no readable descriptor; skipped", key.hex()[:16])
+                    log.error("registered pool %s has no readable descriptor; skipped", format_public_key(key))
                 else:
                     size += len(signed.record) + len(signed.sig) + 16  # + msgpack framing of the pair
                     if size > self.max_reply_bytes and out:

@@ -38,7 +38,7 @@ from galaxynode.descriptor import DescriptorBook, DescriptorIssuer, decode_recor
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
-from galaxynode.identity import Identity
+from galaxynode.identity import Identity, format_public_key
 from galaxynode.mainnet import dial_target, discover_budget, node_summary
 from galaxynode.net.client import connect
 from galaxynode.net.connection import (DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler, SessionClosed,
@@ -332,7 +332,7 @@ class PeerManager:
         try:
             await self.admission(AdmissionRequest(key=conn.peer_key, remote=conn.remote, is_peer=True, role="pool"))
         except ProtocolError as e:
-            log.info("pool %s (%s) is not accepted as a peer by a plugin: %s", conn.peer_key.hex()[:16],
+            log.info("pool %s (%s) is not accepted as a peer by a plugin: %s", format_public_key(conn.peer_key),
                      conn.remote, e.message)
             return False
         return True
@@ -407,7 +407,7 @@ class PeerManager:
                 self._unverified.add(s)
                 self.stats.not_accepted += 1
                 log.info("pool %s (%s) is not accepted as a peer (accept = %s): served as a node",
-                         key.hex()[:16], conn.remote, self.policy.accept)
+                         format_public_key(key), conn.remote, self.policy.accept)
                 if self.policy.accept == "listed" and self.on_unlisted is not None:
                     self.on_unlisted()
             return
@@ -417,7 +417,7 @@ class PeerManager:
             self.stats.duplicates_closed += 1
             s.state, s.refusal = "refused", ProtocolError(ErrorCode.DUPLICATE_SESSION,
                                                           "another session with this pool is kept")
-            log.info("peer %s: keeping the %s session, closing the new %s one", key.hex()[:16],
+            log.info("peer %s: keeping the %s session, closing the new %s one", format_public_key(key),
                      old.direction, s.direction)
             self._notify()
             return
@@ -432,10 +432,10 @@ class PeerManager:
             old.state = "ended"
             s.standing = old.standing  # the pool's record, not the session's: redialling resets nothing
             s.evict = (old.conn, ProtocolError(ErrorCode.DUPLICATE_SESSION, "replaced by another session"))
-            log.info("peer %s: %s session replaces the %s one", key.hex()[:16], s.direction, old.direction)
+            log.info("peer %s: %s session replaces the %s one", format_public_key(key), s.direction, old.direction)
         else:
             s.standing = Standing(s.since)
-            log.info("peer %s connected (%s, %s, %s)", key.hex()[:16], s.direction, s.grade.name.lower(),
+            log.info("peer %s connected (%s, %s, %s)", format_public_key(key), s.direction, s.grade.name.lower(),
                      s.url or conn.remote)
             self._publish_peer("peer.connected", s)
         self._notify()
@@ -453,8 +453,8 @@ class PeerManager:
             victim.state = "ended"
             self.stats.evicted += 1
             s.evict = (victim.conn, ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "slot given to a better peer"))
-            log.info("peer %s (%s, %d missed) gives its slot to %s (%s)", victim_key.hex()[:16],
-                     victim.grade.name.lower(), victim.standing.missed, s.key.hex()[:16], s.grade.name.lower())
+            log.info("peer %s (%s, %d missed) gives its slot to %s (%s)", format_public_key(victim_key),
+                     victim.grade.name.lower(), victim.standing.missed, format_public_key(s.key), s.grade.name.lower())
             self._publish_peer("peer.disconnected", victim)
             return True
         if s.grade == Grade.STATIC:  # configured by the operator, bounded by the config: never refused
@@ -462,7 +462,7 @@ class PeerManager:
         self.stats.refused_full += 1
         s.state, s.refusal = "refused", ProtocolError(
             ErrorCode.TOO_MANY_CONNECTIONS, f"at most {self.quota[s.direction]} {s.direction} peers")
-        log.info("refused peer %s: %d %s peers already", s.key.hex()[:16], len(same), s.direction)
+        log.info("refused peer %s: %d %s peers already", format_public_key(s.key), len(same), s.direction)
         self._notify()  # an unverified session's run waits for its state to change
         return False
 
@@ -476,7 +476,7 @@ class PeerManager:
         self._unverified.discard(s)
         if was_active and self._peers.get(s.key) is s:
             del self._peers[s.key]
-            log.info("peer %s disconnected (%s)", s.key.hex()[:16], s.direction)
+            log.info("peer %s disconnected (%s)", format_public_key(s.key), s.direction)
             self._publish_peer("peer.disconnected", s)
             self._notify()
 
@@ -661,7 +661,7 @@ class PeerManager:
                 first = first or e
         if first is not None:
             self.stats.descriptors_refused += refused
-            log.info("peer %s: refused %d of %d descriptors: %s", conn.peer_key.hex()[:16], refused,
+            log.info("peer %s: refused %d of %d descriptors: %s", format_public_key(conn.peer_key), refused,
                      len(frame.msg.descriptors), first.message)
             raise ProtocolError(first.code, f"{refused} of {len(frame.msg.descriptors)} descriptors refused; "
                                             f"first: {first.message}", frame.id)
@@ -774,7 +774,7 @@ class PeerManager:
                     key=c.key, capabilities=tuple(c.capabilities), meta=dict(c.meta), expires=c.expires,
                     pool=a.origin, signed=a.signed))
         if refused is not None:
-            log.info("peer %s: refused records in a query answer: %s", s.key.hex()[:16], refused.message)
+            log.info("peer %s: refused records in a query answer: %s", format_public_key(s.key), refused.message)
 
     def _ask_or_skip(self, nursery: trio.Nursery, s: PeerSession, q: m.Query, timeout: float,
                      answers: dict[bytes, m.QueryResult]) -> None:
@@ -808,7 +808,7 @@ class PeerManager:
                 s.standing.miss()
             elif isinstance(e, ProtocolError):  # it answered, with an ERROR
                 s.standing.answer()
-            log.info("peer %s did not answer a query: %s", s.key.hex()[:16], e or "timed out")
+            log.info("peer %s did not answer a query: %s", format_public_key(s.key), e or "timed out")
             return
         s.standing.answer()
         if reply.type != "QUERY_RESULT":
@@ -830,7 +830,7 @@ class PeerManager:
         except (ProtocolError, trio.TooSlowError) as e:  # the session itself goes on
             if isinstance(e, trio.TooSlowError):
                 s.standing.miss()
-            log.warning("peer %s refused our subscription: %s", s.key.hex()[:16], e or "timed out")
+            log.warning("peer %s refused our subscription: %s", format_public_key(s.key), e or "timed out")
 
     def event_envelope(self, ev: Any) -> m.SignedRecord | None:
         """What a peer gets with bus event `ev`: for a relayed one the origin's envelope (None: the
@@ -888,7 +888,7 @@ class PeerManager:
                 st.events_duplicate += 1
                 return None
             st.events_forged += 1
-            log.info("peer %s: event %s refused: %s", s.key.hex()[:16], ev.topic, e.message)
+            log.info("peer %s: event %s refused: %s", format_public_key(s.key), ev.topic, e.message)
             raise ProtocolError(e.code, f"event refused: {e.message}", frame.id) from None
         self._first_sight(ev.origin, ev.event_id, commit=True)
         c = a.claim

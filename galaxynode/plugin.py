@@ -26,6 +26,7 @@ only listens to events stays three lines, and everything the daemon must know be
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -385,9 +386,8 @@ class PluginContext:
     messages: Messages | None = None
     metrics: Metrics | None = None
     data_dir: Path | None = None
-    log: Any = attrs.field(
-        default=attrs.Factory(lambda self: __import__("logging").getLogger(f"galaxynode.plugin.{self.name}"),
-                              takes_self=True))
+    log: logging.Logger = attrs.field(
+        default=attrs.Factory(lambda self: logging.getLogger(f"galaxynode.plugin.{self.name}"), takes_self=True))
     _periodic: list = attrs.field(factory=list, repr=False)
 
     def every(self, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:

@@ -770,11 +770,11 @@ class PluginSupervisor:
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             leaf = single_leaf(group)
-            if isinstance(leaf, Exception):
+            if isinstance(leaf, Exception):  # the usual crash: one error, however deeply grouped
                 raise leaf from None
             rest = group.split(trio.Cancelled)[1]
-            if rest is not None and not rest.split(Exception)[1]:
-                raise next(e for e in _leaves(rest)) from group  # an Exception: a crash
+            if rest is not None and rest.split(Exception)[1] is None:  # errors (besides cancellations): a crash
+                raise next(iter(_leaves(rest))) from group
             raise
 
     def _crashed(self, name: str, exc: Exception, ran_for: float) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from types import MappingProxyType
 from typing import Any, Awaitable, Callable
 
 import attrs
@@ -19,6 +20,7 @@ from galaxynode.events import Subscription, TooManyPatterns
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
+from galaxynode.identity import format_public_key
 from galaxynode.net.connection import SessionClosed
 from galaxynode.plugin import AdmissionRequest
 
@@ -111,7 +113,8 @@ class SessionHandler:
         if plugins is not None and plugins.admitters:
             hello = getattr(conn, "peer_hello", None)
             attached = await plugins.admit(AdmissionRequest(
-                key=conn.peer_key, capabilities=msg.capabilities, meta=meta, remote=getattr(conn, "remote", None),
+                key=conn.peer_key, capabilities=msg.capabilities, meta=MappingProxyType(meta),
+                remote=getattr(conn, "remote", None),
                 is_peer=False, role=hello.role if hello is not None else "node"))
             if attached:
                 meta = {**meta, **attached}
@@ -244,7 +247,8 @@ class SessionHandler:
         elif a.action == "peers":
             items = self.s.peers.describe() if self.s.peers else ()
             return m.AdminResult(re=frame.id, items=tuple(items))
-        log.info("admin %s by %s: %s", a.action, conn.peer_key.hex()[:16], a.key.hex() if a.key else a.address or "")
+        log.info("admin %s by %s: %s", a.action, format_public_key(conn.peer_key),
+                 format_public_key(a.key) if a.key else a.address or "")
         return m.Ack(re=frame.id)
 
 

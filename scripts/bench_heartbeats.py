@@ -10,13 +10,18 @@ the interval (N / interval heartbeats per second in total). After a warm-up, the
 
     pool CPU % of one core = CPU seconds used in the window / window seconds * 100
 
-The issue 7 target is 10,000 nodes every 10 s (1,000 HEARTBEAT/s) under 25% of one core. When fewer
-nodes are run (--nodes, or the fd limit), the figure is also extrapolated linearly to 10,000 nodes,
-and labelled so. The baseline beside it is the floor that Ed25519 alone sets: one verify (the
-HEARTBEAT) and one sign (the LEASE) per heartbeat, measured here with the codec's own functions.
+The target (issue 16) is 10,000 nodes every 10 s (1,000 HEARTBEAT/s) at most 33% of one core. When
+fewer nodes are run (--nodes, or the fd limit), the figure is also extrapolated linearly to 10,000
+nodes, and labelled so. The baseline beside it is the bare carrier: the same sessions and rate
+against an echo server on the same transport (no Gelato at all), measured right after.
+
+A verdict needs the load to have been delivered: the load generator shares the machine, and when it
+falls behind, the pool gets fewer heartbeats and its CPU drops. So a figure counts only when the
+heartbeats answered in the window reach the requested rate within RATE_TOLERANCE; otherwise the row
+says "not measured" and gives the rate achieved.
 
 The load generator is lean so that it does not starve the pool of the second core: each node is a bare
-channel with a real handshake and real signed session frames (HEARTBEAT, PONG, GOODBYE), but replies are
+channel with a real handshake and real session frames (HEARTBEAT, PONG, GOODBYE), but replies are
 only peeked at (msgpack), not verified. The pool does everything as in production.
 
     .venv/bin/python scripts/bench_heartbeats.py [--quick] [--nodes N] [--interval S] [--window S] [--json PATH]
@@ -55,7 +60,8 @@ from galaxynode.net import ChannelClosed, SessionLimits, establish, open_channel
 NETWORK = "bench-heartbeats"
 TARGET_NODES = 10_000
 TARGET_INTERVAL = 10.0
-TARGET_CPU = 25.0       # % of one core
+TARGET_CPU = 33.0       # % of one core (issue 16; issue 7 asked 25)
+RATE_TOLERANCE = 0.03   # achieved heartbeats/s within 3% of the requested rate, or no verdict
 FD_HEADROOM = 256
 CLIENT_LIMITS = SessionLimits(frame_rate=1e6, frame_burst=10**6, handshake_timeout=30.0)
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -280,7 +286,7 @@ def peek(data: bytes | str) -> tuple[str, dict]:
 
 class Node:
     """One simulated node: its own key and session, on a bare channel (galaxynode.net.open_channel and
-    establish, the real handshake). Frames out are real, signed session frames (Session.encode);
+    establish, the real handshake). Frames out are real session frames (Session.encode);
     replies are peeked at, not verified. Answers the pool's PINGs between heartbeats."""
 
     def __init__(self, ch: Any, session: Any):
@@ -436,48 +442,61 @@ def measure(nodes: int, interval: float, warmup: float, window: float, profile: 
                                            window=window, bare=True))
                 echo.stop(signal.SIGTERM)
             res["carrier"] = {k: c[k] for k in ("pool_cpu_pct", "heartbeats_in_window", "pool_cpu_seconds",
-                                                "latency_p50_ms", "latency_p99_ms", "failures", "heartbeat_errors")}
+                                                "latency_p50_ms", "latency_p99_ms", "failures", "heartbeat_errors",
+                                                "heartbeats_per_s", "expected_per_s")}
     res["verify_per_s"], res["sign_per_s"] = verify_rate, sign_rate
-    rate = res["heartbeats_per_s"] or res["expected_per_s"]
+    rate = res["heartbeats_per_s"]   # achieved: never the requested rate in its place
+    res["delivered"] = delivered(res)
+    if "carrier" in res:
+        res["carrier"]["delivered"] = delivered(res["carrier"])
     res["crypto_floor_pct"] = 100 * rate * (1 / verify_rate + 1 / sign_rate)
     res["us_per_heartbeat"] = 1e6 * res["pool_cpu_seconds"] / max(1, res["heartbeats_in_window"])
     target_rate = TARGET_NODES / TARGET_INTERVAL
     # Linear in the heartbeat rate: the steady cost of a held, quiet session is (nearly) nothing, as
     # nothing runs for it between heartbeats (its keepalive sleeps until the idle/ping deadlines).
-    res["extrapolated_pct"] = res["pool_cpu_pct"] * target_rate / max(rate, 1e-9)
+    res["extrapolated_pct"] = res["pool_cpu_pct"] * target_rate / rate if rate > 0 else math.nan
     res["at_target_scale"] = nodes >= TARGET_NODES and abs(interval - TARGET_INTERVAL) < 1e-9
     return res
 
 
+def delivered(r: dict) -> bool:
+    """Whether the heartbeats answered in the window reached the requested rate (within RATE_TOLERANCE)."""
+    return r["heartbeats_per_s"] >= (1 - RATE_TOLERANCE) * r["expected_per_s"]
+
+
 def rows_of(r: dict) -> list[dict]:
     scale = f"{r['nodes']:,} nodes / {r['interval']:g} s"
-    rows = [{"metric": f"pool CPU % of one core, {scale} ({r['heartbeats_per_s']:,.0f} HEARTBEAT/s measured)",
-             "ours": f"{r['pool_cpu_pct']:.1f}", "baseline": f"{r['crypto_floor_pct']:.1f}",
-             "ratio": f"{r['pool_cpu_pct'] / r['crypto_floor_pct']:.2f}x",
-             "target": f"< {TARGET_CPU:g}" if r["at_target_scale"] else "-",
-             "met": (r["pool_cpu_pct"] < TARGET_CPU) if r["at_target_scale"] else None}]
+    c = r.get("carrier")
+    ok, rate, asked = r["delivered"], r["heartbeats_per_s"], r["expected_per_s"]
+    base_ok = c is not None and c["delivered"]
+    not_measured = f"not measured: {rate:,.0f} of {asked:,.0f} HEARTBEAT/s delivered"
+    base = (f"{c['pool_cpu_pct']:.1f}" if base_ok else "not measured") if c else "-"
+    target = f"<= {TARGET_CPU:g}"
+    rows = [{"metric": f"pool CPU % of one core, {scale} ({rate:,.0f} HEARTBEAT/s achieved, {asked:,.0f} asked) "
+                       f"vs the bare carrier (echo, same sessions and rate)",
+             "ours": f"{r['pool_cpu_pct']:.1f}" if ok else not_measured, "baseline": base,
+             "ratio": f"{r['pool_cpu_pct'] / c['pool_cpu_pct']:.2f}x" if ok and base_ok else "-",
+             "target": target if r["at_target_scale"] else "-",
+             "met": (r["pool_cpu_pct"] <= TARGET_CPU) if r["at_target_scale"] and ok else None}]
     if not r["at_target_scale"]:
         rows.append({"metric": f"pool CPU % of one core, 10,000 nodes / 10 s EXTRAPOLATED linearly from {scale}",
-                     "ours": f"{r['extrapolated_pct']:.1f}",
-                     "baseline": f"{r['crypto_floor_pct'] * (TARGET_NODES / TARGET_INTERVAL) / max(1e-9, r['heartbeats_per_s'] or r['expected_per_s']):.1f}",
-                     "ratio": "-", "target": f"< {TARGET_CPU:g}", "met": r["extrapolated_pct"] < TARGET_CPU})
-    rows.append({"metric": "pool CPU us per heartbeat (verify + renew + durable commit + sign + I/O)",
-                 "ours": f"{r['us_per_heartbeat']:.0f}",
-                 "baseline": f"{1e6 * (1 / r['verify_per_s'] + 1 / r['sign_per_s']):.0f}",
-                 "ratio": f"{r['us_per_heartbeat'] * (1 / r['verify_per_s'] + 1 / r['sign_per_s']) ** -1 / 1e6:.2f}x",
-                 "target": "-", "met": None})
-    c = r.get("carrier")
+                     "ours": f"{r['extrapolated_pct']:.1f}" if ok else not_measured,
+                     "baseline": f"{c['pool_cpu_pct'] * TARGET_NODES / TARGET_INTERVAL / c['heartbeats_per_s']:.1f}"
+                     if base_ok else base, "ratio": "-", "target": target,
+                     "met": r["extrapolated_pct"] <= TARGET_CPU if ok else None})
     if c:
-        rows.append({"metric": "pool CPU % vs the bare carrier (same sessions and rate, echo, no Gelato)",
-                     "ours": f"{r['pool_cpu_pct']:.1f}", "baseline": f"{c['pool_cpu_pct']:.1f}",
-                     "ratio": f"{r['pool_cpu_pct'] / c['pool_cpu_pct']:.2f}x", "target": "-", "met": None})
+        rows.append({"metric": "pool CPU us per heartbeat (authenticate + renew + durable commit + reply + I/O) "
+                               "vs bare carrier us per echo",
+                     "ours": f"{r['us_per_heartbeat']:.0f}",
+                     "baseline": f"{1e6 * c['pool_cpu_seconds'] / max(1, c['heartbeats_in_window']):.0f}",
+                     "ratio": "-", "target": "-", "met": None})
     rows.append({"metric": "heartbeat latency p50 / p99 ms under that load", "ours":
                  f"{r['latency_p50_ms']:.1f} / {r['latency_p99_ms']:.1f}",
                  "baseline": f"{c['latency_p50_ms']:.1f} / {c['latency_p99_ms']:.1f}" if c else "-", "ratio": "-",
                  "target": "-", "met": None})
-    ok = r["failures"] == 0 and r["heartbeat_errors"] == 0 and r["joined"] == r["nodes"]
+    served = r["failures"] == 0 and r["heartbeat_errors"] == 0 and r["joined"] == r["nodes"]
     rows.append({"metric": "heartbeat nodes joined and served without error", "ours": f"{r['joined']:,}",
-                 "baseline": f"{r['nodes']:,}", "ratio": "-", "target": "all", "met": ok})
+                 "baseline": f"{r['nodes']:,}", "ratio": "-", "target": "all", "met": served})
     return rows
 
 
@@ -496,23 +515,24 @@ def print_report(r: dict) -> None:
     print(f"sessions opened and joined: {r['joined']:,}/{r['nodes']:,} in {r['setup_seconds']:.1f} s "
           f"({r['failures']} failures{': ' + str(r['failure_samples']) if r['failures'] else ''})")
     print(f"heartbeats answered in window: {r['heartbeats_in_window']:,} ({r['heartbeats_per_s']:,.0f}/s, "
-          f"expected {r['expected_per_s']:,.0f}/s), errors {r['heartbeat_errors']}"
-          f"{' ' + str(r['error_samples']) if r['heartbeat_errors'] else ''}")
+          f"expected {r['expected_per_s']:,.0f}/s: {'delivered' if r['delivered'] else 'NOT delivered, no verdict'}), "
+          f"errors {r['heartbeat_errors']}{' ' + str(r['error_samples']) if r['heartbeat_errors'] else ''}")
     print(f"heartbeat latency p50 {r['latency_p50_ms']:.1f} ms, p99 {r['latency_p99_ms']:.1f} ms")
     print(f"pool CPU: {r['pool_cpu_seconds']:.2f} s in {r['window']:.1f} s = {r['pool_cpu_pct']:.1f}% of one core "
-          f"({r['us_per_heartbeat']:.0f} us per heartbeat); target < {TARGET_CPU:g}% at 10,000 nodes / 10 s")
+          f"({r['us_per_heartbeat']:.0f} us per heartbeat); target <= {TARGET_CPU:g}% at 10,000 nodes / 10 s")
     print(f"  of which the event-loop thread {r['pool_main_thread_pct']:.1f}%, worker threads (SQLite commits) "
           f"{r['pool_cpu_pct'] - r['pool_main_thread_pct']:.1f}%")
     if not r["at_target_scale"]:
         print(f"EXTRAPOLATED to 10,000 nodes / 10 s (linear in heartbeats/s): {r['extrapolated_pct']:.1f}%")
-    print(f"Ed25519 floor (1 verify + 1 sign per heartbeat at {r['verify_per_s']:,.0f} verify/s, "
-          f"{r['sign_per_s']:,.0f} sign/s): {r['crypto_floor_pct']:.1f}% of one core")
+    print(f"Ed25519 at this rate (1 verify + 1 sign per heartbeat, what v1 frames cost; {r['verify_per_s']:,.0f} "
+          f"verify/s, {r['sign_per_s']:,.0f} sign/s): {r['crypto_floor_pct']:.1f}% of one core")
     if r.get("carrier"):
         c = r["carrier"]
         print(f"bare carrier (transport over trio-websocket echoing {ECHO_SIZE}-byte messages, same GC threshold, same "
               f"sessions and rate): {c['pool_cpu_pct']:.1f}% of one core "
               f"({1e6 * c['pool_cpu_seconds'] / max(1, c['heartbeats_in_window']):.0f} us per request), "
-              f"p50 {c['latency_p50_ms']:.1f} ms, p99 {c['latency_p99_ms']:.1f} ms")
+              f"p50 {c['latency_p50_ms']:.1f} ms, p99 {c['latency_p99_ms']:.1f} ms; {c['heartbeats_per_s']:,.0f} "
+              f"requests/s {'delivered' if c['delivered'] else 'NOT delivered'}")
     print(f"load generator CPU: {r['loadgen_cpu_pct']:.1f}% of one core; pool RSS {r['pool_rss_kib'][1] / 1024:.0f} MiB "
           f"({r['pool_rss_kib'][1] / max(1, r['nodes']):.1f} KiB per node, all included)")
     print(f"pool exit status {r['pool_exit']}{', TRACEBACK in its output' if r['pool_traceback'] else ''}\n")

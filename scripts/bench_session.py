@@ -1,25 +1,24 @@
 #!/usr/bin/env python3
 """Gelato session throughput, handshake latency and concurrent sessions, with the baselines measured
-in the same run: bare trio-websocket (with our carrier settings, and with the library's defaults) and the
-asyncio `websockets` library, same message sizes.
+in the same run: bare trio-websocket (with our carrier settings, and with the library's defaults) and,
+when installed, py-libp2p (Noise + Yamux; the `bench` extra) as a peer; same message sizes.
 
 Each server runs in a process of its own (this script with --serve KIND), the clients in this one;
 loopback only. A server process (in a session of its own) answers each line on its stdin with one
 JSON line and exits at EOF, so it goes away with us whatever happens to us, Ctrl-C and kill -9 included.
+All clients live in one trio run and take turns repetition by repetition (ours, baseline, other
+baseline, ours, ...; medians), so drift (a noisy neighbour, frequency scaling) hits them alike.
 
-  one-way    signed PONG frames node -> pool, pipelined through one session; the pool's reader
-             verifies and drops unsolicited PONGs. Each repetition ends with a HEARTBEAT request,
-             whose reply shows that every earlier frame was verified; the server's frame counter
-             confirms the count. Baselines: same-size binary messages, then a text marker that the
-             server answers with its count.
-  req/rep    HEARTBEAT -> LEASE through the pool's handler and the in-memory registry, `window`
-             requests in flight. Baselines: echo of same-size messages, same window.
-  handshake  connect + HELLO/HELLO/READY over sequential connections; baselines: TCP + WebSocket upgrade.
+  one-way    PONG frames node -> pool, pipelined through one session; the pool's reader authenticates
+             and drops unsolicited PONGs. Each repetition ends with a HEARTBEAT request, whose reply
+             shows that every earlier frame was processed; the server's frame counter confirms the
+             count. Baselines: same-size binary messages, then a marker that the server answers.
+  req/rep    HEARTBEAT -> LEASE through the pool's handler and its DURABLE registry (SQLite in a temp
+             directory, group commit as the daemon configures it: the real commit before each reply),
+             `window` requests in flight. Baselines: echo of same-size messages, same window.
+  handshake  connect + HELLO/HELLO/READY over sequential connections; baselines: TCP + WebSocket
+             upgrade; a py-libp2p host dialling (TCP, multistream, Noise XX, Yamux; fewer dials).
   sessions   K sessions held against one fresh pool process; its VmRSS delta per session.
-
-Throughputs are medians over repetitions. websockets runs without compression (Gelato frames are not
-compressed either); trio-websocket runs twice: with the carrier settings galaxynode's transport uses
-(the target's baseline), and with the library's defaults, client and server, for reference.
 
     .venv/bin/python scripts/bench_session.py [--quick] [--sessions K] [--json PATH]
 
@@ -28,18 +27,18 @@ compressed either); trio-websocket runs twice: with the carrier settings galaxyn
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator
 
 import attrs
 import trio
@@ -47,21 +46,28 @@ from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from galaxynode.config import RegistryConfig  # noqa: E402
 from galaxynode.gelato import messages as m  # noqa: E402
-from galaxynode.gelato.codec import MacKey, encode_session_frame  # noqa: E402
 from galaxynode.gelato.errors import ProtocolError  # noqa: E402
-from galaxynode.identity import Identity, verify  # noqa: E402
+from galaxynode.identity import Identity  # noqa: E402
 from galaxynode.net import ChannelClosed, Server, SessionLimits, connect  # noqa: E402
 from galaxynode.net.transport import _MESSAGE_QUEUE, _RECEIVE_BYTES  # noqa: E402
 from galaxynode.pool import PoolInfo, PoolServices  # noqa: E402
 from galaxynode.registry import LeaseTable, Registry  # noqa: E402
 
-from bench_heartbeats import percentile, raise_fd_limit, rss_kib  # noqa: E402  (this folder: scripts/)
+import bench_libp2p  # noqa: E402  (this folder: scripts/)
+from bench_codec import session_pair  # noqa: E402
+from bench_heartbeats import percentile, raise_fd_limit, rss_kib  # noqa: E402
 
 NETWORK = "bench"
-TARGET_RATIO = 0.70       # signed session / bare trio-websocket, throughput (issue 7; step 3 asked 0.60)
+# issue 16's targets (Gelato v2), ratios to baselines measured in the same run
+TARGET_ONE_WAY = 0.60     # session one-way frames/s / bare trio-websocket
+TARGET_REQ_REP = 0.55     # HEARTBEAT/LEASE req/rep / trio-websocket echo
+TARGET_HANDSHAKE = 2.5    # handshake p50 / trio-websocket connect p50, at most
+TARGET_LIBP2P_ONE_WAY = 3.0   # ours / py-libp2p one-way, at least
+TARGET_LIBP2P_REQ_REP = 2.0   # ours / py-libp2p request/reply, at least
 TARGET_KIB_PER_SESSION = 100.0  # issue 7: 1,000 concurrent sessions with < 100 KiB each (pool server RSS)
-FRAME_SIZE = 250          # aimed size of a one-way frame in bytes (the WebSocket message)
+FRAME_SIZE = 250          # aimed size of a one-way frame in bytes (PONG data is at most 64 bytes)
 MAX_MESSAGE = 1024 * 1024
 # trio-websocket as galaxynode's transport sets it up, client and server. The other baseline passes none of
 # these: the library's defaults (today they differ in receive_buffer_size, 4 KiB instead of 64 KiB).
@@ -69,6 +75,7 @@ CARRIER = dict(message_queue_size=_MESSAGE_QUEUE, max_message_size=MAX_MESSAGE, 
 FD_HEADROOM = 256
 # The default per-session rate limit (200 frames/s) would measure the limiter, not the session.
 LIMITS = SessionLimits(frame_rate=1e9, frame_burst=10**9, byte_rate=1e12, byte_burst=10**12)
+WARMUP_CONNECTS = 5
 
 
 @attrs.frozen
@@ -78,20 +85,16 @@ class Config:
     reps: int
     window: int         # requests in flight for req/rep and echo
     handshakes: int     # sequential connections for handshake latency
+    libp2p_dials: int   # the same for py-libp2p (each dial takes about 250 ms of its own waiting)
     sessions: int       # concurrent sessions held
     hold: float         # seconds the sessions are held before they are counted
     parallel: int       # handshakes in flight while opening the sessions
 
 
-FULL = Config(n=10_000, warmup=1_000, reps=5, window=64, handshakes=300, sessions=1000, hold=3.0, parallel=32)
-QUICK = Config(n=2_000, warmup=200, reps=3, window=64, handshakes=50, sessions=100, hold=0.5, parallel=32)
-
-
-async def rates(run: Callable[[int], Awaitable[float]], cfg: Config) -> list[float]:
-    """messages/s of `run(n)` (which returns seconds) per repetition, after one warm-up run.
-    Loop-agnostic: used under trio and asyncio alike."""
-    await run(cfg.warmup)
-    return [cfg.n / await run(cfg.n) for _ in range(cfg.reps)]
+FULL = Config(n=10_000, warmup=1_000, reps=5, window=64, handshakes=300, libp2p_dials=20, sessions=1000, hold=3.0,
+              parallel=32)
+QUICK = Config(n=2_000, warmup=200, reps=3, window=64, handshakes=50, libp2p_dials=4, sessions=100, hold=0.5,
+               parallel=32)
 
 
 def shares(n: int, parts: int) -> list[int]:
@@ -105,7 +108,7 @@ def _reply(obj: dict) -> None:
     sys.stdout.flush()
 
 
-async def _trio_control(stats: Callable[[], dict]) -> None:
+async def _trio_control(stats: Any) -> None:
     """Answer each line on stdin with stats() until EOF."""
     buf = b""
     async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
@@ -115,47 +118,47 @@ async def _trio_control(stats: Callable[[], dict]) -> None:
                 _reply(stats())
 
 
-async def serve_pool(max_sessions: int) -> None:
+async def serve_pool(max_sessions: int, durable: bool) -> None:
     identity = Identity.generate()
-    registry = Registry(LeaseTable(), None, bus=None)
-    services = PoolServices(PoolInfo(identity.public, "bench", NETWORK), registry, None)
-    server = Server(identity, network=NETWORK, limits=LIMITS, max_connections=max_sessions, max_pending=max_sessions,
-                    handler_factory=lambda conn: services.handler())
+    rc = RegistryConfig()
+    with tempfile.TemporaryDirectory(prefix="gn-bench-") as tmp:
+        # As the daemon opens it: SQLite, group commit every commit_interval, a reply after the commit.
+        registry = await Registry.open(Path(tmp) / "registry.sqlite" if durable else None, LeaseTable(), None,
+                                       expiry_interval=rc.expiry_interval, commit_interval=rc.commit_interval)
+        services = PoolServices(PoolInfo(identity.public, "bench", NETWORK), registry, None)
+        server = Server(identity, network=NETWORK, limits=LIMITS, max_connections=max_sessions,
+                        max_pending=max_sessions, handler_factory=lambda conn: services.handler())
 
-    def stats() -> dict:
-        conns = list(server.connections.values())
-        return {"sessions": len(conns), "frames_in": sum(c.stats.frames_in for c in conns),
-                **attrs.asdict(server.stats)}
+        def stats() -> dict:
+            conns = list(server.connections.values())
+            # per session: the other sessions' keepalive PONGs must not count as one-way frames
+            return {"sessions": len(conns), "frames_in": {c.peer_key.hex(): c.stats.frames_in for c in conns},
+                    "commits": registry.commits, **attrs.asdict(server.stats)}
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(registry.run)
-        urls = await nursery.start(server.run)
-        _reply({"url": urls[0]})
-        await _trio_control(stats)
-        await server.shutdown()
-        nursery.cancel_scope.cancel()
-
-
-async def _count_or_echo(receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]],
-                         echo: bool) -> None:
-    """Baseline server loop: echo binary messages, or count them and answer a text marker with the count."""
-    count = 0
-    while True:
-        msg = await receive()
-        if isinstance(msg, str):
-            await send(str(count))
-            count = 0
-        elif echo:
-            await send(msg)
-        else:
-            count += 1
+        async with trio.open_nursery() as nursery:
+            await nursery.start(registry.run)
+            urls = await nursery.start(server.run)
+            _reply({"url": urls[0]})
+            await _trio_control(stats)
+            await server.shutdown()
+            nursery.cancel_scope.cancel()
 
 
 async def serve_trio_websocket(settings: dict[str, Any]) -> None:
+    """Echo binary messages on /echo; elsewhere count them and answer a text marker with the count."""
     async def handler(request: Any) -> None:
         try:
             ws = await request.accept()
-            await _count_or_echo(ws.get_message, ws.send_message, request.path == "/echo")
+            echo, count = request.path == "/echo", 0
+            while True:
+                msg = await ws.get_message()
+                if isinstance(msg, str):
+                    await ws.send_message(str(count))
+                    count = 0
+                elif echo:
+                    await ws.send_message(msg)
+                else:
+                    count += 1
         except ConnectionClosed:
             pass
 
@@ -166,53 +169,38 @@ async def serve_trio_websocket(settings: dict[str, Any]) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def serve_websockets() -> None:
-    from websockets.asyncio.server import serve
-    from websockets.exceptions import ConnectionClosed as Closed  # websockets is a test extra: import late
-
-    async def handler(ws: Any) -> None:
-        try:
-            await _count_or_echo(ws.recv, ws.send, ws.request.path == "/echo")
-        except Closed:
-            pass
-
-    async with serve(handler, "127.0.0.1", 0, compression=None, max_size=MAX_MESSAGE) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        _reply({"url": f"ws://127.0.0.1:{port}"})
-        reader = asyncio.StreamReader()
-        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        try:
-            while await reader.readline():
-                _reply({})
-        finally:
-            transport.close()
+async def serve_libp2p(size: int) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bench_libp2p.serve, lambda addr: _reply({"url": addr}), size)
+        await _trio_control(dict)
+        nursery.cancel_scope.cancel()
 
 
-SERVERS = ("pool", "trio-websocket", "trio-websocket-defaults", "websockets")
+SERVERS = ("pool", "pool-memory", "trio-websocket", "trio-websocket-defaults", "libp2p")
 
 
-def run_server(kind: str, max_sessions: int) -> None:
+def run_server(kind: str, max_sessions: int, size: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # we stop at EOF on stdin, whoever is interrupted
     raise_fd_limit(max_sessions + FD_HEADROOM)
-    if kind == "pool":
-        trio.run(serve_pool, max_sessions)
+    if kind in ("pool", "pool-memory"):
+        trio.run(serve_pool, max_sessions, kind == "pool")
     elif kind == "trio-websocket":
         trio.run(serve_trio_websocket, CARRIER)
     elif kind == "trio-websocket-defaults":
         trio.run(serve_trio_websocket, {})
     else:
-        asyncio.run(serve_websockets())
+        trio.run(serve_libp2p, size)
 
 
 class ServerProcess:
     """A --serve child: `url` once it listens, `stats()` on demand; closing its stdin ends it."""
 
-    def __init__(self, kind: str, *, max_sessions: int = 64, stop_timeout: float = 20.0):
+    def __init__(self, kind: str, *, max_sessions: int = 64, size: int = FRAME_SIZE, stop_timeout: float = 20.0):
         self.kind = kind
         self.stop_timeout = stop_timeout
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--sessions", str(max_sessions)],
+            [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--sessions", str(max_sessions),
+             "--size", str(size)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             start_new_session=True)  # Ctrl-C is for us alone; we end the child by closing its stdin
         try:
@@ -258,157 +246,145 @@ class ServerProcess:
         self.close()
 
 
-# --- clients ----------------------------------------------------------------------------------------
+# --- clients: each has open(), one_way(n), req_rep(n) and connect() (seconds) ------------------------
 
 @attrs.frozen
 class Sizes:
     one_way: int        # PONG frame
     request: int        # HEARTBEAT frame
-    pong: m.Pong        # padded to make one_way about FRAME_SIZE
-
-
-def verify_rates(cfg: Config) -> list[float]:
-    """Ed25519 verifications/s on one core, with the codec's own verify(): the ceiling for signed
-    frames/s that one receiving process can reach, whatever the rest of the stack costs."""
-    identity = Identity.generate()
-    data = os.urandom(FRAME_SIZE)
-    sig = identity.sign(data)
-    out = []
-    for _ in range(cfg.reps):
-        start = time.perf_counter()
-        for _ in range(cfg.n // 4):
-            verify(identity.public, sig, data)
-        out.append(cfg.n // 4 / (time.perf_counter() - start))
-    return out
+    pong: m.Pong        # padded to make one_way about FRAME_SIZE (as far as PONG's 64 data bytes allow)
 
 
 def frame_sizes() -> Sizes:
-    identity = Identity.generate()
+    """Sizes of mid-session frames (a large seq, as after a while) as this codec version encodes them."""
+    opener, _ = session_pair(Identity.generate(), Identity.generate())
+    opener.send_seq = 1 << 20
 
-    def size(msg: Any) -> int:  # a mid-session seq (uint32) for a representative size
-        return len(encode_session_frame(MacKey(bytes(32)), msg, seq=1 << 20))
-    pad = max(0, min(64, FRAME_SIZE - size(m.Pong(data=b""))))  # PONG data is at most 64 bytes
+    def size(msg: Any) -> int:
+        return len(opener.encode(msg))
+    pad = max(0, min(64, FRAME_SIZE - size(m.Pong(data=b""))))
     pong = m.Pong(data=os.urandom(pad))
     return Sizes(size(pong), size(m.Heartbeat()), pong)
 
 
-async def bench_pool(srv: ServerProcess, cfg: Config, sizes: Sizes) -> dict:
-    verified: list[tuple[int, int]] = []   # (frames sent, frames the server counted)
-    async with connect(srv.url, Identity.generate(), network=NETWORK, limits=LIMITS) as conn:
-        await conn.request(m.Join(ttl=3600))
+class PoolClient:
+    """Sessions with a pool process: one-way PONGs over the first, `window` HEARTBEATs in flight over
+    `req_sessions` sessions (a session handles its requests in order: with a durable registry, one
+    session holds its next request while the previous one's commit is under way), fresh handshakes."""
 
-        async def one_way(n: int) -> float:
-            before = (await trio.to_thread.run_sync(srv.stats))["frames_in"]
-            start = time.perf_counter()
-            for _ in range(n):
-                await conn.send(sizes.pong)
-            await conn.request(m.Heartbeat())   # answered only after all n were verified
-            elapsed = time.perf_counter() - start
-            after = (await trio.to_thread.run_sync(srv.stats))["frames_in"]
-            verified.append((n, after - before - 1))
-            return elapsed
+    def __init__(self, srv: ServerProcess, cfg: Config, sizes: Sizes, *, req_sessions: int = 1,
+                 kinds: tuple[str, ...] = ("one_way", "req_rep", "handshake")):
+        self.srv, self.cfg, self.sizes, self.req_sessions, self.kinds = srv, cfg, sizes, req_sessions, kinds
+        self.verified: list[tuple[int, int]] = []   # (frames sent, frames the server counted)
+        self.dials = cfg.handshakes if "handshake" in kinds else 0
 
-        async def req_rep(n: int) -> float:
-            async def requester(count: int) -> None:
-                for _ in range(count):
-                    await conn.request(m.Heartbeat())
-            start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for count in shares(n, cfg.window):
-                    nursery.start_soon(requester, count)
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator["PoolClient"]:
+        async with AsyncExitStack() as stack:
+            self.conns, idents = [], [Identity.generate() for _ in range(self.req_sessions)]
+            for ident in idents:
+                conn = await stack.enter_async_context(connect(self.srv.url, ident, network=NETWORK, limits=LIMITS))
+                await conn.request(m.Join(ttl=3600))
+                self.conns.append(conn)
+            self.conn, self.key = self.conns[0], idents[0].public.hex()   # one-way goes over the first
+            yield self
+
+    async def one_way(self, n: int) -> float:
+        before = (await trio.to_thread.run_sync(self.srv.stats))["frames_in"][self.key]
+        start = time.perf_counter()
+        for _ in range(n):
+            await self.conn.send(self.sizes.pong)
+        await self.conn.request(m.Heartbeat())   # answered only after all n were processed
+        elapsed = time.perf_counter() - start
+        after = (await trio.to_thread.run_sync(self.srv.stats))["frames_in"][self.key]
+        self.verified.append((n, after - before - 1))
+        return elapsed
+
+    async def req_rep(self, n: int) -> float:
+        async def requester(conn: Any, count: int) -> None:
+            for _ in range(count):
+                await conn.request(m.Heartbeat())
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i, count in enumerate(shares(n, self.cfg.window)):
+                nursery.start_soon(requester, self.conns[i % len(self.conns)], count)
+        return time.perf_counter() - start
+
+    async def connect(self) -> float:
+        start = time.perf_counter()
+        async with connect(self.srv.url, Identity.generate(), network=NETWORK, limits=LIMITS):
             return time.perf_counter() - start
 
-        one = await rates(one_way, cfg)
-        rr = await rates(req_rep, cfg)
-    idents = [Identity.generate() for _ in range(cfg.handshakes + 5)]
-    latencies = []
-    for ident in idents:
+
+class WebSocketClient:
+    """The trio-websocket baselines: /sink (the server counts), /echo (windowed), connect latency."""
+
+    def __init__(self, url: str, settings: dict[str, Any], cfg: Config, sizes: Sizes):
+        self.url, self.settings, self.cfg = url, settings, cfg
+        self.one, self.req = os.urandom(sizes.one_way), os.urandom(sizes.request)
+        self.dials = cfg.handshakes
+        self.kinds = ("one_way", "req_rep", "handshake")
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator["WebSocketClient"]:
+        async with open_websocket_url(self.url + "/sink", **self.settings) as sink, \
+                open_websocket_url(self.url + "/echo", **self.settings) as echo:
+            self.sink, self.echo = sink, echo
+            yield self
+
+    async def one_way(self, n: int) -> float:
         start = time.perf_counter()
-        async with connect(srv.url, ident, network=NETWORK, limits=LIMITS):
-            latencies.append(time.perf_counter() - start)
-    stats = await trio.to_thread.run_sync(srv.stats)
-    return {"one_way": one, "req_rep": rr, "handshake": latencies[5:], "verified": verified,
-            "server_violations": stats["violations"], "server_handshake_failed": stats["handshake_failed"]}
+        for _ in range(n):
+            await self.sink.send_message(self.one)
+        await self.sink.send_message("done")
+        counted = int(await self.sink.get_message())
+        elapsed = time.perf_counter() - start
+        assert counted == n, (counted, n)
+        return elapsed
 
+    async def req_rep(self, n: int) -> float:
+        window = trio.Semaphore(self.cfg.window)
 
-@attrs.frozen
-class WsLibrary:
-    """What the baseline loops need from one WebSocket library, so that `bench_baseline` is written
-    once for trio-websocket (under trio) and websockets (under asyncio)."""
-    connect: Callable[[str], AsyncContextManager[Any]]  # url -> an open connection
-    io: Callable[[Any], tuple[Callable[[Any], Awaitable[None]], Callable[[], Awaitable[Any]]]]  # -> (send, recv)
-    semaphore: Callable[[int], Any]                     # trio.Semaphore or asyncio.Semaphore
-    background: Callable[[Callable[[], Awaitable[None]]], AsyncContextManager[None]]  # runs fn beside the body
-    run: Callable[..., Any]                             # run(async_fn, *args) on the library's event loop
-
-
-@asynccontextmanager
-async def _trio_background(fn: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fn)
-        yield
-
-
-@asynccontextmanager
-async def _asyncio_background(fn: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(fn())
-        yield
-
-
-def trio_websocket(settings: dict[str, Any]) -> WsLibrary:
-    """trio-websocket with `settings` for open_websocket_url ({}: the library's defaults)."""
-    return WsLibrary(partial(open_websocket_url, **settings), lambda ws: (ws.send_message, ws.get_message),
-                     trio.Semaphore, _trio_background, trio.run)
-
-
-def websockets_library() -> WsLibrary:
-    from websockets.asyncio.client import connect as ws_connect  # websockets is a test extra: import late
-    return WsLibrary(partial(ws_connect, compression=None, max_size=MAX_MESSAGE, proxy=None),
-                     lambda ws: (ws.send, ws.recv), asyncio.Semaphore, _asyncio_background,
-                     lambda fn, *args: asyncio.run(fn(*args)))
-
-
-async def bench_baseline(lib: WsLibrary, url: str, cfg: Config, sizes: Sizes) -> dict:
-    """The baselines of one WebSocket library: one-way to /sink (the server counts), windowed echo
-    from /echo, and connect latency. Runs under the library's own event loop (`lib.run`)."""
-    one, req = os.urandom(sizes.one_way), os.urandom(sizes.request)
-    async with lib.connect(url + "/sink") as ws:
-        send, recv = lib.io(ws)
-
-        async def one_way(n: int) -> float:
-            start = time.perf_counter()
+        async def sender() -> None:
             for _ in range(n):
-                await send(one)
-            await send("done")
-            counted = int(await recv())
-            elapsed = time.perf_counter() - start
-            assert counted == n, (counted, n)
-            return elapsed
-        sink = await rates(one_way, cfg)
-    async with lib.connect(url + "/echo") as ws:
-        send, recv = lib.io(ws)
-
-        async def echo(n: int) -> float:
-            window = lib.semaphore(cfg.window)
-
-            async def sender() -> None:
-                for _ in range(n):
-                    await window.acquire()
-                    await send(req)
-            start = time.perf_counter()
-            async with lib.background(sender):
-                for _ in range(n):
-                    await recv()
-                    window.release()
-            return time.perf_counter() - start
-        echoes = await rates(echo, cfg)
-    latencies = []
-    for _ in range(cfg.handshakes + 5):
+                await window.acquire()
+                await self.echo.send_message(self.req)
         start = time.perf_counter()
-        async with lib.connect(url + "/echo"):
-            latencies.append(time.perf_counter() - start)
-    return {"one_way": sink, "req_rep": echoes, "handshake": latencies[5:]}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            for _ in range(n):
+                await self.echo.get_message()
+                window.release()
+        return time.perf_counter() - start
+
+    async def connect(self) -> float:
+        start = time.perf_counter()
+        async with open_websocket_url(self.url + "/echo", **self.settings):
+            return time.perf_counter() - start
+
+
+async def interleaved(clients: dict[str, Any], cfg: Config) -> dict[str, dict[str, list[float]]]:
+    """msgs/s per repetition (one_way, req_rep) and connect latencies (handshake, s) of every client,
+    the clients taking turns within each repetition after a warm-up run each."""
+    out: dict[str, dict[str, list[float]]] = {name: {"one_way": [], "req_rep": [], "handshake": []}
+                                              for name in clients}
+    async with AsyncExitStack() as stack:
+        for c in clients.values():
+            await stack.enter_async_context(c.open())
+        for kind in ("one_way", "req_rep"):
+            takers = {name: c for name, c in clients.items() if kind in c.kinds}
+            for c in takers.values():
+                await getattr(c, kind)(cfg.warmup)
+            for _ in range(cfg.reps):
+                for name, c in takers.items():
+                    out[name][kind].append(cfg.n / await getattr(c, kind)(cfg.n))
+        for i in range(WARMUP_CONNECTS + max(c.dials for c in clients.values())):
+            for name, c in clients.items():
+                if i < WARMUP_CONNECTS + c.dials:
+                    took = await c.connect()
+                    if i >= WARMUP_CONNECTS:
+                        out[name]["handshake"].append(took)
+    return out
 
 
 async def hold_sessions(srv: ServerProcess, cfg: Config) -> dict:
@@ -468,104 +444,49 @@ async def hold_sessions(srv: ServerProcess, cfg: Config) -> dict:
 
 # --- report -----------------------------------------------------------------------------------------
 
-# Baselines as the table names them: (results key, name). The first is the target's baseline.
-BASELINES = (("trio_websocket", "trio-websocket (carrier settings)"),
-             ("trio_websocket_defaults", "trio-websocket (library defaults)"),
-             ("websockets", "websockets"))
-
-
-def summarize(res: dict, sizes: Sizes) -> list[tuple[str, str, str, str]]:
-    pool, rows = res["pool"], []
+def rows_of(res: dict, sizes: Sizes) -> list[dict]:
+    """The summary rows (metric, ours, baseline, ratio, target, met), issue 16's targets."""
     med = statistics.median
-    for key, label, size in (("one_way", "one-way msg/s", sizes.one_way), ("req_rep", "req/rep msg/s", sizes.request)):
-        ours = med(pool[key])
-        for base, name in BASELINES:
-            theirs = med(res[base][key])
-            ratio = ours / theirs
-            verdict = (" PASS" if ratio >= TARGET_RATIO else " BELOW") if base == "trio_websocket" else ""
-            what = "signed" if key == "one_way" else "HEARTBEAT/LEASE"
-            rows.append((f"{label} ({what} {size} B) vs {name}" + (" echo" if key == "req_rep" else ""),
-                         f"{ours:,.0f}", f"{theirs:,.0f}", f"{ratio:.2f}{verdict}"))
-    ours, ceiling = med(pool["one_way"]), med(res["verify_only"])
-    rows.append(("one-way msg/s vs Ed25519 verify-only ceiling (1 core)", f"{ours:,.0f}", f"{ceiling:,.0f}",
-                 f"{ours / ceiling:.2f}"))
-    for p in (50, 99):
-        ours = percentile(pool["handshake"], p) * 1000
-        for base, name in BASELINES:
-            theirs = percentile(res[base]["handshake"], p) * 1000
-            rows.append((f"handshake p{p} ms vs {name} connect", f"{ours:.2f}", f"{theirs:.2f}",
-                         f"{ours / theirs:.2f}x"))
-    s = res["sessions"]
-    held = s["alive_client"] == s["alive_server"] == s["sessions"]
-    rows.append((f"sessions established and held {s['hold_seconds']:g}s", f"{s['alive_server']}/{s['sessions']}",
-                 "-", "OK" if held else "FAIL"))
-    rows.append(("pool server RSS KiB per session", f"{s['server_kib_per_session']:.1f}", "-", "-"))
-    rows.append(("client RSS KiB per session", f"{s['client_kib_per_session']:.1f}", "-", "-"))
-    rows.append((f"opening {s['sessions']} sessions ({s['opened'] / s['open_seconds']:.0f}/s)",
-                 f"{s['open_seconds']:.2f} s", "-", "-"))
-    return rows
-
-
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    header = ("metric", "ours", "baseline", "ratio")
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
-    line = " | ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
-    print(line.format(*header))
-    print("-+-".join("-" * w for w in widths))
-    for r in rows:
-        print(line.format(*r))
-
-
-def measure(cfg: Config) -> tuple[Config, Sizes, dict]:
-    """Run every part of the benchmark; returns the config actually used (the session count may be
-    lowered to fit the fd limit), the frame sizes and the raw results."""
-    limit = raise_fd_limit(cfg.sessions + FD_HEADROOM)
-    if limit < cfg.sessions + FD_HEADROOM:
-        cfg = attrs.evolve(cfg, sessions=max(1, limit - FD_HEADROOM))
-        print(f"fd limit {limit}: holding only {cfg.sessions} sessions", file=sys.stderr)
-    sizes = frame_sizes()
-    res: dict[str, Any] = {"verify_only": verify_rates(cfg)}
-    with ServerProcess("pool") as srv:
-        res["pool"] = trio.run(bench_pool, srv, cfg, sizes)
-    for key, kind, lib in (("trio_websocket", "trio-websocket", trio_websocket(CARRIER)),
-                           ("trio_websocket_defaults", "trio-websocket-defaults", trio_websocket({})),
-                           ("websockets", "websockets", websockets_library())):
-        with ServerProcess(kind) as srv:
-            res[key] = lib.run(bench_baseline, lib, srv.url, cfg, sizes)
-    with ServerProcess("pool", max_sessions=cfg.sessions + cfg.parallel) as srv:
-        res["sessions"] = trio.run(hold_sessions, srv, cfg)
-    return cfg, sizes, res
-
-
-def bench(quick: bool = False, sessions: int | None = None) -> list[dict]:
-    """The session benchmark's summary rows for scripts/bench.py, with issue 7's targets."""
-    cfg = QUICK if quick else FULL
-    if sessions:
-        cfg = attrs.evolve(cfg, sessions=sessions)
-    cfg, sizes, res = measure(cfg)
-    med = statistics.median
-    rows = []
     pool, tw = res["pool"], res["trio_websocket"]
-    for key, what in (("one_way", f"session one-way msg/s (signed {sizes.one_way} B) vs trio-websocket"),
-                      ("req_rep", f"session req/rep msg/s (HEARTBEAT/LEASE {sizes.request} B) "
-                                  f"vs trio-websocket echo")):
-        ours, theirs = med(pool[key]), med(tw[key])
-        rows.append({"metric": what, "ours": f"{ours:,.0f}", "baseline": f"{theirs:,.0f}",
-                     "ratio": f"{ours / theirs:.2f}", "target": f">= {TARGET_RATIO:.2f}",
-                     "met": ours / theirs >= TARGET_RATIO})
-    ours, theirs = med(pool["one_way"]), med(res["trio_websocket_defaults"]["one_way"])
-    rows.append({"metric": "session one-way msg/s vs trio-websocket with the library's default settings",
-                 "ours": f"{ours:,.0f}", "baseline": f"{theirs:,.0f}", "ratio": f"{ours / theirs:.2f}",
-                 "target": "-", "met": None})
-    ours, ceiling = med(pool["one_way"]), med(res["verify_only"])
-    rows.append({"metric": "session one-way msg/s vs Ed25519 verify-only ceiling (1 core)", "ours": f"{ours:,.0f}",
-                 "baseline": f"{ceiling:,.0f}", "ratio": f"{ours / ceiling:.2f}", "target": "-", "met": None})
-    for p in (50, 99):
-        ours, theirs = percentile(pool["handshake"], p) * 1000, percentile(tw["handshake"], p) * 1000
-        rows.append({"metric": f"handshake p{p} ms vs trio-websocket connect", "ours": f"{ours:.2f}",
-                     "baseline": f"{theirs:.2f}", "ratio": f"{ours / theirs:.2f}x", "target": "-", "met": None})
-    sent, counted = (sum(v[i] for v in pool["verified"]) for i in (0, 1))
-    rows.append({"metric": "session one-way frames counted by the pool (all verified)", "ours": f"{counted:,}",
+    rows = []
+
+    def row(metric: str, ours: float, theirs: float, fmt: str, target: str = "-", met: bool | None = None,
+            ratio_suffix: str = "") -> None:
+        rows.append({"metric": metric, "ours": format(ours, fmt), "baseline": format(theirs, fmt),
+                     "ratio": f"{ours / theirs:.2f}{ratio_suffix}", "target": target, "met": met})
+
+    one, theirs = med(pool["one_way"]), med(tw["one_way"])
+    row(f"session one-way msg/s ({sizes.one_way} B frames) vs trio-websocket", one, theirs, ",.0f",
+        f">= {TARGET_ONE_WAY:.2f}", one / theirs >= TARGET_ONE_WAY)
+    rr, theirs = med(pool["req_rep"]), med(tw["req_rep"])
+    row(f"session req/rep msg/s (HEARTBEAT/LEASE {sizes.request} B, DURABLE SQLite registry, {res['window']} "
+        f"sessions x 1 in flight) vs trio-websocket echo (window {res['window']})", rr, theirs, ",.0f",
+        f">= {TARGET_REQ_REP:.2f}", rr / theirs >= TARGET_REQ_REP)
+    mem = med(res["pool_memory"]["req_rep"])
+    row(f"session req/rep msg/s (IN-MEMORY registry, no commit: as v1 measured it; 1 session, window "
+        f"{res['window']}) vs trio-websocket echo", mem, theirs, ",.0f")
+    row("session one-way msg/s vs trio-websocket with the library's default settings", one,
+        med(res["trio_websocket_defaults"]["one_way"]), ",.0f")
+    ours_p50, theirs_p50 = percentile(pool["handshake"], 50) * 1000, percentile(tw["handshake"], 50) * 1000
+    row("handshake p50 ms vs trio-websocket connect", ours_p50, theirs_p50, ".2f", f"<= {TARGET_HANDSHAKE:g}x",
+        ours_p50 / theirs_p50 <= TARGET_HANDSHAKE, "x")
+    row("handshake p99 ms vs trio-websocket connect", percentile(pool["handshake"], 99) * 1000,
+        percentile(tw["handshake"], 99) * 1000, ".2f", ratio_suffix="x")
+    p2p = res.get("libp2p")
+    if p2p is None:
+        rows.append({"metric": f"py-libp2p peer baseline: skipped, {res['libp2p_skipped']}", "ours": "-",
+                     "baseline": "-", "ratio": "-", "target": "-", "met": None})
+    else:
+        theirs = med(p2p["one_way"])
+        row(f"session one-way msg/s vs py-libp2p one stream (Noise+Yamux, {sizes.one_way} B)", one, theirs,
+            ",.0f", f">= {TARGET_LIBP2P_ONE_WAY:g}", one / theirs >= TARGET_LIBP2P_ONE_WAY)
+        theirs = med(p2p["req_rep"])
+        row(f"session req/rep msg/s vs py-libp2p echo ({sizes.request} B, window {res['window']})", rr, theirs,
+            ",.0f", f">= {TARGET_LIBP2P_REQ_REP:g}", rr / theirs >= TARGET_LIBP2P_REQ_REP)
+        row("handshake p50 ms vs py-libp2p host connect()", ours_p50, percentile(p2p["handshake"], 50) * 1000,
+            ".2f", ratio_suffix="x")
+    sent, counted = (sum(v[i] for v in res["verified"]) for i in (0, 1))
+    rows.append({"metric": "session one-way frames counted by the pool (all authenticated)", "ours": f"{counted:,}",
                  "baseline": f"{sent:,} sent", "ratio": "-", "target": "all", "met": counted == sent})
     s = res["sessions"]
     held = s["alive_client"] == s["alive_server"] == s["sessions"]
@@ -580,21 +501,77 @@ def bench(quick: bool = False, sessions: int | None = None) -> list[dict]:
     return rows
 
 
+def print_table(rows: list[dict]) -> None:
+    header = ("metric", "ours", "baseline", "ratio", "target", "met?")
+    table = [header] + [(r["metric"], r["ours"], r["baseline"], r["ratio"], r["target"],
+                         "-" if r["met"] is None else ("yes" if r["met"] else "NO")) for r in rows]
+    widths = [max(len(t[i]) for t in table) for i in range(len(header))]
+    for j, t in enumerate(table):
+        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths))))
+        if j == 0:
+            print("-+-".join("-" * w for w in widths))
+
+
+def measure(cfg: Config) -> tuple[Config, Sizes, dict]:
+    """Run every part of the benchmark; returns the config actually used (the session count may be
+    lowered to fit the fd limit), the frame sizes and the raw results."""
+    limit = raise_fd_limit(cfg.sessions + FD_HEADROOM)
+    if limit < cfg.sessions + FD_HEADROOM:
+        cfg = attrs.evolve(cfg, sessions=max(1, limit - FD_HEADROOM))
+        print(f"fd limit {limit}: holding only {cfg.sessions} sessions", file=sys.stderr)
+    sizes = frame_sizes()
+    res: dict[str, Any] = {"window": cfg.window}
+    skipped = bench_libp2p.available()
+    with ServerProcess("pool", max_sessions=cfg.window + 64) as pool_srv, ServerProcess("pool-memory") as mem_srv, \
+            ServerProcess("trio-websocket") as tw_srv, ServerProcess("trio-websocket-defaults") as twd_srv:
+        pool = PoolClient(pool_srv, cfg, sizes, req_sessions=cfg.window)
+        clients: dict[str, Any] = {"pool": pool,
+                                   "pool_memory": PoolClient(mem_srv, cfg, sizes, kinds=("req_rep",)),
+                                   "trio_websocket": WebSocketClient(tw_srv.url, CARRIER, cfg, sizes),
+                                   "trio_websocket_defaults": WebSocketClient(twd_srv.url, {}, cfg, sizes)}
+        p2p_srv = None if skipped else ServerProcess("libp2p", size=sizes.one_way)
+        try:
+            if p2p_srv is not None:
+                # one size per stream: the one-way frame's (request frames are smaller, so echo is no slower)
+                clients["libp2p"] = bench_libp2p.Client(p2p_srv.url, sizes.one_way, cfg.window, cfg.libp2p_dials)
+            res.update(trio.run(interleaved, clients, cfg))
+        finally:
+            if p2p_srv is not None:
+                p2p_srv.close()
+        res["verified"] = pool.verified
+        stats = pool_srv.stats()
+        res["server_violations"], res["server_handshake_failed"] = stats["violations"], stats["handshake_failed"]
+        res["durable_commits"] = stats["commits"]   # HEARTBEATs per commit = req/rep requests / this
+    res["libp2p_skipped"] = skipped
+    with ServerProcess("pool", max_sessions=cfg.sessions + cfg.parallel) as srv:
+        res["sessions"] = trio.run(hold_sessions, srv, cfg)
+    return cfg, sizes, res
+
+
+def bench(quick: bool = False, sessions: int | None = None) -> list[dict]:
+    """The session benchmark's summary rows for scripts/bench.py, with issue 16's targets."""
+    cfg = QUICK if quick else FULL
+    if sessions:
+        cfg = attrs.evolve(cfg, sessions=sessions)
+    cfg, sizes, res = measure(cfg)
+    return rows_of(res, sizes)
+
+
 def run(cfg: Config, json_path: str | None) -> int:
     started = time.perf_counter()
     cfg, sizes, res = measure(cfg)
-    rows = summarize(res, sizes)
-    bad = [v for v in res["pool"]["verified"] if v[0] != v[1]]
-    print(f"\nGelato session benchmark: {cfg.n} msgs x {cfg.reps} reps (medians), window {cfg.window}, "
-          f"{cfg.handshakes} handshakes, {cfg.sessions} sessions; server and client in separate processes, "
-          f"127.0.0.1; target signed/trio-websocket (carrier settings) >= {TARGET_RATIO}\n")
+    rows = rows_of(res, sizes)
+    bad = [v for v in res["verified"] if v[0] != v[1]]
+    print(f"\nGelato session benchmark: {cfg.n} msgs x {cfg.reps} reps, interleaved (medians), window {cfg.window}, "
+          f"{cfg.handshakes} handshakes, {cfg.sessions} sessions; servers and client in separate processes, "
+          f"127.0.0.1\n")
     print_table(rows)
-    print(f"\nserver-verified one-way frames: {sum(v[1] for v in res['pool']['verified'])} of "
-          f"{sum(v[0] for v in res['pool']['verified'])} sent"
+    print(f"\nserver-counted one-way frames: {sum(v[1] for v in res['verified'])} of "
+          f"{sum(v[0] for v in res['verified'])} sent"
           f"{'' if not bad else ' MISMATCH ' + str(bad)}; total {time.perf_counter() - started:.1f} s")
     if json_path:
         out = {"config": attrs.asdict(cfg), "frame_bytes": {"one_way": sizes.one_way, "request": sizes.request},
-               "results": res, "table": [dict(zip(("metric", "ours", "baseline", "ratio"), r)) for r in rows]}
+               "results": res, "table": rows}
         Path(json_path).write_text(json.dumps(out, indent=2) + "\n")
     held = res["sessions"]
     return 0 if not bad and held["alive_server"] == held["alive_client"] == held["sessions"] else 1
@@ -602,15 +579,16 @@ def run(cfg: Config, json_path: str | None) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small run, under ~15 s")
+    ap.add_argument("--quick", action="store_true", help="small run, under ~30 s")
     ap.add_argument("--sessions", type=int, help="concurrent sessions to hold (default 1000; --quick 100)")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     ap.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)  # internal: run one server
+    ap.add_argument("--size", type=int, default=FRAME_SIZE, help=argparse.SUPPRESS)  # the libp2p server's
     args = ap.parse_args()
     if args.sessions is not None and args.sessions < 1:
         ap.error("--sessions must be positive")
     if args.serve:
-        run_server(args.serve, args.sessions or 64)
+        run_server(args.serve, args.sessions or 64, args.size)
         return 0
     cfg = QUICK if args.quick else FULL
     if args.sessions:

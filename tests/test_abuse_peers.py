@@ -203,7 +203,7 @@ def test_fake_peers_cannot_keep_a_static_peer_out(tmp_path):
                 started = time.monotonic()
                 with real_pool(tmp_path / "real", real_env, real_url) as real:
                     await trio.to_thread.run_sync(
-                        lambda: pool.wait_for(f"peer {real_key.public.hex()[:16]} connected", timeout=10))
+                        lambda: pool.wait_for(f"peer {real_key.public_text} connected", timeout=10))
                     took = time.monotonic() - started
                     after = [p for p in await admin_peers(pool.url, admin) if p["state"] == "connected"]
                     assert alive(real)
@@ -249,7 +249,7 @@ def test_silent_peer_loses_standing_and_queries_fail_fast(tmp_path):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(fake.serve, pool.url, stop, held)
                 await trio.to_thread.run_sync(lambda: pool.wait_for(
-                    f"peer {fake.identity.public.hex()[:16]} connected", timeout=10))
+                    f"peer {fake.identity.public_text} connected", timeout=10))
                 slow = [await timed_query(pool.url) for _ in range(2)]
                 fast = [await timed_query(pool.url) for _ in range(5)]
                 standing = [p for p in await admin_peers(pool.url, admin) if p["state"] == "connected"]

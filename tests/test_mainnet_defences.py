@@ -45,8 +45,8 @@ def test_network_prefix_and_targets():
     assert network_prefix("Pool.Example") == "pool.example"
     assert remote_host("127.0.0.1:5000") == "127.0.0.1" and remote_host("[::1]:5000") == "::1"
     # URLs that differ only in path or case hit the same host:port
-    assert dial_target("ws://Victim.example:80/a") == dial_target("ws://victim.example/b?x") == "victim.example:80"
-    assert dial_target("wss://v.example/") == "v.example:443"
+    assert dial_target("ws://Victim.example:7447/a") == dial_target("ws://victim.example/b?x") == "victim.example:7447"
+    assert dial_target("wss://v.example/") == "v.example:7447"
 
 
 def test_target_budget_slides():

@@ -121,7 +121,8 @@ async def test_handshake_join_and_bad_frame_are_counted(tmp_path):
     assert value(after, "galaxynode_registry_changes_refused_total") == 0
     assert value(after, "galaxynode_handshake_duration_seconds_count") == 1
     assert value(after, "galaxynode_handshake_duration_seconds_bucket", le="+Inf") == 1
-    assert 0 < value(after, "galaxynode_handshake_duration_seconds_sum") < 2
+    # behaviour, not speed: a handshake that completed took no longer than the pool allows one
+    assert 0 < value(after, "galaxynode_handshake_duration_seconds_sum") <= load_config(env={}).limits.handshake_timeout
     assert value(after, "galaxynode_frames_received_total", type="JOIN") == 1
     assert value(after, "galaxynode_frames_received_total", type="ERROR") == 2
     assert value(after, "galaxynode_frames_received_total", type="undecoded") == 1

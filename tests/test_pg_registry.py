@@ -146,3 +146,17 @@ def test_unreachable_database_is_one_line_at_start(tmp_path):
     lines = [line for line in p.output.splitlines() if line.strip()]
     assert "cannot connect to the registry database" in lines[-1] and "s3cret" not in p.output
     assert "Traceback" not in p.output
+
+
+def test_registry_migrate_command(pg_dsn):
+    from procutil import Proc
+    env = {**os.environ, "GALAXYNODE_REGISTRY_BACKEND": "postgresql", "GALAXYNODE_REGISTRY_DSN": pg_dsn}
+    with Proc("registry", "migrate", env=env) as p:
+        assert p.wait() == 0
+    assert "registry nodes: schema version 0 -> 4" in p.output
+    with Proc("registry", "migrate", env=env) as p:
+        assert p.wait() == 0
+    assert "schema version 4 (current" in p.output
+    with Proc("registry", "migrate") as p:  # SQLite: nothing to do, said in one line
+        assert p.wait() == 2
+    assert p.output.strip().count("\n") == 0 and "backend is \"sqlite\"" in p.output

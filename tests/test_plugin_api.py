@@ -451,3 +451,126 @@ def test_signed_records_verify_only_for_their_plugin_and_kind():
         verify_plugin_record(tampered, plugin="rewards", kind="epoch")
     with pytest.raises(ValueError, match="set by the pool"):
         sign_plugin_record(POOL, NET, "rewards", "epoch", {"origin": b"x"})
+
+
+async def test_watch_is_lost_when_the_store_refuses_what_the_snapshot_showed(tmp_path):
+    class Failing(SqliteStore):
+        gate: trio.Event | None = None
+
+        def apply(self, ops):
+            if self.gate is not None:
+                raise StoreError("disk full")
+            super().apply(ops)
+
+    store = Failing(tmp_path / "r.sqlite")
+    reg = Registry(LeaseTable(), store, retry_delay=0.01, owns_store=True, commit_interval=0.05)
+    async with trio.open_nursery() as n:
+        await n.start(reg.run)
+        await reg.join(b"\x01" * 32)
+        store.gate = trio.Event()
+        failed = []
+
+        async def doomed():
+            try:
+                await reg.join(b"\x02" * 32)
+            except Exception as e:
+                failed.append(e)
+
+        n.start_soon(doomed)
+        await trio.testing.wait_all_tasks_blocked()
+        entries, watch = reg.watch()  # the pending join is in the snapshot, its commit not done
+        assert {e.key for e in entries} == {b"\x01" * 32, b"\x02" * 32}
+        with trio.fail_after(5):
+            with pytest.raises(ChangesLost, match="refused changes the snapshot held"):
+                await watch.__anext__()
+        with trio.fail_after(5):
+            while not failed:  # the refused caller hears it just after the watch does
+                await trio.sleep(0.001)
+        assert reg.get(b"\x02" * 32) is None
+        watch.close()
+        n.cancel_scope.cancel()
+
+
+class Flaky:
+    """Its periodic task crashes once; while it waits to restart, its messages answer unavailable."""
+
+    name = "flaky"
+    crashed = 0
+
+    def __init__(self, ctx):
+        ctx.messages.register("ping", self.ping)
+        ctx.every(0.01, self.tick)
+
+    async def ping(self, request):
+        return {"pong": True}
+
+    async def tick(self):
+        if Flaky.crashed == 0:
+            Flaky.crashed = 1
+            raise RuntimeError("tick failed")
+
+
+async def test_a_periodic_task_that_raises_restarts_the_plugin(tmp_path):
+    async with pool(tmp_path, enabled=(f"{HERE}:Flaky",), **{"plugins.backoff_base": 0.3,
+                                                              "plugins.backoff_max": 0.3}) as (url, c):
+        sup = c.get("plugins")
+        with trio.fail_after(5):
+            while sup.stats["flaky"].state != "backoff":
+                await trio.sleep(0.005)
+        async with connect(url, Identity.generate(), network=NET) as client:
+            with pytest.raises(RemoteError) as info:
+                await plugin.call(client, "flaky", "ping")
+            assert info.value.code == ErrorCode.UNAVAILABLE
+            with trio.fail_after(5):
+                while sup.stats["flaky"].state != "running":
+                    await trio.sleep(0.01)
+            assert await plugin.call(client, "flaky", "ping") == {"pong": True}
+        st = sup.stats["flaky"]
+        assert (st.crashes, st.restarts) == (1, 1) and st.last_error == "RuntimeError: tick failed"
+
+
+def test_metrics_kinds_labels_and_bounds():
+    from galaxynode.plugins import PluginMetrics
+    registry = PluginMetrics()
+    m = registry.for_plugin("my-plug")
+    hits = m.counter("hits", "Hits.", labels=["kind"])
+    hits.labels("a").inc()
+    hits.labels("a").inc(2)
+    assert m.counter("hits", "Hits.", labels=["kind"]) is hits  # the same metric, e.g. after a restart
+    with pytest.raises(ValueError):
+        m.gauge("hits", "Hits.")
+    with pytest.raises(ValueError):
+        hits.labels("a").inc(-1)
+    with pytest.raises(TypeError):
+        hits.inc()  # labelled: .labels(...) first
+    size = m.histogram("size", "Sizes.", buckets=(1, 10))
+    for v in (0.5, 5, 50):
+        size.observe(v)
+    depth = m.gauge("depth", "Depth.")
+    depth.set(3)
+    depth.dec()
+    families = {f.name: f for f in registry.collect()}
+    assert set(families) == {"galaxynode_plugin_my_plug_hits", "galaxynode_plugin_my_plug_size",
+                             "galaxynode_plugin_my_plug_depth"}
+    assert [(s.name, s.labels, s.value) for s in families["galaxynode_plugin_my_plug_hits"].samples] == [
+        ("galaxynode_plugin_my_plug_hits_total", {"kind": "a"}, 3)]
+    buckets = {s.labels.get("le"): s.value for s in families["galaxynode_plugin_my_plug_size"].samples
+               if s.name.endswith("_bucket")}
+    assert buckets == {"1.0": 1, "10.0": 2, "+Inf": 3}
+    assert families["galaxynode_plugin_my_plug_depth"].samples[0].value == 2
+    for bad in ("Bad", "with-dash", "x" * 40):
+        with pytest.raises(ValueError):
+            m.counter(bad, "x")
+
+
+async def test_store_checks_keys_and_values():
+    reg = Registry(LeaseTable())  # memory only: nothing to wait for
+    from galaxynode.plugins import _Store
+    store = _Store(reg, "p")
+    await store.write({"b/2": b"2", "a/1": b"1", "b/1": b"x"})
+    await store.delete("a/1")
+    assert await store.scan("b/") == [("b/1", b"x"), ("b/2", b"2")]
+    assert await store.get("a/1") is None and reg.kv == {"p": {"b/2": b"2", "b/1": b"x"}}
+    for key, value in (("", b""), ("k" * 257, b""), ("k", "text"), ("k", b"x" * (plugin.MAX_STORE_VALUE + 1))):
+        with pytest.raises(ValueError):
+            await store.put(key, value)

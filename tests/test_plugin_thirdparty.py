@@ -134,3 +134,22 @@ async def test_a_packaged_plugin_runs_in_the_daemon(site, tmp_path):
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "welcome, cli (visit 4)"
     assert "gnode_visits" not in sys.modules  # the test itself never imported the plugin
+
+
+def test_plugin_new_makes_a_package_that_installs_and_checks(tmp_path):
+    """`galaxynode plugin new` writes a package that pip installs and `config check` accepts by its
+    entry-point name, with its options checked."""
+    made = galaxynode(Path("/nonexistent"), "plugin", "new", "demo-plug", "--dir", str(tmp_path))
+    assert made.returncode == 0, made.stderr
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                    "--disable-pip-version-check", "--target", str(site),
+                    str(build_wheel(tmp_path / "demo-plug", tmp_path))], check=True)
+    config = tmp_path / "galaxynode.toml"
+    config.write_text('[plugins]\nenabled = ["demo-plug"]\n[plugins.demo-plug]\ngreeting = "hi"\n')
+    assert galaxynode(site, "config", "check", str(config)).returncode == 0
+    config.write_text('[plugins]\nenabled = ["demo-plug"]\n[plugins.demo-plug]\ngreeting = 1\n')
+    result = galaxynode(site, "config", "check", str(config))
+    assert result.returncode == 2 and "config: plugins.demo-plug.greeting: must be a string" in result.stderr
+    again = galaxynode(Path("/nonexistent"), "plugin", "new", "demo-plug", "--dir", str(tmp_path))
+    assert again.returncode == 2 and "exists already" in again.stderr

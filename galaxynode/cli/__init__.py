@@ -34,7 +34,7 @@ from galaxynode.cli.common import EXIT_USAGE, CliError
 
 __all__ = ["main", "build_parser", "parse_args", "CliError", "EXIT_USAGE"]
 
-FAMILIES = ("daemon", "client", "devnet", "conformance")
+FAMILIES = ("daemon", "client", "devnet", "conformance", "plugin")
 EXTENSIONS = "galaxynode.commands"  # entry-point group
 
 
@@ -51,13 +51,47 @@ def _add_extensions(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from importlib import import_module
-    parser = argparse.ArgumentParser(prog="galaxynode", description="Galaxy Node Pool daemon and tools (Gelato protocol)")
+    parser = argparse.ArgumentParser(prog="galaxynode",
+                                     description="Galaxy Node Pool daemon and tools (Gelato protocol)",
+                                     epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"galaxynode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for family in FAMILIES:
         import_module(f"galaxynode.cli.{family}").add_commands(sub)
     _add_extensions(sub)
+    _finish(parser)
     return parser
+
+
+EPILOG = "\n".join([
+    "examples:",
+    "  galaxynode run -c /etc/galaxynode/galaxynode.toml     run a pool (every key: galaxynode.toml)",
+    "  galaxynode config check -c galaxynode.toml --env      check a config as `run` would",
+    "  galaxynode status ws://127.0.0.1:7447                 a pool's status",
+    "  galaxynode devnet                                     a main net, pools and nodes on 127.0.0.1",
+    "`galaxynode COMMAND --help` describes each command, with an example. Exit codes: 0 ok, 1 runtime "
+    "failure, 2 bad usage, config or key file. Documentation: README.md and docs/ in the source.",
+])
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps each line of a description or epilog on its own, so examples keep their lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(line if line.startswith("  ") else super(_Formatter, self)._fill_text(line, width, indent)
+                         for line in text.splitlines())
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Every parser: our formatter, and its one-line help as description when it has none."""
+    parser.formatter_class = _Formatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None and helps.get(name):
+                    sub.description = helps[name][0].upper() + helps[name][1:] + "."
+                _finish(sub)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -24,16 +24,25 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: Any) -> None:
     """Add node/query/status/watch/admin to the `galaxynode` subcommand parser."""
-    p = sub.add_parser("node", help="act as a node of a pool")
+    p = sub.add_parser("node", help="act as a node of a pool",
+                       epilog="example: galaxynode node join ws://127.0.0.1:7447 --key node.key --capability gpu")
     nsub = p.add_subparsers(dest="node_command", required=True, metavar="ACTION")
-    j = nsub.add_parser("join", help="join a pool and stay joined (heartbeats, reconnects) until Ctrl-C")
+    j = nsub.add_parser("join", help="join a pool and stay joined (heartbeats, reconnects) until Ctrl-C",
+                        description="Join a pool with this key and stay joined: heartbeats at a third of the "
+                                    "lease, reconnects with backoff after a lost connection. Ctrl-C leaves (the "
+                                    "lease ends at once). Exits 1 on a refusal that retrying cannot cure "
+                                    "(banned, not admitted, wrong network, certificate refused).",
+                        epilog="example: galaxynode node join wss://pool.example.org --key node.key "
+                               "--capability gpu --meta region=eu")
     add_client_args(j)
     j.add_argument("--key", required=True, metavar="PATH", help="the node's private key file")
     _add_filters(j)
     j.add_argument("--ttl", type=positive(int), metavar="S", help="lease time in seconds (default: the pool's)")
     j.set_defaults(func=cmd_node_join)
 
-    p = sub.add_parser("query", help="list nodes registered at a pool")
+    p = sub.add_parser("query", help="list nodes registered at a pool",
+                       epilog="example: galaxynode query ws://127.0.0.1:7447 --capability gpu --meta region=eu "
+                              "--scope peers --json")
     add_client_args(p)
     _add_filters(p)
     p.add_argument("--scope", choices=("local", "peers"), default="local", help="also ask peered pools (peers)")
@@ -42,19 +51,26 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("status", help="show a pool's public status")
+    p = sub.add_parser("status", help="show a pool's public status",
+                       description="Show a pool's public status: its key, name, network, role, version, "
+                                   "uptime, registered nodes and connected peers.",
+                       epilog="example: galaxynode status wss://pool.example.org --ca /etc/galaxynode/ca.pem")
     add_client_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("watch", help="print a pool's events as they happen, until Ctrl-C")
+    p = sub.add_parser("watch", help="print a pool's events as they happen, until Ctrl-C",
+                       epilog="example: galaxynode watch ws://127.0.0.1:7447 'node.*' --peers --json")
     add_client_args(p)
     p.add_argument("topics", nargs="*", metavar="TOPIC", help="topic patterns: * one segment, # the rest (default #)")
     p.add_argument("--peers", action="store_true", help="include events relayed from peered pools")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("admin", help="administer a pool (needs an admin key)")
+    p = sub.add_parser("admin", help="administer a pool (needs an admin key)",
+                       description="Administer a pool with a key listed in its [admission] admins.",
+                       epilog="example: galaxynode admin ws://127.0.0.1:7447 --key admin.key ban "
+                              "ed25519:<64 hex> --duration 3600")
     add_client_args(p)
     p.add_argument("--key", required=True, metavar="PATH", help="admin private key file")
     p.add_argument("action", choices=("kick", "ban", "unban", "peers", "nodes", "bans"),
@@ -78,7 +94,7 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> str | None:
     from galaxynode.net import ChannelClosed, RemoteError, SessionClosed
     url = args.url
     if isinstance(exc, RemoteError):
-        return f"{url}: refused: {exc.remote_name} ({exc.remote_code}): {exc.message}"
+        return f"{url}: refused: {exc.remote_name} ({exc.remote_code}): {_our_side(exc, args)}"
     if isinstance(exc, ProtocolError):
         return f"{url}: protocol error: {exc}"
     if isinstance(exc, ChannelClosed):
@@ -88,6 +104,20 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> str | None:
     if isinstance(exc, trio.TooSlowError):
         return f"{url}: no reply within {args.timeout:g}s"
     return None
+
+
+def _our_side(exc: Any, args: argparse.Namespace) -> str:
+    """The pool's words, from where the user sits: a pool's network_mismatch says "peer is on network
+    <ours>, we are on <its>"; here the peer is us."""
+    import re
+
+    from galaxynode.gelato.errors import ErrorCode
+    said = re.fullmatch(r"peer is on network (.+), we are on (.+)", exc.message or "")
+    if exc.remote_code != ErrorCode.NETWORK_MISMATCH or said is None:
+        return exc.message
+    theirs = said.group(2)
+    flag = theirs[1:-1] if len(theirs) > 1 and theirs[0] == theirs[-1] == "'" else theirs  # a repr()
+    return f"the pool is on network {theirs}, not {said.group(1)} (use --network {flag})"
 
 
 def _run(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) -> int:
@@ -173,11 +203,32 @@ def nodes_table(records: Sequence[Any], now_ms: int) -> str:
     return format_table(rows, headers)
 
 
+_KEY_FIELDS = frozenset({"key", "origin", "pool"})  # event data fields that hold a 32-byte public key
+_TIME_FIELDS = frozenset({"expires", "until"})      # ... and those that hold a time in epoch ms
+
+
+def event_data(data: Any, *, human: bool) -> Any:
+    """Event data as people read it: keys as ed25519:<hex> (bytes on the wire); for `human`, also
+    times as ISO 8601 rather than epoch ms (--json keeps the numbers)."""
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for name, value in data.items():
+        if name in _KEY_FIELDS and isinstance(value, (bytes, bytearray)) and len(value) == 32:
+            value = pub(bytes(value))
+        elif human and name in _TIME_FIELDS and type(value) is int and 0 <= value < 2**53:
+            value = iso(value)
+        out[name] = value
+    return out
+
+
 def event_line(ev: Any, pool_key: bytes, *, as_json: bool) -> str:
     if as_json:
         return json.dumps({"topic": ev.topic, "event_id": ev.event_id.hex(), "origin": pub(ev.origin),
-                           "ts": ev.ts, "data": ev.data, "hops": ev.hops}, default=json_default)
-    line = f"{iso(ev.ts)} {printable(ev.topic)} {json.dumps(ev.data, default=json_default, sort_keys=True)}"
+                           "ts": ev.ts, "data": event_data(ev.data, human=False), "hops": ev.hops},
+                          default=json_default)
+    data = json.dumps(event_data(ev.data, human=True), default=json_default, sort_keys=True)
+    line = f"{iso(ev.ts)} {printable(ev.topic)} {data}"
     return line if ev.origin == pool_key else f"{line} (from {pub(ev.origin)})"
 
 

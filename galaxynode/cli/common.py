@@ -110,6 +110,10 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default=DEFAULT_NETWORK, metavar="ID", help=f"network id (default {DEFAULT_NETWORK})")
     p.add_argument("--timeout", type=positive(float), default=10.0, metavar="S",
                    help="connect and reply timeout in seconds (default 10)")
+    add_ca_arg(p)
+
+
+def add_ca_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca", type=ca_file, metavar="FILE",
                    help="for wss://: trust the CA certificates (or self-signed certificate) in this PEM file")
 

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from galaxynode.cli.common import DEFAULT_NETWORK, EXIT_USAGE, CliError, positive, url
+from galaxynode.cli.common import DEFAULT_NETWORK, EXIT_USAGE, CliError, add_ca_arg, positive, pub, url
 
 
 def add_commands(sub: Any) -> None:
@@ -20,7 +20,9 @@ def add_commands(sub: Any) -> None:
                                    "when no case fails, 1 otherwise (or when the endpoint cannot be reached). "
                                    "Hostile cases are protocol violations: an endpoint that bans after a few "
                                    "stops the run, with one line naming the setting (galaxynode: "
-                                   "GALAXYNODE_LIMITS_VIOLATIONS_BEFORE_BAN=1000).")
+                                   "GALAXYNODE_LIMITS_VIOLATIONS_BEFORE_BAN=1000).",
+                       epilog="example: galaxynode conformance ws://127.0.0.1:7447 --cases '3.*,registry' "
+                              "--json report.json")
     p.add_argument("url", type=url, nargs="?", metavar="URL", help="the endpoint, ws://host:port")
     p.add_argument("--role", choices=("pool", "mainnet"), help="what the endpoint is (default: the role of its HELLO)")
     p.add_argument("--network", default=DEFAULT_NETWORK, metavar="ID",
@@ -40,6 +42,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--flood", type=positive(int), default=5000, metavar="N",
                    help="PINGs sent to look for a rate limit (default 5000)")
     p.add_argument("--vectors", metavar="DIR", help="protocol/vectors directory (default: the source tree's, else those installed with the package)")
+    add_ca_arg(p)
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.set_defaults(func=cmd_conformance)
 
@@ -60,7 +63,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         raise CliError("a URL is required (or --list)", EXIT_USAGE)
     opts = Options(url=args.url, network=args.network, role=args.role or "pool", timeout=args.timeout,
                    handshake_timeout=args.handshake_timeout, max_frame_size=args.max_frame_size,
-                   max_wait=args.max_wait, flood=args.flood, vectors=args.vectors)
+                   max_wait=args.max_wait, flood=args.flood, vectors=args.vectors, ca_file=args.ca)
     quiet = args.json == "-"
     out = sys.stdout
 
@@ -75,7 +78,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         if not chosen:
             raise CliError(f"no case matches {args.cases!r} for role {opts.role}", EXIT_USAGE)
         if not quiet:
-            print(f"Gelato conformance of {opts.url}: {opts.role} ed25519:{endpoint.key.hex()} "
+            print(f"Gelato conformance of {opts.url}: {opts.role} {pub(endpoint.key)} "
                   f"({endpoint.agent or 'no agent'}), network {opts.network}, {len(chosen)} cases", file=out)
         group = None
 

@@ -17,7 +17,8 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("devnet", help="run a main net, pools and simulated nodes on 127.0.0.1 with a live status table",
                        description="Start a main net, N pools that find and peer with each other through it, "
                                    "and M simulated nodes spread over the pools, all on 127.0.0.1; show their "
-                                   "status every second until Ctrl-C (or --duration), then stop everything.")
+                                   "status every second until Ctrl-C (or --duration), then stop everything.",
+                       epilog="example: galaxynode devnet --pools 5 --nodes 40 --duration 30")
     p.add_argument("--pools", type=int_in(1, 64), default=3, metavar="N", help="number of pools (default 3)")
     p.add_argument("--nodes", type=int_in(0, 10_000), default=10, metavar="M",
                    help="simulated nodes, spread over the pools (default 10)")

@@ -9,9 +9,11 @@ fails the case that received it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
+import ssl
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
@@ -26,6 +28,7 @@ from galaxynode.gelato.codec import (ID_LEN, VERSION, Frame, Limits, MacKey, dec
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.handshake import Session
 from galaxynode.identity import Identity
+from galaxynode.net.tls import client_context
 from galaxynode.net.transport import Channel, ChannelClosed, open_channel
 
 AGENT = f"galaxynode-conformance/{__version__}"
@@ -64,6 +67,13 @@ class Options:
     max_wait: float = 10.0            # longest lease or descriptor lifetime a case waits out
     flood: int = 5000                 # frames sent to look for a rate limit
     vectors: str | None = None        # protocol/vectors directory
+    ca_file: str | None = None        # wss://: also trust the CA certificates in this PEM file (--ca)
+
+
+@functools.lru_cache(maxsize=4)
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """One context per CA file for the whole run (cases open hundreds of connections)."""
+    return client_context(ca_file) if ca_file else None
 
 
 def describe(frame: Frame | None) -> str:
@@ -380,7 +390,8 @@ async def open_link(opts: Options, identity: Identity | None = None, *, handshak
         if role == "pool" and opts.role == "mainnet" and identity.public not in LISTENING:
             await stack.enter_async_context(answering(identity, opts))
         ch = await stack.enter_async_context(open_channel(opts.url, max_message_size=opts.max_frame_size * 2 + 4096,
-                                                          connect_timeout=opts.timeout, close_timeout=1.0))
+                                                          connect_timeout=opts.timeout, close_timeout=1.0,
+                                                          ssl_context=_ssl_context(opts.ca_file)))
         link = Link(ch, identity, opts)
         if handshake:
             await link.handshake(role)

@@ -29,7 +29,7 @@ from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import ID_LEN, Frame, Limits, decode_frame, encode_frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.handshake import Handshake, Session
-from galaxynode.identity import Identity
+from galaxynode.identity import Identity, format_public_key
 from galaxynode.net.outbox import OutputBudget, Outbox
 from galaxynode.net.ratelimit import TokenBucket
 from galaxynode.net.transport import Channel, ChannelClosed, LimitExceeded
@@ -332,7 +332,7 @@ class Connection:
         self._last_ping = now
 
     def __repr__(self) -> str:
-        return f"<Connection {self.session.peer_key.hex()[:16]} at {self.remote}>"
+        return f"<Connection {format_public_key(self.session.peer_key)} at {self.remote}>"
 
     def grant_peer_frames(self) -> None:
         """The peering policy accepted this session's key as a peer: from now on its frames are

@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
-from galaxynode.identity import Identity
+from galaxynode.identity import Identity, format_public_key
 from galaxynode.net.connection import (AGENT, DEFAULT_SESSION_LIMITS, Connection, ConnectionStats, Handler,
                                        RemoteError, SessionLimits, establish, is_violation, refuse)
 from galaxynode.net.bans import Bans, address_group
@@ -184,7 +184,7 @@ class Server:
         if self.bans is not None and self.bans.record_violation(host=host, key=key, now=trio.current_time(),
                                                                 error=error):
             self.stats.bans += 1
-            who = f"key {key.hex()[:16]}" if key is not None else f"address {address_group(host)}"
+            who = f"key {format_public_key(key)}" if key is not None else f"address {address_group(host)}"
             log.warning("banned %s for %gs after repeated violations (last: %s)", who, self.bans.ban_seconds, error)
 
     def _ban_refusal(self, channel: Channel, key: bytes) -> ProtocolError | None:
@@ -270,7 +270,7 @@ class Server:
         refusal = self._ban_refusal(channel, key)
         if refusal is not None:
             self.stats.refused_banned += 1
-            log.info("refused %s (%s): %s", key.hex()[:16], channel.remote, refusal.message)
+            log.info("refused %s (%s): %s", format_public_key(key), channel.remote, refusal.message)
             await conn.close(refusal)
             self.stats.ended.add(conn.stats)
             return
@@ -283,7 +283,8 @@ class Server:
         took = trio.current_time() - started
         self.stats.handshake_buckets[bisect.bisect_left(HANDSHAKE_BUCKETS, took)] += 1
         self.stats.handshake_seconds += took
-        log.info("session with %s (%s, %s) established", key.hex()[:16], session.peer_hello.role, channel.remote)
+        log.info("session with %s (%s, %s) established", format_public_key(key), session.peer_hello.role,
+                 channel.remote)
         try:
             if old is not None:
                 await old.close(ProtocolError(ErrorCode.DUPLICATE_SESSION, "replaced by a newer session"))
@@ -293,6 +294,6 @@ class Server:
                 del self.connections[key]
             self._live.discard(conn)
             self.stats.ended.add(conn.stats)
-            log.info("session with %s closed (%s %s)", key.hex()[:16], conn.close_code,
+            log.info("session with %s closed (%s %s)", format_public_key(key), conn.close_code,
                      conn.local_error or conn.remote_error or conn.close_reason)
 

@@ -29,6 +29,7 @@ saying to use wss://, so that a ws:// client learns what is wrong instead of see
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, NoReturn, Protocol
@@ -45,6 +46,7 @@ from galaxynode.net import tls
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "gelato.v1"
+DEFAULT_PORT = 7447  # of a ws:// or wss:// URL without one: Gelato's port, not HTTP's 80/443
 ABNORMAL = 1006           # no close frame was received (RFC 6455 7.1.5)
 PROTOCOL_ERROR = 1002
 _MESSAGE_QUEUE = 1        # messages trio-websocket buffers before it stops reading the socket
@@ -253,7 +255,8 @@ def _websocket(stream: trio.abc.Stream, side: str, *, max_message_size: int, pre
 
 
 def parse_url(url: str) -> tuple[bool, str, int, str]:
-    """`ws://host:port/path` -> (secure, host, port, resource); raises ValueError on anything else."""
+    """`ws://host:port/path` -> (secure, host, port, resource), port DEFAULT_PORT if the URL has
+    none; raises ValueError on anything else. Every URL we dial or listen on is read here."""
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss"):
         raise ValueError(f"{url!r}: scheme must be ws or wss")
@@ -265,7 +268,25 @@ def parse_url(url: str) -> tuple[bool, str, int, str]:
     if not parts.hostname:
         raise ValueError(f"{url!r}: no host")
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return secure, parts.hostname, port if port is not None else (443 if secure else 80), resource
+    return secure, parts.hostname, port if port is not None else DEFAULT_PORT, resource
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a TCP connect failed, in the words of the OS ("connection refused", "no route to host",
+    "name or service not known", "timed out"), rather than trio's "all attempts to connect failed"."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    tried = exc.__cause__.exceptions if isinstance(exc.__cause__, BaseExceptionGroup) else (exc,)
+    reasons: list[str] = []
+    for e in tried:
+        if isinstance(e, OSError) and e.errno is not None:
+            why = os.strerror(e.errno) if e.errno > 0 else (e.strerror or str(e))  # gaierror: negative errno
+        else:
+            why = str(e) or type(e).__name__
+        why = why[:1].lower() + why[1:]
+        if why not in reasons:
+            reasons.append(why)
+    return "; ".join(reasons) or "failed"
 
 
 def format_address(host: str, port: int) -> str:
@@ -483,7 +504,7 @@ async def open_channel(url: str, *, max_message_size: int, connect_timeout: floa
         with trio.fail_at(deadline):
             stream: trio.abc.Stream = await trio.open_tcp_stream(host, port, local_address=local_address)
     except (OSError, trio.TooSlowError) as e:
-        raise ChannelClosed(ABNORMAL, f"cannot connect to {where}: {e or 'timed out'}") from None
+        raise ChannelClosed(ABNORMAL, f"cannot connect to {where}: {connect_failure(e)}") from None
     try:
         try:
             async with trio.open_nursery() as nursery:

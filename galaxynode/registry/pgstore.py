@@ -54,6 +54,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "keys bytea[] NOT NULL, ban_keys bytea[] NOT NULL, kv_keys text[] NOT NULL, events bytea NOT NULL, "
         "at timestamptz NOT NULL DEFAULT now())",
     ),
+    (  # 4: the change's ops with their values, so a replica applies them in id order without reading back
+        "ALTER TABLE {t}_changes ADD COLUMN ops bytea",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -129,6 +132,7 @@ class PgStore:
             migrate(dsn, table)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
+        self._stale = False
         conn = self._connection()
         try:
             version = schema_version(conn, table)
@@ -154,8 +158,23 @@ class PgStore:
         self._log_lock = zlib.crc32(f"galaxynode:{table}:changes".encode()) - 2**31  # int4 advisory lock key
         self._commits = 0
 
+    @property
+    def reachable(self) -> bool:
+        """False once the connection was lost, until a call reconnects."""
+        conn = self._conn
+        return conn is not None and not conn.closed and not conn.broken
+
+    def reconnect_soon(self) -> None:
+        """The server restarted (someone else noticed): the next call opens a new connection instead of
+        finding out, with a failed write, that this one is dead. Safe from any thread."""
+        self._stale = True
+
     def _connection(self, *, reconnect: bool = True) -> psycopg.Connection:
         """The open connection; a broken one is replaced (the server restarted) unless ``reconnect`` is off."""
+        if self._stale and reconnect and self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._stale = False
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
             return conn
@@ -196,11 +215,12 @@ class PgStore:
         keys = [op.key for op in ops if isinstance(op, (Upsert, Delete))]
         ban_keys = [op.key for op in ops if isinstance(op, (Ban, Unban))]
         kv_keys = [f"{op.plugin}\x00{op.name}" for op in ops if isinstance(op, (KvPut, KvDelete))]
+        logged = msgpack.packb([_op_row(op) for op in ops], use_bin_type=True)
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._log_lock,))
-        cur.execute(f"INSERT INTO {self._t}_changes (origin, keys, ban_keys, kv_keys, events) VALUES "
-                    "(%s, %s, %s, %s, %s) RETURNING id",
+        cur.execute(f"INSERT INTO {self._t}_changes (origin, keys, ban_keys, kv_keys, events, ops) VALUES "
+                    "(%s, %s, %s, %s, %s, %s) RETURNING id",
                     (self.origin if origin is None else origin, keys, ban_keys, kv_keys,
-                     msgpack.packb(list(events), use_bin_type=True)))
+                     msgpack.packb(list(events), use_bin_type=True), logged))
         cur.execute(f"SELECT pg_notify('{self._t}_changes', %s)", (str(cur.fetchone()[0]),))
 
     def expire_due(self, now: int) -> list[Entry]:
@@ -242,15 +262,15 @@ class PgStore:
         with self._lock:
             conn = self._connection()
             try:
-                rows = conn.execute(f"SELECT id, origin, keys, ban_keys, kv_keys, events FROM {self._t}_changes "
+                rows = conn.execute(f"SELECT id, origin, keys, ban_keys, kv_keys, events, ops FROM {self._t}_changes "
                                     "WHERE id > %s ORDER BY id LIMIT %s", (after, limit)).fetchall()
             except psycopg.Error as exc:
                 self._after_error(conn)
                 raise StoreError(f"cannot read the change log of {self.path}: {_reason(exc)}") from exc
         return [Change(id, None if origin is None else bytes(origin), [bytes(k) for k in keys],
                        [bytes(k) for k in ban_keys], [tuple(k.split("\x00", 1)) for k in kv_keys],
-                       msgpack.unpackb(events, raw=False))
-                for id, origin, keys, ban_keys, kv_keys, events in rows]
+                       msgpack.unpackb(events, raw=False), [_op_of(r) for r in msgpack.unpackb(ops, raw=False)])
+                for id, origin, keys, ban_keys, kv_keys, events, ops in rows]
 
     def load_kv(self) -> list[tuple[str, str, bytes]]:
         """Every plugin key-value row: (plugin, name, value)."""
@@ -338,6 +358,36 @@ class Change:
     ban_keys: list[bytes]
     kv_keys: list[tuple[str, str]]
     events: list  # [topic, data] pairs
+    ops: list  # the Ops committed, with their values, in order
+
+
+def _op_row(op: Op) -> list:
+    """An op as the change log keeps it (msgpack)."""
+    if isinstance(op, Upsert):
+        e = op.entry
+        return [0, e.key, list(e.capabilities), dict(e.meta), e.ttl, e.expires, e.joined, e.payload]
+    if isinstance(op, Ban):
+        return [2, op.key, op.until]
+    if isinstance(op, KvPut):
+        return [4, op.plugin, op.name, op.value]
+    if isinstance(op, KvDelete):
+        return [5, op.plugin, op.name]
+    return [1 if isinstance(op, Delete) else 3, op.key]
+
+
+def _op_of(row: list) -> Op:
+    kind = row[0]
+    if kind == 0:
+        _, key, caps, meta, ttl, expires, joined, payload = row
+        return Upsert(Entry(key=key, capabilities=tuple(caps), meta=meta, ttl=ttl, expires=expires, joined=joined,
+                            payload=payload))
+    if kind == 2:
+        return Ban(row[1], row[2])
+    if kind == 4:
+        return KvPut(row[1], row[2], row[3])
+    if kind == 5:
+        return KvDelete(row[1], row[2])
+    return (Delete if kind == 1 else Unban)(row[1])
 
 
 def _bytes_keys(d: dict) -> dict:

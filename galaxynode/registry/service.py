@@ -114,6 +114,12 @@ class Registry:
         # False in a cluster member (galaxynode.cluster): the elected member expires leases for the pool.
         self.expire_locally = expire_locally
         self._inflight_keys: frozenset = frozenset()  # the keys of the commit under way (pending())
+        # Set by a cluster member, whose replica puts memory back to the stored state once an unreachable
+        # store answers again: a commit that fails for want of the store then leaves memory as it is
+        # (reads go on being served) and later changes are refused untried until the replica clears
+        # ``outage`` (their callers get UNAVAILABLE at once; memory never holds what was refused).
+        self.resyncs_after_outage = False
+        self.outage: str | None = None
         self.store = store
         self.bus = bus
         self.expiry_interval = expiry_interval
@@ -394,6 +400,10 @@ class Registry:
             for w in self._watches:
                 if w.skip.pop(b, None) is not None:
                     w.lose("the store refused changes the snapshot held")
+        if self.resyncs_after_outage and not getattr(self.store, "reachable", True):
+            self.outage = "the pool cannot reach its database right now; retry later"
+            self._report_failure(exc, len(ops))
+            return
         bans = {op.key for op in ops if isinstance(op, (Ban, Unban))}
         leases = {op.key for op in ops if isinstance(op, (Upsert, Delete))}
         self._restore_kv({op.key for op in ops if isinstance(op, (KvPut, KvDelete))})
@@ -476,6 +486,9 @@ class Registry:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "registry not running yet")
         if self._state == "stopped":
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "registry stopped")
+        if self.outage is not None:
+            self.changes_refused += 1
+            raise ProtocolError(ErrorCode.UNAVAILABLE, self.outage)
 
     async def _durable(self) -> None:
         if self.store is None:
