@@ -33,7 +33,7 @@ DEFAULT_EVENT_BUFFER = 256
 # Refusals that waiting will not cure: keep_joined gives up on these instead of retrying forever.
 PERMANENT_ERRORS = frozenset({
     ErrorCode.BAD_TTL, ErrorCode.INVALID_BODY, ErrorCode.NOT_ADMITTED, ErrorCode.BANNED,
-    ErrorCode.NETWORK_MISMATCH, ErrorCode.PINNED_KEY_MISMATCH, ErrorCode.NO_COMMON_VERSION,
+    ErrorCode.NETWORK_MISMATCH, ErrorCode.PINNED_KEY_MISMATCH, ErrorCode.UNSUPPORTED_VERSION,
     ErrorCode.SELF_CONNECTION,
 })
 

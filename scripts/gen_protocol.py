@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from galaxynode import descriptor as d  # noqa: E402
-from galaxynode.gelato import codec, handshake  # noqa: E402
+from galaxynode.config import ServerConfig  # noqa: E402
+from galaxynode.gelato import codec, handshake, keys  # noqa: E402
 from galaxynode.gelato import messages as m  # noqa: E402
 from galaxynode.gelato.errors import FATAL_CODES, GROUPS, ErrorCode  # noqa: E402
 from galaxynode.net.connection import SessionLimits  # noqa: E402
@@ -39,7 +40,8 @@ E = ErrorCode
 ERROR_MEANINGS: dict[ErrorCode, str] = {
     E.MALFORMED_FRAME: "The frame or its payload is not well-formed (msgpack structure, types or header fields).",
     E.FRAME_TOO_LARGE: "The WebSocket message is longer than max_frame_size.",
-    E.UNSUPPORTED_VERSION: "The frame version (element 0 of the frame array) is not one the receiver speaks.",
+    E.UNSUPPORTED_VERSION: "The frame version (element 0 of the frame array) is not one the receiver speaks, or the "
+                           "peer's HELLO offers none of them; the message names the versions the receiver speaks.",
     E.TEXT_FRAME: "A WebSocket text message arrived; Gelato frames are binary messages.",
     E.UNKNOWN_TYPE: "The payload names a message type the receiver does not know; in a session its seq is consumed.",
     E.INVALID_BODY: "The body does not match its type's schema (missing field, wrong type, out of bounds).",
@@ -47,20 +49,22 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
                       "SUBSCRIBE (not fatal there): more topic patterns than the session may hold (messages §5).",
     E.NOT_SUPPORTED: "A valid request this endpoint does not serve (e.g. ADMIN sent to a main net).",
     E.BAD_SIGNATURE: "The Ed25519 signature does not verify with the sender's key.",
-    E.BAD_KEY: "'from' is absent or not a 32-byte public key.",
+    E.BAD_KEY: "'from' is absent or not a 32-byte public key; or the peer's ephemeral key is the receiver's own "
+               "or gives an all-zero X25519 secret (handshake §6).",
     E.STALE_TIMESTAMP: "The frame's ts is outside the receiver's window around its own clock.",
     E.PINNED_KEY_MISMATCH: "The answerer's key is not the key the opener pinned for that endpoint.",
-    E.WRONG_SENDER: "'from' is not the key the frame was expected from (the session peer's key).",
-    E.UNEXPECTED_MESSAGE: "A frame the handshake state does not allow (wrong type, sid during the handshake, "
-                          "anything after the handshake ended).",
+    E.WRONG_SENDER: "A signed frame's 'from' is not the key it was expected from (the peer's key).",
+    E.BAD_MAC: "A session frame's MAC does not verify with the receiver's key for that direction (tampered, "
+               "another session's, the other direction's, or reflected).",
+    E.UNEXPECTED_MESSAGE: "A frame the state does not allow: during the handshake another type or a session "
+                          "frame; inside a session a HELLO, a READY or any signed frame but the peer's refusal "
+                          "of READY.",
     E.BAD_NONCE: "A handshake nonce check failed (echo missing, wrong or misplaced; nonce reused).",
     E.NETWORK_MISMATCH: "The peer's HELLO names a different network.",
     E.SELF_CONNECTION: "The peer presents the receiver's own key.",
-    E.WRONG_SID: "A session frame without sid or with another session's sid.",
     E.BAD_SEQUENCE: "A session frame whose seq is not the next expected one (replayed or skipped).",
     E.HANDSHAKE_TIMEOUT: "The handshake did not complete within the handshake timeout.",
     E.IDLE_TIMEOUT: "Nothing was received for the idle timeout, PINGs included.",
-    E.NO_COMMON_VERSION: "The two HELLO versions lists have no version in common.",
     E.DUPLICATE_SESSION: "A newer session with the same peer key replaced this one.",
     E.FORBIDDEN: "The session's key may not make this request (e.g. ADMIN without an admin key).",
     E.NOT_ADMITTED: "The key is not on the pool's admission allowlist.",
@@ -87,7 +91,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
 # (kind, replies, meaning). kind: handshake | request | reply | push | notice.
 MESSAGE_DOCS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "HELLO": ("handshake", ("HELLO", "READY"),
-              "Opens the handshake (opener) or answers it (answerer, with echo = the opener's nonce)."),
+              "Opens the handshake (opener) or answers it (answerer, with echo = the opener's nonce); eph is "
+              "the sender's X25519 public key for this connection (handshake §6)."),
     "READY": ("handshake", (), "Completes the handshake: the opener echoes the answerer's nonce."),
     "PING": ("request", ("PONG",), "Liveness probe; answered with PONG carrying the same data."),
     "PONG": ("reply", (), "Answer to PING; echoes its data (correlated by data, not by re)."),
@@ -107,14 +112,16 @@ MESSAGE_DOCS: dict[str, tuple[str, tuple[str, ...], str]] = {
                   "Receive EVENTs whose topic matches any pattern (* one segment, # or ** the rest); patterns "
                   "are added to those held, within the subscription caps of messages §5."),
     "UNSUBSCRIBE": ("request", ("ACK",), "Stop receiving the given patterns."),
-    "EVENT": ("push", (), "An event on a subscribed topic; origin is the pool where it happened, signed its "
+    "EVENT": ("push", (), "An event on a subscribed topic; origin is the pool where it happened, signed is its "
                           "signature of it (records.md §8)."),
     "ANNOUNCE": ("request", ("LEASE",), "Register a pool's own signed descriptor at the main net."),
     "LOOKUP": ("request", ("LOOKUP_RESULT",), "Find pool descriptors by network, capability or name, one page at a time."),
     "LOOKUP_RESULT": ("reply", (), "One page of signed descriptors, exactly as their pools signed them."),
     "DESCRIPTORS": ("push", (), "Pool-to-pool exchange of signed descriptors (peering)."),
     "STATUS": ("request", ("STATUS_RESULT",), "Ask for public information about the receiving pool."),
-    "STATUS_RESULT": ("reply", (), "Public facts about the pool: key, name, network, role, version, uptime, counts."),
+    "STATUS_RESULT": ("reply", (), "Public facts about the pool: key, name, network, role, version, uptime in "
+                                   "whole seconds, the leases it holds (nodes) and its active peer sessions "
+                                   "(peers); messages §2.8."),
     "ADMIN": ("request", ("ACK", "ADMIN_RESULT"),
               "Administrative action by an admin key: kick, ban, unban (ACK) or list nodes, peers, bans "
               "(ADMIN_RESULT); see §7."),
@@ -129,6 +136,9 @@ STRUCT_DOCS = {
                     "Ed25519 signature over the kind's prefix and the record.",
     "SignedDescriptor": "A pool descriptor record (msgpack bytes) and its Ed25519 signature (discovery).",
 }
+
+# Codes of earlier versions that are no longer sent; their numbers are never reused.
+RETIRED_CODES = {3004: "wrong_sid", 3008: "no_common_version"}
 
 FAMILIES = ("session", "registry", "events", "discovery", "peering", "status", "admin")
 
@@ -179,6 +189,17 @@ SESSION_LIMIT_DOCS = {
     "recv_queue": "Received requests queued for the handler per session.",
 }
 
+# A pool's connection limits (limits §4): local policy, not protocol, but what a client meets. Defaults
+# come from the [server] config section so that the table cannot drift from the code (issue 14).
+SERVER_LIMIT_DOCS = {
+    "max_pending": "sockets accepted but not through the Gelato handshake (TLS, upgrade, HELLO/READY), in all: "
+                   "a new socket is closed unread",
+    "max_pending_per_address": "the same, per address: closed unread",
+    "max_connections": "sockets in the handshake or in a session, in all: ERROR `too_many_connections` (close "
+                       "1013) before the HELLO",
+    "max_connections_per_address": "the same, per address: ERROR `too_many_connections` before the HELLO",
+}
+
 BOUNDS = {name: getattr(m, name) for name in (
     "MAX_NAME", "MAX_CAPABILITIES", "MAX_META_ENTRIES", "MAX_META_VALUE", "MAX_TOPIC", "MAX_TOPICS",
     "MAX_ENDPOINTS", "MAX_ENDPOINT", "MAX_PAGE", "MAX_CURSOR", "MAX_DESCRIPTOR_RECORD", "MAX_TTL_S", "MAX_HOPS",
@@ -219,78 +240,98 @@ KIND_DOCS = {
 
 # The receiver's checks, in the order they are made (framing §5, handshake §5). The first
 # failing check decides the error code, so every implementation rejects a frame the same way.
-# (id, stage, check, codes, whether the ERROR carries re = the frame's id)
-CHECKS: tuple[tuple[str, str, str, tuple[ErrorCode, ...], bool], ...] = (
-    ("H1", "handshake", "A frame arrives when the handshake expects none: at the opener before it sent HELLO, "
-     "or after the handshake succeeded or failed. Checked before F1.", (E.UNEXPECTED_MESSAGE,), False),
-    ("F1", "frame", "The WebSocket message is a text message.", (E.TEXT_FRAME,), False),
-    ("F2", "frame", "The message is longer than max_frame_size bytes.", (E.FRAME_TOO_LARGE,), False),
-    ("F3", "frame", "The message is not exactly one valid msgpack value (empty, truncated, trailing bytes, "
-     "nesting beyond the parser's stack), or it contains at any depth a str of 1 or more bytes, a map of 1 or "
-     "more entries, an array of more than 3 elements or an ext value.", (E.MALFORMED_FRAME,), False),
-    ("F4", "frame", "The value is not an array of exactly 3 elements.", (E.MALFORMED_FRAME,), False),
-    ("F5", "frame", "Element 0 (version) is not an integer.", (E.MALFORMED_FRAME,), False),
-    ("F6", "frame", "The version is not 1.", (E.UNSUPPORTED_VERSION,), False),
-    ("F7", "frame", "Element 1 (payload) is not a bin, or element 2 (signature) is not a bin of 64 bytes.",
-     (E.MALFORMED_FRAME,), False),
-    ("F8", "frame", "A verification key is already known (session frames; READY at the answerer) and the "
-     "signature does not verify with it over SIGN_PREFIX || payload.", (E.BAD_SIGNATURE,), False),
-    ("F9", "frame", "Parsing the payload meets a defect. First its structure, before any value is built: "
+# A signed frame runs the checks marked "signed" and "both", a session frame those marked
+# "session" and "both", each path in table order. F17, F18 and S1 (v1's sid) are retired.
+# (id, stage, frames, check, codes, whether the ERROR carries re = the frame's id)
+CHECKS: tuple[tuple[str, str, str, str, tuple[ErrorCode, ...], bool], ...] = (
+    ("H1", "handshake", "both", "A frame arrives when the handshake expects none: at the opener before it sent "
+     "HELLO, or after the handshake failed (or, at a sans-IO handshake object, succeeded: from then on the "
+     "session decodes, S3). Checked before F1.", (E.UNEXPECTED_MESSAGE,), False),
+    ("F1", "frame", "both", "The WebSocket message is a text message.", (E.TEXT_FRAME,), False),
+    ("F2", "frame", "both", "The message is longer than max_frame_size bytes.", (E.FRAME_TOO_LARGE,), False),
+    ("F3", "frame", "both", "The message is not exactly one valid msgpack value (empty, truncated, trailing bytes, "
+     "more than 1024 nested arrays), or it contains at any depth a str of 1 or more bytes, a map of 1 or more "
+     "entries, an array of more than 3 elements or an ext value.", (E.MALFORMED_FRAME,), False),
+    ("F4", "frame", "both", "The value is not an array of exactly 3 elements.", (E.MALFORMED_FRAME,), False),
+    ("F5", "frame", "both", "Element 0 (version) is not an integer.", (E.MALFORMED_FRAME,), False),
+    ("F6", "frame", "both", f"The version is not {codec.VERSION}.", (E.UNSUPPORTED_VERSION,), False),
+    ("F7", "frame", "both", f"Element 1 (payload) is not a bin, or element 2 (auth) is not a bin of {codec.SIG_LEN} "
+     f"bytes (a signed frame) or {codec.MAC_LEN} bytes (a session frame).", (E.MALFORMED_FRAME,), False),
+    ("F23", "frame", "both", "The kind of frame (the auth length) is not the one the state expects: a session frame "
+     "before the session is established (handshake frames, a connection's first frame). A signed frame inside a "
+     "session goes on through the signed checks and is judged by S3.", (E.UNEXPECTED_MESSAGE,), False),
+    ("F8", "signed", "signed", "A verification key is already known (READY at the answerer; a signed frame inside "
+     "a session) and the signature does not verify with it over SIGN_PREFIX || payload.", (E.BAD_SIGNATURE,), False),
+    ("F24", "session", "session", "The MAC is not keyed-BLAKE2b-128 of the payload under the receiver's key for "
+     "the sender's direction (handshake §6); compared in constant time, before the payload is parsed.",
+     (E.BAD_MAC,), False),
+    ("F9", "frame", "both", "Parsing the payload meets a defect. First its structure, before any value is built: "
      "the payload is not exactly one complete msgpack value (a str, bin, ext, array or map whose declared "
      "length the bytes that follow cannot hold, bytes after the value, a byte that starts no msgpack type): "
-     "MALFORMED_FRAME; nesting beyond the parser's stack: LIMIT_EXCEEDED; the first such fault decides. "
-     "Then, left to right: a str or bin longer than max_str_len or max_bin_len, an array or map longer than "
-     "max_array_len or max_map_len (judged at its header): LIMIT_EXCEEDED; invalid UTF-8, an ext value, an "
-     "array or map as a map key, a duplicate key: MALFORMED_FRAME; the first defect met decides.",
-     (E.LIMIT_EXCEEDED, E.MALFORMED_FRAME), False),
-    ("F10", "frame", "The payload is not a map.", (E.MALFORMED_FRAME,), False),
-    ("F11", "frame", "'from' is absent or not a bin of 32 bytes.", (E.BAD_KEY,), False),
-    ("F12", "frame", "No verification key is known and the signature does not verify with 'from' over "
+     "MALFORMED_FRAME; more than 1024 nested arrays and maps (the payload map is level 1): LIMIT_EXCEEDED; the "
+     "first such fault decides. Then, in byte order: a str or bin longer than max_str_len or max_bin_len "
+     "(judged at its last byte, before its UTF-8), an array or map longer than max_array_len or max_map_len "
+     "(judged at its header): LIMIT_EXCEEDED; invalid UTF-8, an ext value, an array or map as a map key: "
+     "MALFORMED_FRAME; two equal keys in one map (framing §2.6; judged when the map's last entry has been "
+     "read): MALFORMED_FRAME; the first defect met decides.", (E.LIMIT_EXCEEDED, E.MALFORMED_FRAME), False),
+    ("F10", "frame", "both", "The payload is not a map.", (E.MALFORMED_FRAME,), False),
+    ("F11", "signed", "signed", "'from' is absent or not a bin of 32 bytes.", (E.BAD_KEY,), False),
+    ("F12", "signed", "signed", "No verification key is known and the signature does not verify with 'from' over "
      "SIGN_PREFIX || payload (a 'from' that is no valid Ed25519 point fails here).", (E.BAD_SIGNATURE,), False),
-    ("F13", "frame", "A verification key is known and 'from' is not that key.", (E.WRONG_SENDER,), False),
-    ("F14", "frame", "'id' is absent or not a bin of 16 bytes.", (E.MALFORMED_FRAME,), False),
-    ("F15", "frame", "'type' is absent or not a non-empty str.", (E.MALFORMED_FRAME,), True),
-    ("F16", "frame", "'ts' is absent or not an integer >= 0.", (E.MALFORMED_FRAME,), True),
-    ("F17", "frame", "'sid' is present (not nil) and not a bin of 32 bytes.", (E.MALFORMED_FRAME,), True),
-    ("F18", "frame", "'seq' is present and not an integer >= 0, or exactly one of 'sid' and 'seq' is present.",
-     (E.MALFORMED_FRAME,), True),
-    ("F19", "frame", "'body' is absent or not a map.", (E.MALFORMED_FRAME,), True),
-    ("F20", "frame", "A key of the payload map is not a str.", (E.MALFORMED_FRAME,), True),
-    ("F21", "frame", "Walking body depth-first in encoding order: a map or array deeper than max_depth "
+    ("F13", "signed", "signed", "A verification key is known and 'from' is not that key.", (E.WRONG_SENDER,), False),
+    ("F14", "frame", "both", "'id' is absent or not a bin of 16 bytes.", (E.MALFORMED_FRAME,), False),
+    ("F15", "frame", "both", "'type' is absent or not a non-empty str.", (E.MALFORMED_FRAME,), True),
+    ("F19", "frame", "both", "'body' is absent or not a map.", (E.MALFORMED_FRAME,), True),
+    ("F20", "frame", "both", "A key of the payload map is not a str.", (E.MALFORMED_FRAME,), True),
+    ("F21", "frame", "both", "Walking body depth-first in encoding order: a map or array deeper than max_depth "
      "(body is level 1) gives LIMIT_EXCEEDED, a map key that is not a str gives MALFORMED_FRAME; "
      "the first met decides.", (E.LIMIT_EXCEEDED, E.MALFORMED_FRAME), True),
-    ("F22", "frame", "The time is checked (handshake frames) and |ts - now| > ts_window_ms.",
+    ("F16", "signed", "signed", "'ts' is absent or not an integer >= 0.", (E.MALFORMED_FRAME,), True),
+    ("F22", "signed", "signed", "The time is checked (handshake frames) and |ts - now| > ts_window_ms.",
      (E.STALE_TIMESTAMP,), True),
-    ("S1", "session", "'sid' is absent or not the session's sid (except a sessionless ERROR as the first frame after READY: the answerer refusing READY, handshake §4.5).", (E.WRONG_SID,), True),
-    ("S2", "session", "'seq' is not the next expected receive seq. Past this check the seq is consumed "
-     "(the expected seq increases by one) whatever M1 and M2 decide.", (E.BAD_SEQUENCE,), True),
-    ("H2", "handshake", "The frame is not the expected type (HELLO; READY at an answerer that has answered) "
-     "or it carries 'sid'. Checked after F22, before M1: an unknown type is UNEXPECTED_MESSAGE here.",
+    ("F25", "session", "session", "'seq' is absent or not an integer >= 0.", (E.MALFORMED_FRAME,), True),
+    ("S2", "session", "session", "'seq' is not the next expected receive seq. Past S4 the seq is consumed (the "
+     "expected seq increases by one) whatever M1 and M2 decide.", (E.BAD_SEQUENCE,), True),
+    ("S3", "session", "signed", "A signed frame inside a session (after F8-F16, without the time check) is anything "
+     "but an ERROR received before any session frame of the peer (receive seq 0: the answerer refusing READY, "
+     "handshake §4.5). HELLO and READY included.", (E.UNEXPECTED_MESSAGE,), True),
+    ("S4", "session", "session", "A session frame's type is HELLO or READY (its seq is not consumed).",
      (E.UNEXPECTED_MESSAGE,), True),
-    ("M1", "message", "'type' is not a known message type.", (E.UNKNOWN_TYPE,), True),
-    ("M2", "message", "The body does not satisfy the type's schema; fields are checked in schema order.",
+    ("H2", "handshake", "signed", "The frame is not the expected type (HELLO; READY at an answerer that has "
+     "answered). Checked after F22, before M1: an unknown type is UNEXPECTED_MESSAGE here.",
+     (E.UNEXPECTED_MESSAGE,), True),
+    ("M1", "message", "both", "'type' is not a known message type.", (E.UNKNOWN_TYPE,), True),
+    ("M2", "message", "both", "The body does not satisfy the type's schema; fields are checked in schema order.",
      (E.INVALID_BODY,), True),
-    ("H3", "handshake", "READY at the answerer: echo is not the answerer's nonce.", (E.BAD_NONCE,), True),
-    ("H4", "handshake", "HELLO: network is not the receiver's network.", (E.NETWORK_MISMATCH,), True),
-    ("H5", "handshake", "HELLO: 'from' is the receiver's own key.", (E.SELF_CONNECTION,), True),
-    ("H6", "handshake", "HELLO: the receiver pinned a key for the peer and 'from' is another key.",
+    ("H3", "handshake", "signed", "READY at the answerer: echo is not the answerer's nonce.", (E.BAD_NONCE,), True),
+    ("H4", "handshake", "signed", "HELLO: network is not the receiver's network.", (E.NETWORK_MISMATCH,), True),
+    ("H5", "handshake", "signed", "HELLO: 'from' is the receiver's own key.", (E.SELF_CONNECTION,), True),
+    ("H6", "handshake", "signed", "HELLO: the receiver pinned a key for the peer and 'from' is another key.",
      (E.PINNED_KEY_MISMATCH,), True),
-    ("H7", "handshake", "HELLO: versions has no element in common with the receiver's versions.",
-     (E.NO_COMMON_VERSION,), True),
-    ("H8", "handshake", "HELLO: nonce equals the receiver's own nonce.", (E.BAD_NONCE,), True),
-    ("H9", "handshake", "HELLO at the opener: echo is absent or not the opener's nonce. HELLO at the answerer: "
-     "echo is present.", (E.BAD_NONCE,), True),
+    ("H7", "handshake", "signed", "HELLO: versions has no element the receiver speaks (a v1-only peer offers [1]); "
+     "the message names the versions the receiver speaks.", (E.UNSUPPORTED_VERSION,), True),
+    ("H8", "handshake", "signed", "HELLO: nonce equals the receiver's own nonce.", (E.BAD_NONCE,), True),
+    ("H10", "handshake", "signed", "HELLO: eph equals the receiver's own ephemeral key.", (E.BAD_KEY,), True),
+    ("H9", "handshake", "signed", "HELLO at the opener: echo is absent or not the opener's nonce. HELLO at the "
+     "answerer: echo is present.", (E.BAD_NONCE,), True),
+    ("H11", "handshake", "signed", "Deriving the keys (handshake §6: the opener after H9 on the answer, the answerer "
+     "after H3 on READY): X25519 of the own ephemeral secret and the peer's eph is all zeros (a low-order eph).",
+     (E.BAD_KEY,), False),
 )
 
-PAYLOAD_FIELDS = (
+SIGNED_FIELDS = (
     ("type", "str", "required", "Message type name, non-empty (messages §3)."),
     ("id", f"bin ({codec.ID_LEN} bytes)", "required",
      "Random frame id, unique per sender; replies and errors cite it in body.re."),
     ("ts", "uint", "required", "Sender's clock when the frame was made, in ms since the Unix epoch."),
-    ("from", f"bin ({codec.KEY_LEN} bytes)", "required", "Sender's Ed25519 public key."),
-    ("sid", f"bin ({codec.KEY_LEN} bytes)", "session frames",
-     "Session id (handshake §6); absent or nil during the handshake."),
-    ("seq", "uint", "session frames", "Per-direction frame counter, 0 for the first session frame."),
+    ("from", f"bin ({codec.KEY_LEN} bytes)", "required", "Sender's Ed25519 public key; the signature verifies with it."),
+    ("body", "map", "required", "Message fields, per type (messages §3)."),
+)
+SESSION_FIELDS = (
+    ("type", "str", "required", "Message type name, non-empty (messages §3); never HELLO or READY."),
+    ("id", f"bin ({codec.ID_LEN} bytes)", "required",
+     "Random frame id, unique per sender; replies and errors cite it in body.re."),
+    ("seq", "uint", "required", "Per-direction frame counter, 0 for the first session frame (handshake §7)."),
     ("body", "map", "required", "Message fields, per type (messages §3)."),
 )
 
@@ -353,38 +394,64 @@ def build() -> dict[str, Any]:
             "sign_prefix": codec.SIGN_PREFIX.decode("ascii"),
             "sign_prefix_hex": codec.SIGN_PREFIX.hex(),
             "signed_bytes": "sign_prefix || payload (the bytes inside the payload bin, as received)",
+            "signed_frames": sorted(codec.HANDSHAKE_TYPES) + ["ERROR sent before a session exists"],
             "signature_len": codec.SIG_LEN,
             "key_len": codec.KEY_LEN,
+        },
+        "mac": {
+            "algorithm": "keyed BLAKE2b (RFC 7693), digest_size 16",
+            "mac_len": codec.MAC_LEN,
+            "key": "the sender's direction key (key_schedule)",
+            "maced_bytes": "payload (the bytes inside the payload bin, as received); no prefix",
+            "compare": "constant time, before the payload is parsed",
+        },
+        "key_schedule": {
+            "ephemeral": "X25519 (RFC 7748); HELLO eph is the public key, fresh per connection",
+            "eph_len": keys.EPH_LEN,
+            "shared": "X25519(own_eph_secret, peer_eph); all zeros: bad_key",
+            "sid": "SHA-256(opener_nonce || answerer_nonce || opener_key || answerer_key || opener_eph || "
+                   "answerer_eph); never sent",
+            "kdf": "HKDF-SHA256 (RFC 5869), ikm = shared, salt = sid, L = 32, one call per direction",
+            "info_opener_to_answerer": keys.INFO_OPENER_TO_ANSWERER.decode("ascii"),
+            "info_opener_to_answerer_hex": keys.INFO_OPENER_TO_ANSWERER.hex(),
+            "info_answerer_to_opener": keys.INFO_ANSWERER_TO_OPENER.decode("ascii"),
+            "info_answerer_to_opener_hex": keys.INFO_ANSWERER_TO_OPENER.hex(),
+            "opener_sends_with": "k_oa (info_opener_to_answerer)",
+            "answerer_sends_with": "k_ao (info_answerer_to_opener)",
         },
         "frame": {
             "encoding": "msgpack array of exactly 3 elements",
             "elements": [
                 {"index": 0, "name": "version", "type": "int", "value": codec.VERSION},
-                {"index": 1, "name": "payload", "type": "bin", "content": "msgpack map (payload)"},
-                {"index": 2, "name": "signature", "type": "bin", "len": codec.SIG_LEN},
+                {"index": 1, "name": "payload", "type": "bin", "content": "msgpack map (signed or session payload)"},
+                {"index": 2, "name": "auth", "type": "bin",
+                 "len": {str(codec.SIG_LEN): "signed frame: Ed25519 signature",
+                         str(codec.MAC_LEN): "session frame: MAC"}},
             ],
         },
         "payload": {
             "encoding": "msgpack map with str keys; unknown keys are ignored",
-            "fields": [{"name": n, "type": t, "presence": p, "meaning": s} for n, t, p, s in PAYLOAD_FIELDS],
+            "signed_fields": [{"name": n, "type": t, "presence": p, "meaning": s} for n, t, p, s in SIGNED_FIELDS],
+            "session_fields": [{"name": n, "type": t, "presence": p, "meaning": s} for n, t, p, s in SESSION_FIELDS],
         },
         "session": {
-            "sid": "SHA-256(opener_nonce || answerer_nonce || opener_key || answerer_key)",
             "nonce_len": 32,
             "seq_first": 0,
-            "seq_rule": "per direction, +1 for every frame sent after the handshake; the receiver accepts "
-                        "exactly the next one",
+            "seq_rule": "per direction, +1 for every session frame sent; the receiver accepts exactly the next one",
         },
-        "checks": [{"id": i, "stage": st, "check": text, "codes": [c.name.lower() for c in codes], "re": re_}
-                   for i, st, text, codes, re_ in CHECKS],
+        "checks": [{"id": i, "stage": st, "frames": fr, "check": text, "codes": [c.name.lower() for c in codes],
+                    "re": re_} for i, st, fr, text, codes, re_ in CHECKS],
         "limits": _limits(codec.Limits, CODEC_LIMIT_DOCS),
         "session_limits": _limits(SessionLimits, SESSION_LIMIT_DOCS, skip=("codec",)),
         "preauth_limits": {k: {"value": v, "meaning": PREAUTH_LIMIT_DOCS[k]} for k, v in PREAUTH_LIMITS.items()},
+        "server_limits": {a.name: {"default": a.default, "meaning": SERVER_LIMIT_DOCS[a.name]}
+                          for a in attrs.fields(ServerConfig) if a.name in SERVER_LIMIT_DOCS},
         "bounds": {k: {"value": v, "meaning": BOUND_DOCS[k]} for k, v in BOUNDS.items()},
         "errors": {
             "groups": {str(k * 1000): v for k, v in GROUPS.items()},
             "codes": [{"code": int(c), "name": c.name.lower(), "group": c.group, "fatal": c in FATAL_CODES,
                        "meaning": ERROR_MEANINGS[c]} for c in ErrorCode],
+            "retired": {str(code): name for code, name in RETIRED_CODES.items()},
         },
         "field_kinds": KIND_DOCS,
         "messages": {t: {"family": cls.FAMILY, "kind": MESSAGE_DOCS[t][0], "replies": list(MESSAGE_DOCS[t][1]),
@@ -518,6 +585,12 @@ def md_session_limits(spec: dict[str, Any]) -> str:
     return "\n".join(_limit_table(spec["session_limits"])) + "\n"
 
 
+def md_server_limits(spec: dict[str, Any]) -> str:
+    rows = ["| limit | default | past it |", "|---|---|---|"]
+    rows += [f"| `{k}` | {_number(v['default'])} | {_cell(v['meaning'])} |" for k, v in spec["server_limits"].items()]
+    return "\n".join(rows) + "\n"
+
+
 def md_bounds(spec: dict[str, Any]) -> str:
     rows = ["| name | value | applies to |", "|---|---|---|"]
     rows += [f"| `{k}` | {v['value']} | {_cell(v['meaning'])} |" for k, v in spec["bounds"].items()]
@@ -525,16 +598,17 @@ def md_bounds(spec: dict[str, Any]) -> str:
 
 
 def _checks_table(spec: dict[str, Any], stages: tuple[str, ...]) -> str:
-    rows = ["| step | check (fails when) | error | re |", "|---|---|---|---|"]
+    rows = ["| step | frames | check (fails when) | error | re |", "|---|---|---|---|---|"]
     for c in spec["checks"]:
         if c["stage"] in stages:
             codes = " / ".join(f"`{x}`" for x in c["codes"])
-            rows.append(f"| {c['id']} | {_cell(c['check'])} | {codes} | {'frame id' if c['re'] else 'absent'} |")
+            rows.append(f"| {c['id']} | {c['frames']} | {_cell(c['check'])} | {codes} | "
+                        f"{'frame id' if c['re'] else 'absent'} |")
     return "\n".join(rows) + "\n"
 
 
 def md_decode_order(spec: dict[str, Any]) -> str:
-    return _checks_table(spec, ("frame", "session", "message"))
+    return _checks_table(spec, ("frame", "signed", "session", "message"))
 
 
 def md_handshake_checks(spec: dict[str, Any]) -> str:
@@ -546,7 +620,7 @@ BLOCKS = {
     "messages.md": {"kinds": md_kinds, "messages": md_messages, "structs": md_structs},
     "errors.md": {"codes": md_errors},
     "limits.md": {"codec-limits": md_codec_limits, "preauth-limits": md_preauth_limits,
-                  "session-limits": md_session_limits, "bounds": md_bounds},
+                  "session-limits": md_session_limits, "bounds": md_bounds, "server-limits": md_server_limits},
     "framing.md": {"decode-order": md_decode_order},
     "handshake.md": {"handshake-checks": md_handshake_checks},
 }

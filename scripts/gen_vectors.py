@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Write the Gelato test vectors in ``protocol/vectors/`` (format: protocol/vectors/README.md).
+"""Write the Gelato test vectors in ``protocol/vectors/`` (format: protocol/README.md).
 
-Everything is fixed (keys from constant seeds, frame ids derived from vector names, timestamps,
-nonces) and Ed25519 signatures are deterministic, so the files are reproducible byte for byte.
-Every vector is checked against the reference decoder before it is written: a vector the code
-disagrees with stops the run instead of landing in the files.
+Everything is fixed (identity keys and ephemeral X25519 secrets from constant bytes, frame ids
+derived from vector names, timestamps, nonces), and Ed25519 signatures, X25519, HKDF and the
+BLAKE2b MAC are deterministic, so the files are reproducible byte for byte and an outside
+implementation can check its encoder and its key schedule, not only its decoder. Every vector is
+checked against the reference decoder before it is written: a vector the code disagrees with
+stops the run instead of landing in the files.
 
     .venv/bin/python scripts/gen_vectors.py           # rewrite the files
     .venv/bin/python scripts/gen_vectors.py --check   # exit 1 if any file is stale
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import json
 import sys
 from pathlib import Path
@@ -26,11 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_protocol import sync_outputs  # noqa: E402  (writes or checks generated files)
+from galaxynode.descriptor import SIGN_PREFIX as DESCRIPTOR_PREFIX  # noqa: E402
 from galaxynode.descriptor import Descriptor, sign_descriptor  # noqa: E402
+from galaxynode.gelato import keys as k  # noqa: E402
 from galaxynode.gelato import messages as m  # noqa: E402
-from galaxynode.gelato.codec import DEFAULT_LIMITS, SIGN_PREFIX, decode_frame, encode_frame, sign_payload  # noqa: E402
+from galaxynode.gelato.codec import (DEFAULT_LIMITS, SIGN_PREFIX, VERSION, MacKey, decode_frame,  # noqa: E402
+                                     encode_frame, encode_session_frame, mac_payload, sign_payload)
 from galaxynode.gelato.errors import ErrorCode, ProtocolError  # noqa: E402
-from galaxynode.gelato.handshake import Handshake, Session, derive_sid  # noqa: E402
+from galaxynode.gelato.handshake import Handshake, Session  # noqa: E402
 from galaxynode.identity import Identity  # noqa: E402
 
 OUT = ROOT / "protocol" / "vectors"
@@ -40,13 +46,25 @@ TS = 1_700_000_000_000
 WINDOW = DEFAULT_LIMITS.ts_window_ms
 SEEDS = {"a": b"\x01" * 32, "b": b"\x02" * 32, "c": b"\x03" * 32}
 KEYS = {name: Identity.from_seed(seed) for name, seed in SEEDS.items()}
-A, B, C = (KEYS[k].public for k in "abc")
+A, B, C = (KEYS[x].public for x in "abc")
 NETWORK = "testnet"
-AGENT = "gelato-vectors/1"
+AGENT = "gelato-vectors/2"
 NONCE_A = bytes(range(0, 32))    # opener
 NONCE_B = bytes(range(32, 64))   # answerer
-SID = derive_sid(NONCE_A, NONCE_B, A, B)
-OTHER_SID = hashlib.sha256(b"another session").digest()
+EPH_SECRET_A = bytes(range(64, 96))    # opener's X25519 secret (RFC 7748 clamps it)
+EPH_SECRET_B = bytes(range(96, 128))   # answerer's
+EPH_A, EPH_B = k.ephemeral(EPH_SECRET_A)[1], k.ephemeral(EPH_SECRET_B)[1]
+SHARED = k.shared_secret(EPH_SECRET_A, EPH_B)
+SID = k.derive_sid(NONCE_A, NONCE_B, A, B, EPH_A, EPH_B)
+PRK = hmac.digest(SID, SHARED, "sha256")
+K_OA, K_AO = k.derive_keys(SHARED, SID)
+# Another session of the same keys (the answerer's ephemeral secret differs): its MAC keys.
+EPH_SECRET_OTHER = bytes(range(128, 160))
+_OTHER_EPH = k.ephemeral(EPH_SECRET_OTHER)[1]
+K_OA_OTHER, K_AO_OTHER = k.derive_keys(k.shared_secret(EPH_SECRET_A, _OTHER_EPH),
+                                       k.derive_sid(NONCE_A, NONCE_B, A, B, EPH_A, _OTHER_EPH))
+LOW_ORDER = bytes(32)  # the X25519 point 0: every secret gives the all-zero result
+SEND_KEY = {"a": K_OA, "b": K_AO}  # a is the opener of the vectors' session, b the answerer
 DROP = object()
 
 
@@ -71,19 +89,31 @@ def pmap(pairs: list[tuple[Any, Any]]) -> bytes:
 
 
 def payload(name: str, *, type: Any = "PING", ts: Any = TS, sender: Any = A, body: Any = None,
-            sid: Any = DROP, seq: Any = DROP, id: Any = None, extra: list[tuple[Any, Any]] = ()) -> bytes:
-    """Payload bytes in the reference encoder's key order; DROP leaves a field out."""
+            id: Any = None, extra: list[tuple[Any, Any]] = ()) -> bytes:
+    """Signed-frame payload bytes in the reference encoder's key order; DROP leaves a field out."""
     fields = [("type", type), ("id", fid(name) if id is None else id), ("ts", ts), ("from", sender),
-              ("sid", sid), ("seq", seq), ("body", {} if body is None else body)]
+              ("body", {} if body is None else body)]
     return pmap([(k, v) for k, v in fields if v is not DROP] + list(extra))
 
 
-def frame(version: Any, pl: Any, sig: Any) -> bytes:
-    return msgpack.packb([version, pl, sig], use_bin_type=True)
+def spayload(name: str, *, type: Any = "PING", seq: Any = 0, body: Any = None, id: Any = None,
+             extra: list[tuple[Any, Any]] = ()) -> bytes:
+    """Session-frame payload bytes (type, id, seq, body) in the reference encoder's order."""
+    fields = [("type", type), ("id", fid(name) if id is None else id), ("seq", seq),
+              ("body", {} if body is None else body)]
+    return pmap([(k, v) for k, v in fields if v is not DROP] + list(extra))
+
+
+def frame(version: Any, pl: Any, auth: Any) -> bytes:
+    return msgpack.packb([version, pl, auth], use_bin_type=True)
 
 
 def signed(key: str, pl: bytes) -> bytes:
     return sign_payload(KEYS[key], pl)
+
+
+def maced(key: bytes, pl: bytes) -> bytes:
+    return mac_payload(MacKey(key), pl)
 
 
 def sig(key: str, pl: bytes) -> bytes:
@@ -115,16 +145,21 @@ def frame_ctx(now: int | None = TS, expected_key: bytes | None = None, **limits:
     return {"now": now, "expected_key": expected_key.hex() if expected_key else None, "limits": limits}
 
 
-def session_ctx(local: str = "b", peer: bytes = A, recv_seq: int = 0, sid: bytes = SID) -> dict:
-    return {"local": local, "peer_key": peer.hex(), "sid": sid.hex(), "recv_seq": recv_seq}
+def session_ctx(local: str = "b", recv_seq: int = 0, *, recv_key: bytes | None = None) -> dict:
+    """The receiver `local` of the vectors' session (a opened it, b answered) expecting seq recv_seq.
+    recv_key: the key it verifies with (k_oa at b, k_ao at a)."""
+    peer = "a" if local == "b" else "b"
+    return {"local": local, "opener": local == "a", "peer_key": KEYS[peer].public.hex(),
+            "recv_key": (recv_key or SEND_KEY[peer]).hex(), "recv_seq": recv_seq}
 
 
 def hs_ctx(side: str = "answerer", *, local: str | None = None, now: int = TS + 1, network: str = NETWORK,
-           nonce: bytes | None = None, versions: tuple[int, ...] = (1,), pinned_key: bytes | None = None,
-           prior: tuple[bytes, ...] = (), initiate: bool = True) -> dict:
+           nonce: bytes | None = None, eph_secret: bytes | None = None, versions: tuple[int, ...] = (VERSION,),
+           pinned_key: bytes | None = None, prior: tuple[bytes, ...] = (), initiate: bool = True) -> dict:
     opener = side == "opener"
     return {"side": side, "local": local or ("a" if opener else "b"), "role": "node" if opener else "pool",
             "network": network, "nonce": (nonce or (NONCE_A if opener else NONCE_B)).hex(),
+            "eph_secret": (eph_secret or (EPH_SECRET_A if opener else EPH_SECRET_B)).hex(),
             "versions": list(versions), "pinned_key": pinned_key.hex() if pinned_key else None,
             "now": now, "initiate": initiate if opener else None, "prior": [p.hex() for p in prior]}
 
@@ -138,15 +173,17 @@ def vector_input(v: dict) -> bytes | str:
 
 
 def make_session(ctx: dict) -> Session:
-    return Session(KEYS[ctx["local"]], bytes.fromhex(ctx["peer_key"]), None, bytes.fromhex(ctx["sid"]),
-                   False, DEFAULT_LIMITS, recv_seq=ctx["recv_seq"])
+    """Only the receiving half matters to a vector; the send key is the other direction's."""
+    recv = bytes.fromhex(ctx["recv_key"])
+    return Session(KEYS[ctx["local"]], bytes.fromhex(ctx["peer_key"]), None, SID, ctx["opener"],
+                   MacKey(K_AO if recv == K_OA else K_OA), MacKey(recv), DEFAULT_LIMITS, recv_seq=ctx["recv_seq"])
 
 
 def make_handshake(ctx: dict) -> Handshake:
     hs = Handshake(KEYS[ctx["local"]], opener=ctx["side"] == "opener", network=ctx["network"], role=ctx["role"],
                    pinned_key=bytes.fromhex(ctx["pinned_key"]) if ctx["pinned_key"] else None,
                    versions=tuple(ctx["versions"]), clock=lambda: ctx["now"], agent=AGENT,
-                   nonce=bytes.fromhex(ctx["nonce"]))
+                   nonce=bytes.fromhex(ctx["nonce"]), eph_secret=bytes.fromhex(ctx["eph_secret"]))
     if ctx["side"] == "opener" and ctx["initiate"]:
         hs.initiate()
     for p in ctx["prior"]:
@@ -170,36 +207,54 @@ def run(v: dict, session: Session | None = None) -> Any:
 
 # --- vector builders -----------------------------------------------------------------------------
 
-def content(msg: Any, sender: bytes, ts: int, frame_id: bytes, sid: bytes | None, seq: int | None) -> dict:
-    return {"type": msg.TYPE, "id": frame_id.hex(), "ts": ts, "from": sender.hex(),
-            "sid": sid.hex() if sid else None, "seq": seq, "body": to_json(msg.to_body())}
+def content(msg: Any, frame_id: bytes, *, sender: bytes | None = None, ts: int | None = None,
+            seq: int | None = None) -> dict:
+    """What a receiver decodes: signed frames have ts and from, session frames seq."""
+    out: dict[str, Any] = {"type": msg.TYPE, "id": frame_id.hex()}
+    if seq is None:
+        out |= {"ts": ts, "from": sender.hex()}
+    else:
+        out["seq"] = seq
+    return out | {"body": to_json(msg.to_body())}
 
 
-def valid(name: str, description: str, sender: str, msg: Any, *, ts: int = TS, sid: bytes | None = None,
-          seq: int | None = None, decoder: str = "frame", context: dict | None = None,
-          body: dict | None = None, raw: bytes | None = None) -> dict:
-    """A valid frame. `body` overrides the encoded body (raw: the whole payload) for odd-but-valid cases."""
+def valid(name: str, description: str, sender: str, msg: Any, *, ts: int = TS, seq: int | None = None,
+          decoder: str | None = None, context: dict | None = None, body: dict | None = None,
+          raw: bytes | None = None) -> dict:
+    """A valid frame: signed when seq is None, else a session frame MAC'd with the sender's key of the
+    vectors' session. `body` overrides the encoded body (raw: the whole payload) for odd-but-valid cases."""
     frame_id = fid(name)
     key = KEYS[sender]
+    session = seq is not None
     if raw is not None:
-        data = sign_payload(key, raw)
+        data = maced(SEND_KEY[sender], raw) if session else sign_payload(key, raw)
     elif body is not None:
-        data = sign_payload(key, payload(name, type=msg.TYPE, ts=ts, sender=key.public, body=body))
+        data = (maced(SEND_KEY[sender], spayload(name, type=msg.TYPE, seq=seq, body=body)) if session
+                else sign_payload(key, payload(name, type=msg.TYPE, ts=ts, sender=key.public, body=body)))
+    elif session:
+        data = encode_session_frame(MacKey(SEND_KEY[sender]), msg, seq=seq, frame_id=frame_id)
     else:
-        data = encode_frame(key, msg, sid=sid, seq=seq, ts=ts, frame_id=frame_id)
-    _, pl, signature = msgpack.unpackb(data)
-    c = content(msg, key.public, ts, frame_id, sid, seq)
+        data = encode_frame(key, msg, ts=ts, frame_id=frame_id)
+    _, pl, auth = msgpack.unpackb(data)
+    c = content(msg, frame_id, sender=key.public, ts=ts, seq=seq)
     if body is not None:
         c["body"] = to_json(body)
-    v = {"name": name, "description": description, "sender": sender, "frame": data.hex(), "payload": pl.hex(),
-         "signature": signature.hex(), "decoder": decoder, "context": context or frame_ctx(), "content": c}
+    if context is None:
+        context = session_ctx("b" if sender == "a" else "a", seq) if session else frame_ctx()
+    v = {"name": name, "description": description, "sender": sender, "kind": "session" if session else "signed",
+         "frame": data.hex(), "payload": pl.hex(), "auth": auth.hex(),
+         "decoder": decoder or ("session" if session else "frame"), "context": context, "content": c}
     _check_valid(v)
     return v
 
 
 def frame_content(frame: Any) -> dict:
-    return {"type": frame.type, "id": frame.id.hex(), "ts": frame.ts, "from": frame.sender.hex(),
-            "sid": frame.sid.hex() if frame.sid else None, "seq": frame.seq, "body": to_json(frame.body)}
+    out: dict[str, Any] = {"type": frame.type, "id": frame.id.hex()}
+    if frame.seq is None:
+        out |= {"ts": frame.ts, "from": frame.sender.hex()}
+    else:
+        out["seq"] = frame.seq
+    return out | {"body": to_json(frame.body)}
 
 
 def _check_valid(v: dict) -> None:
@@ -243,13 +298,21 @@ REF = fid("request")
 NODE = m.NodeRecord(key=A, capabilities=("gpu", "cpu"), meta={"region": "eu-west"}, expires=TS + 60_000)
 
 
+def hello(sender: str, **kw: Any) -> m.Hello:
+    """The HELLO of the vectors' handshake: a opens (a node), b answers (a pool)."""
+    opener = sender == "a"
+    fields = dict(network=NETWORK, role="node" if opener else "pool", nonce=NONCE_A if opener else NONCE_B,
+                  eph=EPH_A if opener else EPH_B, versions=(VERSION,), agent=AGENT)
+    if not opener:
+        fields["echo"] = NONCE_A
+    return m.Hello(**(fields | kw))
+
+
 def samples() -> list[tuple[str, str, Any]]:
-    """(sender, description, message): one representative of every type, in registry order."""
+    """(sender, description, message): one representative of every type after the handshake, in
+    registry order (HELLO and READY are signed frames: message_vectors)."""
     desc = descriptor()
     return [
-        ("a", "opening HELLO of a node", m.Hello(network=NETWORK, role="node", nonce=NONCE_A, versions=(1,),
-                                                 features=("relay",), agent=AGENT)),
-        ("a", "READY echoing the answerer's nonce", m.Ready(echo=NONCE_B)),
         ("a", "PING with 8 bytes of data", m.Ping(data=b"pingdata")),
         ("b", "PONG echoing the PING's data", m.Pong(data=b"pingdata")),
         ("b", "ERROR answering a request", m.Error(code=int(E.NOT_JOINED), name="not_joined",
@@ -268,9 +331,9 @@ def samples() -> list[tuple[str, str, Any]]:
                        cursor=C, partial=True)),
         ("a", "SUBSCRIBE to patterns", m.Subscribe(topics=("node.*", "peer.#"), peers=True)),
         ("a", "UNSUBSCRIBE", m.Unsubscribe(topics=("peer.#",))),
-        ("b", "EVENT pushed to a subscriber", m.Event(topic="node.joined", event_id=fid("event"), origin=B,
-                                                      ts=TS, data={"key": A.hex(), "capabilities": ["gpu"]},
-                                                      hops=0)),
+        ("b", "EVENT pushed to a subscriber; data.key is bin like every key", m.Event(
+            topic="node.joined", event_id=fid("event"), origin=B, ts=TS,
+            data={"key": A, "capabilities": ["gpu"]}, hops=0)),
         ("b", "ANNOUNCE of a signed pool descriptor", m.Announce(descriptor=desc)),
         ("a", "LOOKUP by network and capability", m.Lookup(network=NETWORK, capability="gpu", limit=20)),
         ("b", "LOOKUP_RESULT with one descriptor", m.LookupResult(re=REF, descriptors=(desc,))),
@@ -284,66 +347,91 @@ def samples() -> list[tuple[str, str, Any]]:
 
 
 def message_vectors() -> dict:
-    out = [valid(msg.TYPE, desc, sender, msg) for sender, desc, msg in samples()]
+    refusal = m.Error(code=int(E.TOO_MANY_CONNECTIONS), name="too_many_connections", message="at capacity")
+    out = [
+        valid("HELLO", "opening HELLO of a node (signed)", "a", hello("a", features=("relay",))),
+        valid("READY", "READY echoing the answerer's nonce (signed)", "a", m.Ready(echo=NONCE_B)),
+        valid("ERROR/sessionless", "a signed ERROR refusing a connection before any session", "b", refusal),
+    ]
+    out += [valid(msg.TYPE, f"{desc} (session frame, seq 0)", sender, msg, seq=0) for sender, desc, msg in samples()]
     ping = m.Ping()
     out += [
-        valid("edge/window-past", "ts exactly ts_window_ms before now is accepted", "a", ping,
-              context=frame_ctx(now=TS + WINDOW)),
-        valid("edge/window-future", "ts exactly ts_window_ms after now is accepted", "a", ping,
-              context=frame_ctx(now=TS - WINDOW)),
-        valid("edge/no-clock", "without a clock (session frames) ts is not checked", "a", ping, ts=0,
-              context=frame_ctx(now=None)),
+        valid("edge/window-past", "a signed frame's ts exactly ts_window_ms before now is accepted", "a",
+              m.Ready(echo=NONCE_B), context=frame_ctx(now=TS + WINDOW)),
+        valid("edge/window-future", "a signed frame's ts exactly ts_window_ms after now is accepted", "a",
+              m.Ready(echo=NONCE_B), context=frame_ctx(now=TS - WINDOW)),
         valid("edge/depth-16", "body nested exactly max_depth deep; unknown body keys are ignored", "a", ping,
-              body=nested(16)),
-        valid("edge/unknown-keys", "unknown header and body keys are ignored", "a", ping,
+              seq=0, body=nested(16)),
+        valid("edge/unknown-keys", "unknown header and body keys are ignored", "a", ping, seq=0,
               body={"future": [1, 2]},
-              raw=payload("edge/unknown-keys", body={"future": [1, 2]}, extra=[("hint", "x")])),
-        valid("edge/nil-optional", "nil for an optional field without default means absent", "a", ping,
+              raw=spayload("edge/unknown-keys", body={"future": [1, 2]}, extra=[("hint", "x")])),
+        valid("edge/v1-header-keys", "v1's header keys (from, ts, sid) in a session frame are unknown keys: "
+              "ignored", "a", ping, seq=0,
+              raw=pmap([("type", "PING"), ("id", fid("edge/v1-header-keys")), ("ts", TS), ("from", C),
+                        ("sid", b"\x00" * 32), ("seq", 0), ("body", {})])),
+        valid("edge/nil-optional", "nil for an optional field without default means absent", "a", ping, seq=0,
               body={"data": None}),
         valid("edge/utf8-bytes", "str bounds count UTF-8 bytes: 32 two-byte characters (64 bytes) fit MAX_NAME",
-              "a", m.Hello(network="\u00e9" * 32, role="node", nonce=NONCE_A, versions=(1,))),
-        valid("edge/wide-ints", "non-minimal msgpack encodings are accepted (uint64 ts, str16 type)", "a", ping,
-              raw=pmap([("type", Raw(b"\xda\x00\x04PING")), ("id", fid("edge/wide-ints")),
-                        ("ts", Raw(b"\xcf" + TS.to_bytes(8, "big"))), ("from", A), ("body", {})])),
+              "a", hello("a", network="\u00e9" * 32)),
+        valid("edge/wide-ints", "non-minimal msgpack encodings are accepted (uint64 seq, str16 type)", "a", ping,
+              seq=0, raw=pmap([("type", Raw(b"\xda\x00\x04PING")), ("id", fid("edge/wide-ints")),
+                               ("seq", Raw(b"\xcf" + (0).to_bytes(8, "big"))), ("body", {})])),
     ]
-    at_limit = encode_frame(KEYS["a"], ping, ts=TS, frame_id=fid("edge/frame-size"))
-    out.append(valid("edge/frame-size", "a frame of exactly max_frame_size bytes is accepted", "a", ping,
-                     context=frame_ctx(max_frame_size=len(at_limit))))
-    return {"description": "One valid frame per message type, then edge cases. Decoded without a session "
-                           "(frame decoder); in a real exchange only HELLO, READY and ERROR travel outside one.",
+    at_limit = encode_session_frame(MacKey(K_OA), ping, seq=0, frame_id=fid("edge/frame-size"))
+    ctx = session_ctx("b")
+    out.append(valid("edge/frame-size", "a frame of exactly max_frame_size bytes is accepted", "a", ping, seq=0,
+                     context=ctx | {"limits": {"max_frame_size": len(at_limit)}}))
+    return {"description": "One valid frame per message type: HELLO, READY and a sessionless ERROR as signed "
+                           "frames (frame decoder), every other type as a session frame of handshake.json's "
+                           "session at seq 0 (session decoder, the receiver's key in context). Then edge cases.",
             "vectors": out}
 
 
 def handshake_frames() -> tuple[bytes, bytes, bytes]:
-    hello_a = encode_frame(KEYS["a"], m.Hello(network=NETWORK, role="node", nonce=NONCE_A, versions=(1,), agent=AGENT),
-                           ts=TS, frame_id=fid("handshake/hello-open"))
-    hello_b = encode_frame(KEYS["b"], m.Hello(network=NETWORK, role="pool", nonce=NONCE_B, versions=(1,), agent=AGENT,
-                                              echo=NONCE_A), ts=TS + 1, frame_id=fid("handshake/hello-answer"))
+    hello_a = encode_frame(KEYS["a"], hello("a"), ts=TS, frame_id=fid("handshake/hello-open"))
+    hello_b = encode_frame(KEYS["b"], hello("b"), ts=TS + 1, frame_id=fid("handshake/hello-answer"))
     ready = encode_frame(KEYS["a"], m.Ready(echo=NONCE_B), ts=TS + 2, frame_id=fid("handshake/ready"))
     return hello_a, hello_b, ready
 
 
 def handshake_vectors() -> dict:
-    hello_a, _, _ = handshake_frames()
+    hello_a, hello_b, ready = handshake_frames()
     frames = [
-        valid("handshake/hello-open", "opener a -> answerer b: HELLO without echo", "a",
-              m.Hello(network=NETWORK, role="node", nonce=NONCE_A, versions=(1,), agent=AGENT),
-              decoder="handshake", context=hs_ctx("answerer", now=TS + 1)),
+        valid("handshake/hello-open", "opener a -> answerer b: HELLO without echo, eph = X25519(eph_secret a)", "a",
+              hello("a"), decoder="handshake", context=hs_ctx("answerer", now=TS + 1)),
         valid("handshake/hello-answer", "answerer b -> opener a: HELLO echoing the opener's nonce", "b",
-              m.Hello(network=NETWORK, role="pool", nonce=NONCE_B, versions=(1,), agent=AGENT, echo=NONCE_A),
-              ts=TS + 1, decoder="handshake", context=hs_ctx("opener", now=TS + 2)),
+              hello("b"), ts=TS + 1, decoder="handshake", context=hs_ctx("opener", now=TS + 2)),
         valid("handshake/ready", "opener a -> answerer b: READY echoing the answerer's nonce", "a",
               m.Ready(echo=NONCE_B), ts=TS + 2, decoder="handshake",
               context=hs_ctx("answerer", now=TS + 2, prior=(hello_a,))),
     ]
-    if [bytes.fromhex(f["frame"]) for f in frames] != list(handshake_frames()):
+    if [bytes.fromhex(f["frame"]) for f in frames] != [hello_a, hello_b, ready]:
         raise SystemExit("gen_vectors: handshake frames disagree")
-    return {"description": "A full handshake between opener a (a node) and answerer b (a pool).",
+    # Both reference handshakes, fed these frames, must derive exactly the keys written below.
+    answerer = make_handshake(hs_ctx("answerer", now=TS + 2, prior=(hello_a, ready)))
+    opener = make_handshake(hs_ctx("opener", now=TS + 2))
+    opener.receive(hello_b)
+    for hs, send, recv in ((opener, K_OA, K_AO), (answerer, K_AO, K_OA)):
+        s = hs.session
+        if (s.sid, s.send_key.key, s.recv_key.key) != (SID, send, recv):
+            raise SystemExit("gen_vectors: the handshake derives other keys than the key schedule")
+    return {"description": "A full handshake between opener a (a node) and answerer b (a pool), and every "
+                           "value of the key schedule (handshake §6) it leads to.",
             "network": NETWORK,
-            "opener": {"key": "a", "public": A.hex(), "nonce": NONCE_A.hex()},
-            "answerer": {"key": "b", "public": B.hex(), "nonce": NONCE_B.hex()},
-            "sid_input": (NONCE_A + NONCE_B + A + B).hex(),
-            "sid": SID.hex(),
+            "opener": {"key": "a", "public": A.hex(), "nonce": NONCE_A.hex(), "eph_secret": EPH_SECRET_A.hex(),
+                       "eph": EPH_A.hex()},
+            "answerer": {"key": "b", "public": B.hex(), "nonce": NONCE_B.hex(), "eph_secret": EPH_SECRET_B.hex(),
+                         "eph": EPH_B.hex()},
+            "key_schedule": {
+                "shared": SHARED.hex(),
+                "sid_input": (NONCE_A + NONCE_B + A + B + EPH_A + EPH_B).hex(),
+                "sid": SID.hex(),
+                "prk": PRK.hex(),
+                "info_opener_to_answerer": k.INFO_OPENER_TO_ANSWERER.hex(),
+                "info_answerer_to_opener": k.INFO_ANSWERER_TO_OPENER.hex(),
+                "k_oa": K_OA.hex(),
+                "k_ao": K_AO.hex(),
+            },
             "frames": frames}
 
 
@@ -358,20 +446,18 @@ def session_vectors() -> dict:
         ("b", 2, m.QueryResult(re=query_id, nodes=(m.NodeRecord(key=A, capabilities=("gpu",),
                                                                 meta={"region": "eu-west"}, expires=TS + 60_010),))),
         ("b", 3, m.Event(topic="node.joined", event_id=fid("session/event"), origin=B, ts=TS + 10,
-                         data={"key": A.hex()})),
+                         data={"key": A})),
         ("a", 3, m.Ping(data=b"\x00\x01")),
         ("b", 4, m.Pong(data=b"\x00\x01")),
         ("a", 4, m.Goodbye(reason="done")),
     ]
     frames = []
-    for i, (sender, seq, msg) in enumerate(flow):
-        receiver, peer = ("b", A) if sender == "a" else ("a", B)
-        frames.append(valid(f"session/{msg.TYPE}", f"{sender} -> {receiver}, seq {seq}", sender, msg,
-                            ts=TS + 10 + i, sid=SID, seq=seq, decoder="session",
-                            context=session_ctx(receiver, peer, seq)))
-    return {"description": "Session frames after handshake.json, in wire order. Each direction counts its "
-                           "own seq from 0; replies cite the request frame's id in body.re.",
-            "sid": SID.hex(), "frames": frames}
+    for sender, seq, msg in flow:
+        receiver = "b" if sender == "a" else "a"
+        frames.append(valid(f"session/{msg.TYPE}", f"{sender} -> {receiver}, seq {seq}", sender, msg, seq=seq))
+    return {"description": "Session frames after handshake.json, in wire order: a MACs with k_oa, b with k_ao. "
+                           "Each direction counts its own seq from 0; replies cite the request frame's id in body.re.",
+            "k_oa": K_OA.hex(), "k_ao": K_AO.hex(), "frames": frames}
 
 
 def invalid_vectors() -> list[dict]:
@@ -380,6 +466,7 @@ def invalid_vectors() -> list[dict]:
     def add(*args: Any, **kw: Any) -> None:
         vs.append(invalid(*args, **kw))
 
+    # Signed frames (as a connection's first frame: the frame decoder, no key known).
     ping_pl = payload("ping")
     ping = signed("a", ping_pl)
     ping_sig = sig("a", ping_pl)
@@ -396,28 +483,42 @@ def invalid_vectors() -> list[dict]:
     add("truncated", "a valid frame without its last byte", ping[:-1], E.MALFORMED_FRAME, "F3")
     add("trailing-bytes", "a valid frame followed by one more msgpack value", ping + b"\xc0", E.MALFORMED_FRAME, "F3")
     add("not-msgpack", "0xc1 is never valid msgpack", b"\xc1", E.MALFORMED_FRAME, "F3")
-    add("payload-is-str", "the payload as a str instead of bin", frame(1, "PING", ping_sig), E.MALFORMED_FRAME, "F3")
-    add("array-of-4", "four elements with version 2: rejected while parsing, before the version is read",
-        msgpack.packb([2, ping_pl, ping_sig, None], use_bin_type=True), E.MALFORMED_FRAME, "F3")
-    add("ext-in-frame", "an ext value as element 1", frame(1, msgpack.ExtType(1, b"x"), ping_sig),
+    add("payload-is-str", "the payload as a str instead of bin", frame(VERSION, "PING", ping_sig),
         E.MALFORMED_FRAME, "F3")
+    add("array-of-4", "four elements with version 3: rejected while parsing, before the version is read",
+        msgpack.packb([3, ping_pl, ping_sig, None], use_bin_type=True), E.MALFORMED_FRAME, "F3")
+    add("ext-in-frame", "an ext value as element 1", frame(VERSION, msgpack.ExtType(1, b"x"), ping_sig),
+        E.MALFORMED_FRAME, "F3")
+    add("frame-nesting-1025", "1025 nested arrays: beyond the parser's stack in the frame array",
+        b"\x91" * 1024 + b"\x90", E.MALFORMED_FRAME, "F3")
     add("not-an-array", "an integer instead of the frame array", b"\x01", E.MALFORMED_FRAME, "F4")
-    add("array-of-2", "the signature is missing", msgpack.packb([1, ping_pl], use_bin_type=True),
+    add("array-of-2", "the auth is missing", msgpack.packb([VERSION, ping_pl], use_bin_type=True),
         E.MALFORMED_FRAME, "F4")
     add("version-bool", "version true is not an integer", frame(True, ping_pl, ping_sig), E.MALFORMED_FRAME, "F5")
-    add("version-float", "version 1.0 is not an integer", frame(1.0, ping_pl, ping_sig), E.MALFORMED_FRAME, "F5")
-    add("version-2", "frame version 2", frame(2, ping_pl, ping_sig), E.UNSUPPORTED_VERSION, "F6")
+    add("version-float", "version 2.0 is not an integer", frame(2.0, ping_pl, ping_sig), E.MALFORMED_FRAME, "F5")
+    v1_pl = pmap([("type", "PING"), ("id", fid("version-1")), ("ts", TS), ("from", A), ("sid", b"\x00" * 32),
+                  ("seq", 0), ("body", {})])
+    add("version-1", "a Gelato v1 frame (v1 header, v1 signing prefix): unsupported_version, no ban",
+        frame(1, v1_pl, KEYS["a"].sign(b"gelato/v1\0" + v1_pl)), E.UNSUPPORTED_VERSION, "F6")
+    add("version-3", "frame version 3", frame(3, ping_pl, ping_sig), E.UNSUPPORTED_VERSION, "F6")
     add("version-0", "frame version 0", frame(0, ping_pl, ping_sig), E.UNSUPPORTED_VERSION, "F6")
-    add("order/version-before-signature", "version 2 with a 63-byte signature: the version is judged first",
-        frame(2, ping_pl, ping_sig[:63]), E.UNSUPPORTED_VERSION, "F6")
-    add("payload-nil", "payload nil", frame(1, None, ping_sig), E.MALFORMED_FRAME, "F7")
-    add("signature-63", "a 63-byte signature", frame(1, ping_pl, ping_sig[:63]), E.MALFORMED_FRAME, "F7")
-    add("signature-65", "a 65-byte signature", frame(1, ping_pl, ping_sig + b"\x00"), E.MALFORMED_FRAME, "F7")
+    add("order/version-before-auth", "version 1 with a 63-byte auth: the version is judged first",
+        frame(1, ping_pl, ping_sig[:63]), E.UNSUPPORTED_VERSION, "F6")
+    add("payload-nil", "payload nil", frame(VERSION, None, ping_sig), E.MALFORMED_FRAME, "F7")
+    add("signature-63", "a 63-byte auth", frame(VERSION, ping_pl, ping_sig[:63]), E.MALFORMED_FRAME, "F7")
+    add("signature-65", "a 65-byte auth", frame(VERSION, ping_pl, ping_sig + b"\x00"), E.MALFORMED_FRAME, "F7")
+    add("auth-32", "a 32-byte auth (neither a signature nor a MAC)", frame(VERSION, ping_pl, ping_sig[:32]),
+        E.MALFORMED_FRAME, "F7")
+    add("auth-str", "auth as a str", frame(VERSION, ping_pl, "x" * 16), E.MALFORMED_FRAME, "F3")
+
+    # F23: a session frame where no session exists
+    add("session-frame-first", "a session frame (16-byte MAC) as a connection's first frame",
+        maced(K_OA, spayload("session-frame-first")), E.UNEXPECTED_MESSAGE, "F23")
 
     # F8: signature against a known key (before the payload is parsed)
     add("known-key/other-signer", "expected key b, frame signed by a", ping, E.BAD_SIGNATURE, "F8",
         context=frame_ctx(expected_key=B))
-    garbage = frame(1, b"\xc1", b"\x00" * 64)
+    garbage = frame(VERSION, b"\xc1", b"\x00" * 64)
     add("order/known-key-before-payload", "expected key a, unparsable payload and a bad signature",
         garbage, E.BAD_SIGNATURE, "F8", context=frame_ctx(expected_key=A))
     add("order/payload-before-signature", "no key known, unparsable payload and a bad signature",
@@ -436,6 +537,10 @@ def invalid_vectors() -> list[dict]:
     add("limit/map", "a map longer than max_map_len (5 here: the payload map has 5 entries and fits)",
         signed("a", payload("limit/map", type="JOIN", body={"meta": {str(i): "" for i in range(6)}})),
         E.LIMIT_EXCEEDED, "F9", context=frame_ctx(max_map_len=5))
+    add("limit/parser-stack", "the body nests 1024 deep, the payload 1025: beyond the parser's stack, "
+        "F9 without re (1023 would be F21 with re)",
+        signed("a", payload("limit/parser-stack", body=Raw(b"\x81\xa1x" * 1023 + b"\x80"))),
+        E.LIMIT_EXCEEDED, "F9")
     bad_utf8, long_str = Raw(b"\xa2\xff\xfe"), "x" * 20
     add("order/utf8-before-limit", "invalid UTF-8, then an over-long str: the first defect decides",
         signed("a", payload("order/utf8-before-limit", body=Raw(pmap([("a", bad_utf8), ("b", long_str)])))),
@@ -448,6 +553,13 @@ def invalid_vectors() -> list[dict]:
     add("body-duplicate-key", "'ttl' twice in a JOIN body",
         signed("a", payload("body-duplicate-key", type="JOIN", body=Raw(pmap([("ttl", 10), ("ttl", 20)])))),
         E.MALFORMED_FRAME, "F9")
+    add("duplicate-key-typed", "keys 1 and true in one body map are equal keys (framing §2.6): F9, no re",
+        signed("a", payload("duplicate-key-typed", body=Raw(b"\x82\x01\x00\xc3\x00"))), E.MALFORMED_FRAME, "F9")
+    add("order/limit-before-duplicate", "a duplicate key, then an over-long str in the same map: the duplicate "
+        "is judged at the map's end, the str first",
+        signed("a", payload("order/limit-before-duplicate", type="GOODBYE",
+                            body=Raw(pmap([("reason", "a"), ("reason", "b"), ("x", long_str)])))),
+        E.LIMIT_EXCEEDED, "F9", context=frame_ctx(max_str_len=8))
     add("payload-empty", "an empty payload bin", signed("a", b""), E.MALFORMED_FRAME, "F9")
     add("payload-truncated", "the payload map is cut short (signed as is)", signed("a", ping_pl[:-1]),
         E.MALFORMED_FRAME, "F9")
@@ -484,16 +596,18 @@ def invalid_vectors() -> list[dict]:
     add("from-str", "'from' as a hex str", signed("a", payload("from-str", sender=A.hex())), E.BAD_KEY, "F11")
     add("signed-by-other", "'from' is a, signed by c", signed("c", ping_pl), E.BAD_SIGNATURE, "F12")
     tampered = payload("ping", ts=TS + 1)
-    add("tampered", "ts changed after signing", frame(1, tampered, ping_sig), E.BAD_SIGNATURE, "F12")
+    add("tampered", "ts changed after signing", frame(VERSION, tampered, ping_sig), E.BAD_SIGNATURE, "F12")
     add("no-prefix", "signed over the payload without SIGN_PREFIX",
-        frame(1, ping_pl, KEYS["a"].sign(ping_pl)), E.BAD_SIGNATURE, "F12")
+        frame(VERSION, ping_pl, KEYS["a"].sign(ping_pl)), E.BAD_SIGNATURE, "F12")
+    add("v1-prefix", "signed with v1's prefix \"gelato/v1\\0\" in a version 2 frame",
+        frame(VERSION, ping_pl, KEYS["a"].sign(b"gelato/v1\0" + ping_pl)), E.BAD_SIGNATURE, "F12")
     add("order/signature-before-type", "a bad signature and an unknown type",
-        frame(1, payload("order/signature-before-type", type="FROBNICATE"), ping_sig), E.BAD_SIGNATURE, "F12")
+        frame(VERSION, payload("order/signature-before-type", type="FROBNICATE"), ping_sig), E.BAD_SIGNATURE, "F12")
     add("known-key/wrong-from", "expected key a, signed by a, but 'from' names c",
         signed("a", payload("known-key/wrong-from", sender=C)), E.WRONG_SENDER, "F13",
         context=frame_ctx(expected_key=A))
 
-    # F14-F20: header fields
+    # F14-F21: header fields
     add("id-missing", "no 'id'", signed("a", payload("id-missing", id=DROP)), E.MALFORMED_FRAME, "F14")
     add("id-15", "a 15-byte 'id'", signed("a", payload("id-15", id=b"\x01" * 15)), E.MALFORMED_FRAME, "F14")
     add("order/id-before-type", "bad 'id' and bad 'type': no re, the id is not usable",
@@ -504,20 +618,6 @@ def invalid_vectors() -> list[dict]:
     add("type-empty", "'type' is the empty str", f, E.MALFORMED_FRAME, "F15", ref=r)
     f, r = iv("type-int", type=1)
     add("type-int", "'type' is an integer", f, E.MALFORMED_FRAME, "F15", ref=r)
-    f, r = iv("ts-negative", ts=-1)
-    add("ts-negative", "'ts' is -1", f, E.MALFORMED_FRAME, "F16", ref=r)
-    f, r = iv("ts-float", ts=float(TS))
-    add("ts-float", "'ts' is a float", f, E.MALFORMED_FRAME, "F16", ref=r)
-    f, r = iv("ts-missing", ts=DROP)
-    add("ts-missing", "no 'ts'", f, E.MALFORMED_FRAME, "F16", ref=r)
-    f, r = iv("sid-short", sid=SID[:31], seq=0)
-    add("sid-short", "a 31-byte 'sid'", f, E.MALFORMED_FRAME, "F17", ref=r)
-    f, r = iv("seq-without-sid", seq=0)
-    add("seq-without-sid", "'seq' without 'sid'", f, E.MALFORMED_FRAME, "F18", ref=r)
-    f, r = iv("sid-without-seq", sid=SID)
-    add("sid-without-seq", "'sid' without 'seq'", f, E.MALFORMED_FRAME, "F18", ref=r)
-    f, r = iv("seq-negative", sid=SID, seq=-1)
-    add("seq-negative", "'seq' is -1", f, E.MALFORMED_FRAME, "F18", ref=r)
     f, r = iv("body-missing", body=DROP)
     add("body-missing", "no 'body'", f, E.MALFORMED_FRAME, "F19", ref=r)
     f, r = iv("body-array", body=[])
@@ -526,8 +626,6 @@ def invalid_vectors() -> list[dict]:
     add("body-nil", "'body' is nil", f, E.MALFORMED_FRAME, "F19", ref=r)
     f, r = iv("payload-int-key", extra=[(7, "x")])
     add("payload-int-key", "an integer key in the payload map", f, E.MALFORMED_FRAME, "F20", ref=r)
-
-    # F21: body shape
     f, r = iv("depth-17", body=nested(17))
     add("depth-17", "body nested max_depth + 1 deep", f, E.LIMIT_EXCEEDED, "F21", ref=r)
     f, r = iv("body-int-key", body=Raw(pmap([("x", Raw(pmap([(1, "y")])))])))
@@ -538,6 +636,15 @@ def invalid_vectors() -> list[dict]:
     f, r = iv("order/depth-before-key", body=Raw(pmap([("d", nested(17)), ("k", Raw(pmap([(1, "y")])))])))
     add("order/depth-before-key", "too deep, then a bad key: encoding order decides", f, E.LIMIT_EXCEEDED,
         "F21", ref=r)
+    f, r = iv("ts-negative", ts=-1)
+    add("ts-negative", "'ts' is -1", f, E.MALFORMED_FRAME, "F16", ref=r)
+    f, r = iv("ts-float", ts=float(TS))
+    add("ts-float", "'ts' is a float", f, E.MALFORMED_FRAME, "F16", ref=r)
+    f, r = iv("ts-missing", ts=DROP)
+    add("ts-missing", "no 'ts'", f, E.MALFORMED_FRAME, "F16", ref=r)
+    f, r = iv("order/body-before-ts", ts=DROP, body=[])
+    add("order/body-before-ts", "no 'ts' and 'body' an array: the body is judged first", f, E.MALFORMED_FRAME,
+        "F19", ref=r)
 
     # F22: time window
     r = fid("ping")
@@ -552,17 +659,19 @@ def invalid_vectors() -> list[dict]:
     add("order/depth-before-stale", "too deep and stale: the shape is judged first", f, E.LIMIT_EXCEEDED,
         "F21", ref=r, context=frame_ctx(now=TS + WINDOW + 1))
 
-    # M1, M2: message
+    # M1, M2: message (signed frames here; session frames below)
     f, r = iv("unknown-type", type="FROBNICATE")
     add("unknown-type", "a type nobody defined", f, E.UNKNOWN_TYPE, "M1", ref=r)
     f, r = iv("unknown-type-case", type="ping")
     add("unknown-type-case", "type names are case-sensitive", f, E.UNKNOWN_TYPE, "M1", ref=r)
+    hello_body = {"network": NETWORK, "role": "node", "nonce": NONCE_A, "eph": EPH_A, "versions": [VERSION]}
     bodies = [
-        ("body/role", "HELLO", {"network": NETWORK, "role": "king", "nonce": NONCE_A, "versions": [1]},
-         "role outside its choices"),
-        ("body/versions-empty", "HELLO", {"network": NETWORK, "role": "node", "nonce": NONCE_A, "versions": []},
-         "versions needs at least one element"),
-        ("body/utf8-bytes", "HELLO", {"network": "\u00e9" * 33, "role": "node", "nonce": NONCE_A, "versions": [1]},
+        ("body/role", "HELLO", hello_body | {"role": "king"}, "role outside its choices"),
+        ("body/versions-empty", "HELLO", hello_body | {"versions": []}, "versions needs at least one element"),
+        ("body/eph-missing", "HELLO", {k_: v for k_, v in hello_body.items() if k_ != "eph"},
+         "a HELLO without eph (a v1 HELLO body)"),
+        ("body/eph-31", "HELLO", hello_body | {"eph": EPH_A[:31]}, "an eph of 31 bytes"),
+        ("body/utf8-bytes", "HELLO", hello_body | {"network": "\u00e9" * 33},
          "33 two-byte characters are 66 bytes: over MAX_NAME although only 33 code points"),
         ("body/meta-value-utf8", "JOIN", {"meta": {"k": "\u00e9" * (m.MAX_META_VALUE // 2 + 1)}},
          "a metadata value of 129 two-byte characters is 258 bytes: over MAX_META_VALUE"),
@@ -582,73 +691,102 @@ def invalid_vectors() -> list[dict]:
         f, r = iv(name, type=t, body=body)
         add(name, desc, f, E.INVALID_BODY, "M2", ref=r)
 
-    # Session: S1, S2 and the session's known key
-    def sframe(name: str, signer: str = "a", **kw: Any) -> tuple[bytes, bytes]:
-        kw = {"sid": SID, "seq": 0, **kw}
-        return signed(signer, payload(name, **kw)), fid(name)
+    # Session frames: the receiver b (answerer) of handshake.json's session, expecting seq recv_seq.
+    def sframe(name: str, key: bytes = K_OA, **kw: Any) -> tuple[bytes, bytes]:
+        return maced(key, spayload(name, **kw)), fid(name)
 
-    f, r = sframe("session/wrong-sid", sid=OTHER_SID)
-    add("session/wrong-sid", "another session's sid", f, E.WRONG_SID, "S1", ref=r, decoder="session",
-        context=session_ctx())
-    f, r = iv("session/no-sid")
-    add("session/no-sid", "a frame without sid and seq in a session", f, E.WRONG_SID, "S1", ref=r,
-        decoder="session", context=session_ctx())
-    f, r = sframe("order/sid-before-seq", sid=OTHER_SID, seq=5)
-    add("order/sid-before-seq", "wrong sid and wrong seq", f, E.WRONG_SID, "S1", ref=r, decoder="session",
-        context=session_ctx())
+    ctx = session_ctx
+    f, _ = sframe("session/bad-mac")
+    add("session/bad-mac", "the last MAC byte flipped", f[:-1] + bytes([f[-1] ^ 1]), E.BAD_MAC, "F24",
+        decoder="session", context=ctx())
+    f, _ = sframe("session/tampered")
+    pl = spayload("session/tampered")
+    add("session/tampered", "the payload changed after MACing (seq 0 -> 1)",
+        frame(VERSION, pl.replace(b"\xa3seq\x00", b"\xa3seq\x01"), msgpack.unpackb(f)[2]), E.BAD_MAC, "F24",
+        decoder="session", context=ctx(recv_seq=1))
+    f, _ = sframe("session/other-direction", key=K_AO)
+    add("session/other-direction", "a -> b MAC'd with k_ao, the answerer->opener key", f, E.BAD_MAC, "F24",
+        decoder="session", context=ctx())
+    reflected = bytes.fromhex(session_vectors()["frames"][1]["frame"])  # b's LEASE, seq 0
+    add("session/reflected", "b's own LEASE (seq 0, k_ao) sent back to b, which expects seq 0 from a",
+        reflected, E.BAD_MAC, "F24", decoder="session", context=ctx())
+    f, _ = sframe("session/other-session", key=K_OA_OTHER)
+    add("session/other-session", "a frame of another session of the same two keys (other answerer eph): "
+        "its MAC key differs", f, E.BAD_MAC, "F24", decoder="session", context=ctx())
+    add("session/order/mac-before-payload", "an unparsable payload with a wrong MAC: the MAC is judged first",
+        frame(VERSION, b"\xc1", b"\x00" * 16), E.BAD_MAC, "F24", decoder="session", context=ctx())
+    add("session/payload-truncated", "a MAC'd payload cut short", maced(K_OA, spayload("ping")[:-1]),
+        E.MALFORMED_FRAME, "F9", decoder="session", context=ctx())
+    f, r = sframe("session/depth-17", body=nested(17))
+    add("session/depth-17", "body nested max_depth + 1 deep", f, E.LIMIT_EXCEEDED, "F21", ref=r,
+        decoder="session", context=ctx())
+    f, r = sframe("session/seq-missing", seq=DROP)
+    add("session/seq-missing", "no 'seq'", f, E.MALFORMED_FRAME, "F25", ref=r, decoder="session", context=ctx())
+    f, r = sframe("session/seq-negative", seq=-1)
+    add("session/seq-negative", "'seq' is -1", f, E.MALFORMED_FRAME, "F25", ref=r, decoder="session",
+        context=ctx())
     f, r = sframe("session/replay", seq=0)
     add("session/replay", "seq 0 again when 1 is expected", f, E.BAD_SEQUENCE, "S2", ref=r,
-        decoder="session", context=session_ctx(recv_seq=1))
+        decoder="session", context=ctx(recv_seq=1))
     f, r = sframe("session/skip", seq=1)
     add("session/skip", "seq 1 when 0 is expected", f, E.BAD_SEQUENCE, "S2", ref=r, decoder="session",
-        context=session_ctx())
-    f, _ = sframe("session/third-key", signer="c", sender=C)
-    add("session/third-key", "a frame from c, self-consistently signed, in a session with a", f,
-        E.BAD_SIGNATURE, "F8", decoder="session", context=session_ctx())
-    f, _ = sframe("session/lying-from", sender=C)
-    add("session/lying-from", "signed by the peer a but 'from' names c", f, E.WRONG_SENDER, "F13",
-        decoder="session", context=session_ctx())
+        context=ctx())
+    hello_a, hello_b, ready = handshake_frames()
+    add("session/hello", "the opener's signed HELLO again inside the live session", hello_a,
+        E.UNEXPECTED_MESSAGE, "S3", ref=fid("handshake/hello-open"), decoder="session", context=ctx())
+    add("session/ready", "the opener's signed READY again inside the live session", ready,
+        E.UNEXPECTED_MESSAGE, "S3", ref=fid("handshake/ready"), decoder="session", context=ctx())
+    err = signed("b", payload("session/late-refusal", type="ERROR", sender=B,
+                              body={"code": int(E.NOT_ADMITTED), "name": "not_admitted"}))
+    add("session/late-refusal", "a signed ERROR from the peer after its first session frame", err,
+        E.UNEXPECTED_MESSAGE, "S3", ref=fid("session/late-refusal"), decoder="session", context=ctx("a", 1))
+    f = signed("c", payload("session/third-key", sender=C))
+    add("session/third-key", "a signed frame from c, self-consistently signed, in a session with a", f,
+        E.BAD_SIGNATURE, "F8", decoder="session", context=ctx())
+    f = signed("a", payload("session/lying-from", sender=C))
+    add("session/lying-from", "a signed frame by the peer a whose 'from' names c", f, E.WRONG_SENDER, "F13",
+        decoder="session", context=ctx())
+    f, r = sframe("session/hello-type", type="HELLO", body=hello_body)
+    add("session/hello-type", "a session frame of type HELLO: unexpected, its seq not consumed", f,
+        E.UNEXPECTED_MESSAGE, "S4", ref=r, decoder="session", context=ctx())
     f, r = sframe("session/unknown-type", type="FROBNICATE", seq=2)
     add("session/unknown-type", "unknown type: non-fatal, the seq is consumed", f, E.UNKNOWN_TYPE, "M1", ref=r,
-        decoder="session", context=session_ctx(recv_seq=2), recv_seq_after=3)
+        decoder="session", context=ctx(recv_seq=2), recv_seq_after=3)
     f, r = sframe("session/invalid-body", type="HEARTBEAT", body={"ttl": -5}, seq=2)
     add("session/invalid-body", "invalid body: non-fatal, the seq is consumed", f, E.INVALID_BODY, "M2", ref=r,
-        decoder="session", context=session_ctx(recv_seq=2), recv_seq_after=3)
+        decoder="session", context=ctx(recv_seq=2), recv_seq_after=3)
 
     # Handshake
-    hello_a, hello_b, ready = handshake_frames()
     r_open, r_answer, r_ready = fid("handshake/hello-open"), fid("handshake/hello-answer"), fid("handshake/ready")
 
-    def hello(name: str, signer: str = "a", *, ts: int = TS, sid: Any = DROP, seq: Any = DROP,
-              **fields: Any) -> tuple[bytes, bytes]:
+    def shello(name: str, signer: str = "a", *, ts: int = TS, **fields: Any) -> tuple[bytes, bytes]:
         opener = signer != "b"
-        body = {"network": NETWORK, "role": "node" if opener else "pool",
-                "nonce": NONCE_A if opener else NONCE_B, "versions": [1], **fields}
-        return signed(signer, payload(name, type="HELLO", ts=ts, sender=KEYS[signer].public, body=body,
-                                      sid=sid, seq=seq)), fid(name)
+        body = {"network": NETWORK, "role": "node" if opener else "pool", "nonce": NONCE_A if opener else NONCE_B,
+                "eph": EPH_A if opener else EPH_B, "versions": [VERSION], **fields}
+        return signed(signer, payload(name, type="HELLO", ts=ts, sender=KEYS[signer].public, body=body)), fid(name)
 
     add("hs/opener-not-started", "an opener receives a frame before sending HELLO", hello_b,
         E.UNEXPECTED_MESSAGE, "H1", decoder="handshake", context=hs_ctx("opener", now=TS + 2, initiate=False))
-    add("hs/after-established", "the answerer receives HELLO again after READY", hello_a, E.UNEXPECTED_MESSAGE,
+    add("hs/after-established", "a handshake object that has completed takes no more frames (a live session "
+        "decodes them instead: session/hello, S3)", hello_a, E.UNEXPECTED_MESSAGE,
         "H1", decoder="handshake", context=hs_ctx("answerer", now=TS + 2, prior=(hello_a, ready)))
+    add("hs/session-frame", "a session frame (MAC) during the handshake", maced(K_OA, spayload("hs/session-frame")),
+        E.UNEXPECTED_MESSAGE, "F23", decoder="handshake", context=hs_ctx("answerer"))
     add("hs/stale", "the opening HELLO is 120001 ms old", hello_a, E.STALE_TIMESTAMP, "F22", ref=r_open,
         decoder="handshake", context=hs_ctx("answerer", now=TS + WINDOW + 1))
     add("hs/ready-first", "READY before any HELLO", ready, E.UNEXPECTED_MESSAGE, "H2", ref=r_ready,
         decoder="handshake", context=hs_ctx("answerer", now=TS + 2))
     f, r = iv("hs/ping", ts=TS)
-    add("hs/ping", "PING during the handshake", f, E.UNEXPECTED_MESSAGE, "H2", ref=r, decoder="handshake",
+    add("hs/ping", "a signed PING during the handshake", f, E.UNEXPECTED_MESSAGE, "H2", ref=r, decoder="handshake",
         context=hs_ctx("answerer"))
     f, r = iv("hs/unknown-type", type="FROBNICATE")
     add("hs/unknown-type", "an unknown type during the handshake is unexpected, not unknown", f,
         E.UNEXPECTED_MESSAGE, "H2", ref=r, decoder="handshake", context=hs_ctx("answerer"))
-    f, r = hello("hs/hello-with-sid", sid=SID, seq=0)
-    add("hs/hello-with-sid", "HELLO carrying sid and seq", f, E.UNEXPECTED_MESSAGE, "H2", ref=r,
-        decoder="handshake", context=hs_ctx("answerer"))
     add("hs/second-hello", "a second HELLO where READY is expected", hello_a, E.UNEXPECTED_MESSAGE, "H2",
         ref=r_open, decoder="handshake", context=hs_ctx("answerer", now=TS + 2, prior=(hello_a,)))
     add("hs/ready-at-opener", "READY where the answerer's HELLO is expected", ready, E.UNEXPECTED_MESSAGE,
         "H2", ref=r_ready, decoder="handshake", context=hs_ctx("opener", now=TS + 2))
-    f, r = hello("hs/bad-role", role="king")
+    f, r = shello("hs/bad-role", role="king")
     add("hs/bad-role", "HELLO with an invalid body", f, E.INVALID_BODY, "M2", ref=r, decoder="handshake",
         context=hs_ctx("answerer"))
     f = signed("a", payload("hs/ready-wrong-echo", type="READY", ts=TS + 2, body={"echo": NONCE_A}))
@@ -665,36 +803,48 @@ def invalid_vectors() -> list[dict]:
         decoder="handshake", context=hs_ctx("answerer", network="othernet"))
     add("order/network-first", "network, pinned key and versions all mismatch", hello_a, E.NETWORK_MISMATCH,
         "H4", ref=r_open, decoder="handshake",
-        context=hs_ctx("answerer", network="othernet", pinned_key=C, versions=(2,)))
+        context=hs_ctx("answerer", network="othernet", pinned_key=C, versions=(3,)))
     add("hs/self", "the answerer has the opener's key", hello_a, E.SELF_CONNECTION, "H5", ref=r_open,
         decoder="handshake", context=hs_ctx("answerer", local="a"))
     add("hs/pinned-at-answerer", "the answerer pinned c", hello_a, E.PINNED_KEY_MISMATCH, "H6", ref=r_open,
         decoder="handshake", context=hs_ctx("answerer", pinned_key=C))
     add("hs/pinned-at-opener", "the opener pinned c, b answers", hello_b, E.PINNED_KEY_MISMATCH, "H6",
         ref=r_answer, decoder="handshake", context=hs_ctx("opener", now=TS + 2, pinned_key=C))
-    add("hs/versions", "no common version", hello_a, E.NO_COMMON_VERSION, "H7", ref=r_open, decoder="handshake",
-        context=hs_ctx("answerer", versions=(2, 3)))
+    f, r = shello("hs/v1-only", versions=[1])
+    add("hs/v1-only", "a peer offering only [1]: unsupported_version naming [2]", f, E.UNSUPPORTED_VERSION, "H7",
+        ref=r, decoder="handshake", context=hs_ctx("answerer"))
+    add("hs/versions", "no common version (the answerer speaks only 3 here)", hello_a, E.UNSUPPORTED_VERSION, "H7",
+        ref=r_open, decoder="handshake", context=hs_ctx("answerer", versions=(3,)))
     add("hs/nonce-reuse", "the opener's nonce equals the answerer's", hello_a, E.BAD_NONCE, "H8", ref=r_open,
         decoder="handshake", context=hs_ctx("answerer", nonce=NONCE_A))
-    f, r = hello("hs/open-with-echo", echo=NONCE_B)
+    add("hs/eph-reuse", "the opener's eph equals the answerer's own (same ephemeral secret)", hello_a, E.BAD_KEY,
+        "H10", ref=r_open, decoder="handshake", context=hs_ctx("answerer", eph_secret=EPH_SECRET_A))
+    f, r = shello("hs/open-with-echo", echo=NONCE_B)
     add("hs/open-with-echo", "an opening HELLO carrying echo", f, E.BAD_NONCE, "H9", ref=r,
         decoder="handshake", context=hs_ctx("answerer"))
-    f, r = hello("hs/answer-wrong-echo", "b", ts=TS + 1, echo=NONCE_B)
+    f, r = shello("hs/answer-wrong-echo", "b", ts=TS + 1, echo=NONCE_B)
     add("hs/answer-wrong-echo", "the answer echoes the wrong nonce", f, E.BAD_NONCE, "H9", ref=r,
         decoder="handshake", context=hs_ctx("opener", now=TS + 2))
-    f, _ = hello("hs/preauth-array", x=list(range(33)))
+    f, r = shello("hs/answer-no-echo", "b", ts=TS + 1)
+    add("hs/answer-no-echo", "the answer has no echo", f, E.BAD_NONCE, "H9", ref=r, decoder="handshake",
+        context=hs_ctx("opener", now=TS + 2))
+    f, _ = shello("hs/low-order-eph-at-opener", "b", ts=TS + 1, echo=NONCE_A, eph=LOW_ORDER)
+    add("hs/low-order-eph-at-opener", "the answer's eph is the point 0: X25519 gives all zeros", f, E.BAD_KEY,
+        "H11", decoder="handshake", context=hs_ctx("opener", now=TS + 2))
+    low_open, _ = shello("hs/low-order-eph-at-answerer", eph=LOW_ORDER)
+    add("hs/low-order-eph-at-answerer", "the opener's HELLO had eph 0; the answerer finds out deriving the keys "
+        "on READY", ready, E.BAD_KEY, "H11", decoder="handshake",
+        context=hs_ctx("answerer", now=TS + 2, prior=(low_open,)))
+    f, _ = shello("hs/preauth-array", x=list(range(33)))
     add("hs/preauth-array", "an unknown HELLO field holding 33 elements: over the pre-auth max_array_len "
         "(32, limits §1.1), though within a session's", f, E.LIMIT_EXCEEDED, "F9", decoder="handshake",
         context=hs_ctx("answerer"))
-    f, r = hello("hs/preauth-depth", x=[[[[1]]]])
+    f, r = shello("hs/preauth-depth", x=[[[[1]]]])
     add("hs/preauth-depth", "an unknown HELLO field nesting the body 5 deep: over the pre-auth max_depth (4)",
         f, E.LIMIT_EXCEEDED, "F21", ref=r, decoder="handshake", context=hs_ctx("answerer"))
-    f, _ = hello("hs/preauth-frame-size", x=b"\x00" * 4000)
+    f, _ = shello("hs/preauth-frame-size", x=b"\x00" * 4000)
     add("hs/preauth-frame-size", "a HELLO of more than preauth_frame_size (4096) bytes", f, E.FRAME_TOO_LARGE,
         "F2", decoder="handshake", context=hs_ctx("answerer"))
-    f, r = hello("hs/answer-no-echo", "b", ts=TS + 1)
-    add("hs/answer-no-echo", "the answer has no echo", f, E.BAD_NONCE, "H9", ref=r, decoder="handshake",
-        context=hs_ctx("opener", now=TS + 2))
     return vs
 
 
@@ -707,7 +857,7 @@ def record_vectors() -> dict:
     node = r.NodeClaim(origin=B, network=NETWORK, seq=TS, issued=TS, expires=TS + 60_000, key=A,
                        capabilities=("gpu", "cpu"), meta={"region": "eu"})
     event = r.EventClaim(origin=B, network=NETWORK, seq=TS + 1, topic="node.left", event_id=fid("records/event"),
-                         ts=TS, data={"key": A.hex(), "capabilities": ["gpu"], "meta": {}, "expires": TS})
+                         ts=TS, data={"key": A, "capabilities": ["gpu"], "meta": {}, "expires": TS})
 
     def ctx(origin: bytes = B, now: int = TS + 1000) -> dict:
         return {"origin": origin.hex(), "network": NETWORK, "now": now}
@@ -727,7 +877,7 @@ def record_vectors() -> dict:
                                                                  use_bin_type=True))),
     ]:
         run_record(kind, signed, ctx())
-        content = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in msgpack.unpackb(signed.record).items()}
+        content = to_json(msgpack.unpackb(signed.record))
         valid.append({"name": f"records/{name}", "kind": kind, "signer": "b", "record": signed.record.hex(),
                       "sig": signed.sig.hex(), "content": content, "context": ctx()})
 
@@ -772,7 +922,7 @@ def record_vectors() -> dict:
     bad("event-domain", "a node record signed with the event prefix", "node", raw("node", node_bytes, prefix=r.EVENT_PREFIX),
         "R8")
     bad("descriptor-domain", "a node record signed with the descriptor prefix", "node",
-        raw("node", node_bytes, prefix=b"gelato/v1/descriptor\0"), "R8")
+        raw("node", node_bytes, prefix=DESCRIPTOR_PREFIX), "R8")
     bad("tampered", "seq changed after signing", "node",
         r.SignedRecord(record=msgpack.packb(node.to_body() | {"seq": TS + 1}, use_bin_type=True), sig=good.sig), "R8")
     return {"description": "Signed records (docs/gelato/records.md): sig = Ed25519 by origin over prefix || record. "

@@ -56,18 +56,22 @@ async def endpoint(role: str = "pool", bans: Bans | None = None) -> AsyncIterato
 # --- defects -------------------------------------------------------------------------------------
 
 def break_signatures(monkeypatch) -> set[str]:
-    """Frames are never signature-checked (the suite's own decoder shares the function: harmless,
-    the endpoint's frames are genuine). Third-key frames then fail later, as wrong_sender."""
+    """Signed frames are never signature-checked (the suite's own decoder shares the function:
+    harmless, the endpoint's frames are genuine). Third-key frames (a signed frame in a session, a
+    READY) then fail later, as wrong_sender."""
     monkeypatch.setattr(codec, "verify", lambda key, sig, data: True)
-    return {"2.1", "2.2", "2.3", "2.5"}
+    return {"2.1", "2.6", "2.8"}
 
 
 class _ReplayingSession(handshake.Session):
-    def decode(self, data, *, now=None):
-        frame = codec.decode_envelope(data, self.limits, expected_key=self.peer_key, now=now)
-        if frame.sid == self.sid and frame.seq is not None and frame.seq < self.recv_seq:
+    def decode(self, data):
+        try:
+            frame = codec.decode_session_envelope(data, self.recv_key, self.limits)
+        except ProtocolError:
+            return super().decode(data)
+        if frame.seq < self.recv_seq:
             return codec.parse_message(frame)  # a replay: accepted as if new
-        return super().decode(data, now=now)
+        return super().decode(data)
 
 
 def break_replay(monkeypatch) -> set[str]:
@@ -92,20 +96,21 @@ def break_expiry(monkeypatch) -> set[str]:
     return {"7.6"}
 
 
-class _WrongSidCodeSession(handshake.Session):
-    def decode(self, data, *, now=None):
+class _WrongMacCodeSession(handshake.Session):
+    def decode(self, data):
         try:
-            return super().decode(data, now=now)
+            return super().decode(data)
         except ProtocolError as e:
-            if e.code is ErrorCode.WRONG_SID:
+            if e.code is ErrorCode.BAD_MAC:
                 raise ProtocolError(ErrorCode.BAD_SEQUENCE, e.message, e.ref) from None
             raise
 
 
 def break_error_code(monkeypatch) -> set[str]:
-    """A foreign or missing sid is reported as bad_sequence instead of wrong_sid."""
-    monkeypatch.setattr(handshake, "Session", _WrongSidCodeSession)
-    return {"4.3", "4.4", "4.5"}
+    """A frame whose MAC fails (corrupted, tampered, the other direction's, reflected, another
+    session's, under stale keys) is reported as bad_sequence instead of bad_mac."""
+    monkeypatch.setattr(handshake, "Session", _WrongMacCodeSession)
+    return {"2.2", "2.3", "2.4", "2.5", "3.4", "4.4"}
 
 
 def break_join_identity(monkeypatch) -> set[str]:

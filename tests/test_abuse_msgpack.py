@@ -22,17 +22,18 @@ from hypothesis import strategies as st
 
 from galaxynode.gelato import codec
 from galaxynode.gelato import messages as m
-from galaxynode.gelato.codec import (DEFAULT_LIMITS, PREAUTH_FRAME_SIZE, PREAUTH_MAX_ARRAY_LEN, Limits, decode_frame,
-                                     now_ms, preauth_limits, sign_payload)
+from galaxynode.gelato.codec import (DEFAULT_LIMITS, PREAUTH_FRAME_SIZE, PREAUTH_MAX_ARRAY_LEN, Limits, MacKey,
+                                     decode_frame, mac_payload, now_ms, preauth_limits, sign_payload)
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
-from galaxynode.gelato.handshake import Handshake, Session, derive_sid
+from galaxynode.gelato.handshake import Handshake, Session
 from galaxynode.identity import Identity
 from galaxynode.net import ChannelClosed, open_channel
 
 from abuse import alive, assert_within, honest_latency, live_pool, rss_mib
 
 A, B = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
-SID = derive_sid(b"\x00" * 32, b"\x01" * 32, A.public, B.public)
+SID = b"\x5a" * 32
+MK = MacKey(b"\x6b" * 32)  # A's send key, B's receive key
 KiB, MiB = 1024, 1024 * 1024
 
 # Container headers declaring the largest counts the default limits allow (and beyond, for array32).
@@ -86,11 +87,12 @@ def test_preauth_lying_headers_allocate_under_512_kib(kind, wrapped):
 @pytest.mark.parametrize("size", [4 * KiB, 64 * KiB, MiB - 200])
 @pytest.mark.parametrize("kind", ["array16", "array32", "map16", "map32"])
 def test_session_lying_headers_allocate_a_few_frame_sizes(kind, size):
-    """Bound: a session frame (signed by the session's peer: keys are free) makes the decoder
-    allocate < 5 x its size + 512 KiB at peak: copies of the payload (for the signature check and
-    the skip pass), never the declared counts (before: ~84 MB at any of these sizes)."""
-    data = frame(lying_payload(HEADERS[kind], size, wrapped=True))
-    peak, code = peak_bytes(lambda: Session(B, A.public, None, SID, False).decode(data))
+    """Bound: a session frame (MAC'd by the session's peer: keys are free) makes the decoder
+    allocate < 5 x its size + 512 KiB at peak: copies of the payload (the outer split and the skip
+    pass), never the declared counts (before: ~84 MB at any of these sizes)."""
+    data = mac_payload(MK, lying_payload(HEADERS[kind], size, wrapped=True), Limits(max_frame_size=1 << 62))
+    session = Session(B, A.public, None, SID, False, MacKey(b"\x00" * 32), MK)
+    peak, code = peak_bytes(lambda: session.decode(data))
     assert code in (ErrorCode.MALFORMED_FRAME, ErrorCode.LIMIT_EXCEEDED)
     assert peak < 5 * len(data) + 512 * KiB, f"{kind} in {len(data)} bytes: {peak / MiB:.1f} MiB"
 
@@ -175,7 +177,7 @@ def test_the_skip_pass_changes_no_verdict(payload):
 # --- pre-auth bounds ---------------------------------------------------------------------------------
 
 def hello_frame(**extra) -> bytes:
-    body = m.Hello(network="t", role="node", nonce=b"\x07" * 32, versions=(1,)).to_body()
+    body = m.Hello(network="t", role="node", nonce=b"\x07" * 32, eph=b"\x09" * 32, versions=(2,)).to_body()
     payload = {"type": "HELLO", "id": b"\x00" * 16, "ts": now_ms(), "from": A.public, "body": {**body, **extra}}
     return sign_payload(A, msgpack.packb(payload, use_bin_type=True), Limits(max_frame_size=1 << 62))
 

@@ -110,7 +110,9 @@ def test_role_claims_get_the_node_bucket_and_no_peer_services(tmp_path):
         assert r["descriptors"] == ErrorCode.FORBIDDEN and r["event"] == ErrorCode.FORBIDDEN, r
         assert r["status"] == "STATUS_RESULT", r
     for r in bursts:
-        assert r["closed_with"] == ErrorCode.RATE_LIMITED and r["pings_sent"] < 3000, r
+        # the node bucket (burst 400) ends the burst; the pool bucket (burst 20,000) would not. How many
+        # PINGs the client queued before it saw the close depends on its write batching, not on the pool.
+        assert r["closed_with"] == ErrorCode.RATE_LIMITED, r
     assert not [p for p in peers if p["state"] == "connected"], peers
     print(f"role claims: honest JOIN quiet {quiet * 1000:.1f} ms, under 20 claimers {loaded * 1000:.1f} ms, "
           f"RSS +{grew:.1f} MiB")

@@ -97,11 +97,11 @@ def test_limits_must_be_positive():
 
 REFUSALS = (ErrorCode.NETWORK_MISMATCH, ErrorCode.NOT_ADMITTED, ErrorCode.BANNED, ErrorCode.TEMPORARILY_BANNED,
             ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.DUPLICATE_SESSION, ErrorCode.PINNED_KEY_MISMATCH,
-            ErrorCode.SELF_CONNECTION, ErrorCode.NO_COMMON_VERSION, ErrorCode.KICKED, ErrorCode.IDLE_TIMEOUT,
+            ErrorCode.SELF_CONNECTION, ErrorCode.KICKED, ErrorCode.IDLE_TIMEOUT,
             ErrorCode.SHUTTING_DOWN, ErrorCode.STALE_TIMESTAMP, ErrorCode.UNSUPPORTED_VERSION)
 ABUSES = (ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.TEXT_FRAME, ErrorCode.LIMIT_EXCEEDED,
-          ErrorCode.BAD_SIGNATURE, ErrorCode.BAD_KEY, ErrorCode.WRONG_SENDER, ErrorCode.UNEXPECTED_MESSAGE,
-          ErrorCode.BAD_NONCE, ErrorCode.WRONG_SID, ErrorCode.BAD_SEQUENCE, ErrorCode.HANDSHAKE_TIMEOUT,
+          ErrorCode.BAD_SIGNATURE, ErrorCode.BAD_KEY, ErrorCode.WRONG_SENDER, ErrorCode.BAD_MAC,
+          ErrorCode.UNEXPECTED_MESSAGE, ErrorCode.BAD_NONCE, ErrorCode.BAD_SEQUENCE, ErrorCode.HANDSHAKE_TIMEOUT,
           ErrorCode.RATE_LIMITED, ErrorCode.SLOW_READER)
 
 

@@ -1,14 +1,16 @@
+import hashlib
+
 import msgpack
 import pytest
 
 from galaxynode.gelato import messages as m
-from galaxynode.gelato.codec import (DEFAULT_LIMITS, SIGN_PREFIX, Limits, decode_envelope, decode_frame,
-                                     encode_frame, sign_payload)
+from galaxynode.gelato.codec import (DEFAULT_LIMITS, MAC_LEN, SIGN_PREFIX, Limits, MacKey, decode_envelope,
+                                     decode_frame, decode_session_envelope, encode_frame, encode_session_frame,
+                                     mac, mac_payload, parse_message, sign_payload)
 from galaxynode.gelato.errors import FATAL_CODES, ErrorCode, ProtocolError
 from galaxynode.identity import Identity
 
 FID = bytes(range(16))
-SID = b"\x5a" * 32
 TS = 1_700_000_000_000
 DROP = object()
 
@@ -18,7 +20,7 @@ DESC = m.SignedDescriptor(record=b"\x93\x01\x02\x03", sig=b"\x04" * 64)
 NODE = m.NodeRecord(key=K1, capabilities=("gpu", "cpu"), meta={"zone": "eu"}, expires=TS + 30_000)
 
 SAMPLES = {
-    "HELLO": m.Hello(network="main", role="pool", nonce=K1, versions=(1, 2), features=("relay",),
+    "HELLO": m.Hello(network="main", role="pool", nonce=K1, eph=K2, versions=(2, 3), features=("relay",),
                      agent="galaxynode/0.1", listen=("ws://127.0.0.1:7000",), echo=K2),
     "READY": m.Ready(echo=K2),
     "PING": m.Ping(data=b"abc"),
@@ -92,16 +94,100 @@ def test_round_trip(identity_a, name):
     assert f.msg == msg
 
 
+MK = MacKey(b"\x6b" * 32)
+
+
+def session_payload(**fields) -> bytes:
+    p = {"type": "PING", "id": FID, "seq": 7, "body": {}}
+    p.update(fields)
+    return msgpack.packb({k: v for k, v in p.items() if v is not DROP}, use_bin_type=True)
+
+
+def session_rejects(code: ErrorCode, data, ref=None, key=MK, **kw) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        parse_message(decode_session_envelope(data, key, **kw))
+    assert info.value.code is code, info.value
+    assert info.value.ref == ref, info.value
+    return info.value
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLES))
-def test_round_trip_with_session_header(identity_a, name):
-    data = encode_frame(identity_a, SAMPLES[name], sid=SID, seq=7)
-    f = decode_frame(data)
-    assert (f.sid, f.seq, f.msg) == (SID, 7, SAMPLES[name])
-    assert len(f.id) == 16
+def test_round_trip_as_session_frame(name):
+    data = encode_session_frame(MK, SAMPLES[name], seq=7, frame_id=FID)
+    f = parse_message(decode_session_envelope(data, MK))
+    assert (f.type, f.id, f.ts, f.seq, f.size, f.msg) == (name, FID, None, 7, len(data), SAMPLES[name])
+
+
+def test_session_frame_layout(identity_a):
+    """[2, payload, mac]: the MAC is keyed BLAKE2b-128 of exactly the payload bytes; the header is
+    type, id, seq and body (no from, ts or sid: the key stands for them)."""
+    data = encode_session_frame(MK, m.Heartbeat(ttl=30), seq=5, frame_id=FID)
+    version, payload, tag = msgpack.unpackb(data)
+    assert version == 2 and len(tag) == MAC_LEN == 16
+    assert tag == mac(MK.key, payload) == MK.tag(payload)
+    assert msgpack.unpackb(payload) == {"type": "HEARTBEAT", "id": FID, "seq": 5, "body": {"ttl": 30}}
+    assert data == msgpack.packb([2, payload, tag], use_bin_type=True)  # the hand-built outer array is msgpack's
+    signed = encode_frame(identity_a, m.Heartbeat(ttl=30), frame_id=FID, ts=TS)  # v1's header and auth
+    assert len(data) < len(signed) - 80, (len(data), len(signed))
+
+
+def test_large_payloads_get_the_longer_bin_headers():
+    for n in (300, 70_000):
+        data = encode_session_frame(MK, m.Event(topic="t", event_id=REF, origin=K1, ts=1, data={"b": b"x" * n}),
+                                    seq=0)
+        assert data == msgpack.packb(msgpack.unpackb(data), use_bin_type=True)
+        assert parse_message(decode_session_envelope(data, MK)).msg.data["b"] == b"x" * n
+
+
+def test_bad_mac():
+    good = mac_payload(MK, session_payload())
+    version, p, tag = msgpack.unpackb(good)
+    session_rejects(ErrorCode.BAD_MAC, outer(2, p, bytes([tag[0] ^ 1]) + tag[1:]))
+    session_rejects(ErrorCode.BAD_MAC, outer(2, session_payload(seq=8), tag))  # tampered payload
+    session_rejects(ErrorCode.BAD_MAC, good, key=MacKey(b"\x6c" * 32))         # another key
+    # digest_size is a BLAKE2b parameter, not a truncation: a 32-byte digest cut short is another value
+    session_rejects(ErrorCode.BAD_MAC, outer(2, p, hashlib.blake2b(p, key=MK.key, digest_size=32).digest()[:16]))
+    assert decode_session_envelope(good, MK).seq == 7
+
+
+def test_mac_is_checked_before_the_payload_is_read():
+    session_rejects(ErrorCode.BAD_MAC, outer(2, b"\xc1\xc1", b"\x00" * 16))
+    session_rejects(ErrorCode.MALFORMED_FRAME, mac_payload(MK, b"\xc1\xc1"))
+
+
+@pytest.mark.parametrize("raw", [msgpack.packb([1, 2]), b"", msgpack.packb({"type": "PING"}) + b"\x00",
+                                 msgpack.packb({"x": msgpack.ExtType(3, b"abc")})])
+def test_malformed_session_payload(raw):
+    session_rejects(ErrorCode.MALFORMED_FRAME, mac_payload(MK, raw))
+
+
+@pytest.mark.parametrize("fields", [
+    {"type": DROP}, {"type": ""}, {"seq": DROP}, {"seq": -1}, {"seq": "0"}, {"seq": 1.0}, {"seq": False},
+    {"seq": None}, {"body": DROP}, {"body": []}, {"body": {1: 2}},
+])
+def test_bad_session_header_carries_ref(fields):
+    session_rejects(ErrorCode.MALFORMED_FRAME, mac_payload(MK, session_payload(**fields)), ref=FID)
+
+
+def test_session_header_ignores_other_keys():
+    f = decode_session_envelope(mac_payload(MK, session_payload(ts=5, sid=b"x", **{"from": K1})), MK)
+    assert (f.seq, f.ts) == (7, None)
+
+
+def test_session_frame_limits():
+    data = mac_payload(MK, session_payload(body={"s": "x" * 11}))
+    session_rejects(ErrorCode.LIMIT_EXCEEDED, data, limits=Limits(max_str_len=10))
+    session_rejects(ErrorCode.FRAME_TOO_LARGE, data, limits=Limits(max_frame_size=len(data) - 1))
+
+
+def test_each_decoder_refuses_the_other_kind(identity_a):
+    e = rejects(ErrorCode.UNEXPECTED_MESSAGE, mac_payload(MK, session_payload()))
+    assert "outside a session" in e.message
+    session_rejects(ErrorCode.UNEXPECTED_MESSAGE, frame(identity_a))
 
 
 def test_defaults_and_nil_optionals_round_trip(identity_a):
-    for msg in (m.Ping(), m.Join(), m.Query(), m.Hello(network="n", role="node", nonce=K1, versions=(1,))):
+    for msg in (m.Ping(), m.Join(), m.Query(), m.Hello(network="n", role="node", nonce=K1, eph=K2, versions=(2,))):
         assert decode_frame(encode_frame(identity_a, msg)).msg == msg
     # an explicit nil for an optional field reads as absent
     assert decode_frame(frame(identity_a, body={"data": None})).msg == m.Ping()
@@ -185,25 +271,30 @@ MALFORMED_OUTER = {
     "str": msgpack.packb("frame"),
     "bin": msgpack.packb(b"frame"),
     "len0": outer(),
-    "len2": outer(1, b"p"),
-    "len4": outer(1, b"p", SIG, b""),
-    "len5": outer(1, b"p", SIG, b"", b""),
+    "len2": outer(2, b"p"),
+    "len4": outer(2, b"p", SIG, b""),
+    "len5": outer(2, b"p", SIG, b"", b""),
     "version-str": outer("1", b"p", SIG),
     "version-bool": outer(True, b"p", SIG),
     "version-float": outer(1.0, b"p", SIG),
     "version-nil": outer(None, b"p", SIG),
-    "payload-str": outer(1, "payload", SIG),
-    "payload-empty-str": outer(1, "", SIG),
-    "payload-int": outer(1, 5, SIG),
-    "payload-array": outer(1, [b"p"], SIG),
-    "sig-63": outer(1, b"p", b"\x00" * 63),
-    "sig-65": outer(1, b"p", b"\x00" * 65),
-    "sig-str": outer(1, b"p", "s" * 64),
-    "sig-nil": outer(1, b"p", None),
-    "ext": outer(1, b"p", msgpack.ExtType(1, b"x")),
-    "empty-ext": outer(1, msgpack.ExtType(1, b""), SIG),
-    "trailing": outer(1, b"p", SIG) + b"\x00",
-    "truncated": outer(1, b"p", SIG)[:-1],
+    "payload-str": outer(2, "payload", SIG),
+    "payload-empty-str": outer(2, "", SIG),
+    "payload-int": outer(2, 5, SIG),
+    "payload-array": outer(2, [b"p"], SIG),
+    "sig-63": outer(2, b"p", b"\x00" * 63),
+    "sig-65": outer(2, b"p", b"\x00" * 65),
+    "auth-0": outer(2, b"p", b""),
+    "auth-15": outer(2, b"p", b"\x00" * 15),
+    "auth-17": outer(2, b"p", b"\x00" * 17),
+    "auth-32": outer(2, b"p", b"\x00" * 32),
+    "sig-str": outer(2, b"p", "s" * 64),
+    "mac-str": outer(2, b"p", "s" * 16),
+    "sig-nil": outer(2, b"p", None),
+    "ext": outer(2, b"p", msgpack.ExtType(1, b"x")),
+    "empty-ext": outer(2, msgpack.ExtType(1, b""), SIG),
+    "trailing": outer(2, b"p", SIG) + b"\x00",
+    "truncated": outer(2, b"p", SIG)[:-1],
 }
 
 
@@ -212,11 +303,20 @@ def test_malformed_outer(data):
     rejects(ErrorCode.MALFORMED_FRAME, data)
 
 
-@pytest.mark.parametrize("version", [0, 2, 255, 2**40, -1])
+@pytest.mark.parametrize("version", [0, 1, 3, 255, 2**40, -1])
 def test_unsupported_version(identity_a, version):
     p = payload(identity_a)
     data = outer(version, p, identity_a.sign(SIGN_PREFIX + p))
-    rejects(ErrorCode.UNSUPPORTED_VERSION, data)
+    e = rejects(ErrorCode.UNSUPPORTED_VERSION, data)
+    assert f"frame version {version} not supported; we speak [2]" in e.message
+    session_rejects(ErrorCode.UNSUPPORTED_VERSION, outer(version, p, b"\x00" * 16))
+
+
+def test_a_v1_frame_is_unsupported_version_whatever_else_it_holds(identity_a):
+    """A v1 peer's frame (its auth a 64-byte signature under the v1 prefix) is refused for its version."""
+    p = payload(identity_a)
+    rejects(ErrorCode.UNSUPPORTED_VERSION, outer(1, p, identity_a.sign(b"gelato/v1\0" + p)))
+    rejects(ErrorCode.UNSUPPORTED_VERSION, outer(1, b"\xc1", b""))
 
 
 def test_trailing_bytes_after_valid_frame(identity_a):
@@ -256,9 +356,6 @@ def test_bad_id_has_no_ref(identity_a, fields):
 @pytest.mark.parametrize("fields", [
     {"type": DROP}, {"type": ""}, {"type": 5}, {"type": b"PING"},
     {"ts": DROP}, {"ts": -1}, {"ts": "1"}, {"ts": 1.5}, {"ts": True}, {"ts": None},
-    {"sid": b"\x00" * 31, "seq": 0}, {"sid": "s" * 32, "seq": 0}, {"sid": 5, "seq": 0},
-    {"sid": SID}, {"seq": 0}, {"sid": SID, "seq": -1}, {"sid": SID, "seq": "0"}, {"sid": SID, "seq": 1.0},
-    {"sid": SID, "seq": False},
     {"body": DROP}, {"body": None}, {"body": []}, {"body": b""},
     {1: "int key"}, {b"bin": "bin key"}, {None: 1},                 # non-string keys at the top level
     {"body": {1: 2}}, {"body": {"a": [{"b": {b"k": 1}}]}},          # ... and anywhere in the body
@@ -267,8 +364,9 @@ def test_bad_header_or_shape_carries_ref(identity_a, fields):
     rejects(ErrorCode.MALFORMED_FRAME, frame(identity_a, fields), ref=FID)
 
 
-def test_seq_and_sid_may_be_nil_together(identity_a):
-    f = decode_frame(frame(identity_a, sid=None, seq=None))
+def test_signed_frames_ignore_session_header_keys(identity_a):
+    """sid and seq mean nothing in a signed frame (v2 session frames do not carry sid at all)."""
+    f = decode_frame(frame(identity_a, sid=b"junk", seq=-1))
     assert f.sid is None and f.seq is None
 
 
@@ -329,15 +427,17 @@ def test_tampered_payload(identity_a):
     sig = identity_a.sign(SIGN_PREFIX + good)
     bad = payload(identity_a, ts=TS + 1)
     assert len(bad) == len(good)
-    rejects(ErrorCode.BAD_SIGNATURE, outer(1, bad, sig))
-    rejects(ErrorCode.BAD_SIGNATURE, outer(1, bad, sig), expected_key=identity_a.public)
+    rejects(ErrorCode.BAD_SIGNATURE, outer(2, bad, sig))
+    rejects(ErrorCode.BAD_SIGNATURE, outer(2, bad, sig), expected_key=identity_a.public)
     flipped = bytes([sig[0] ^ 1]) + sig[1:]
-    rejects(ErrorCode.BAD_SIGNATURE, outer(1, good, flipped))
+    rejects(ErrorCode.BAD_SIGNATURE, outer(2, good, flipped))
 
 
 def test_signature_needs_domain_prefix(identity_a):
     p = payload(identity_a)
-    rejects(ErrorCode.BAD_SIGNATURE, outer(1, p, identity_a.sign(p)))
+    assert SIGN_PREFIX == b"gelato/v2\0"
+    rejects(ErrorCode.BAD_SIGNATURE, outer(2, p, identity_a.sign(p)))
+    rejects(ErrorCode.BAD_SIGNATURE, outer(2, p, identity_a.sign(b"gelato/v1\0" + p)))
 
 
 def test_signed_by_another_key(identity_a, identity_b):
@@ -402,9 +502,11 @@ def test_unknown_type(identity_a):
     ("SUBSCRIBE", {"topics": []}, "SUBSCRIBE.topics: 0 items"),
     ("SUBSCRIBE", {"topics": ["t"] * (m.MAX_TOPICS + 1)}, "SUBSCRIBE.topics"),
     ("SUBSCRIBE", {"topics": ["t"], "peers": 1}, "SUBSCRIBE.peers: expected bool"),
-    ("HELLO", {"network": "n", "role": "king", "nonce": K1, "versions": [1]}, "HELLO.role: must be one of"),
-    ("HELLO", {"network": "n", "role": "pool", "nonce": K1, "versions": [256]}, "HELLO.versions[0]"),
-    ("HELLO", {"network": "", "role": "pool", "nonce": K1, "versions": [1]}, "HELLO.network"),
+    ("HELLO", {"network": "n", "role": "king", "nonce": K1, "eph": K2, "versions": [2]}, "HELLO.role: must be one of"),
+    ("HELLO", {"network": "n", "role": "pool", "nonce": K1, "eph": K2, "versions": [256]}, "HELLO.versions[0]"),
+    ("HELLO", {"network": "", "role": "pool", "nonce": K1, "eph": K2, "versions": [2]}, "HELLO.network"),
+    ("HELLO", {"network": "n", "role": "pool", "nonce": K1, "versions": [2]}, "HELLO.eph: required"),
+    ("HELLO", {"network": "n", "role": "pool", "nonce": K1, "eph": K2[:31], "versions": [2]}, "HELLO.eph: length 31"),
     ("QUERY_RESULT", {"re": REF, "nodes": [{"key": K1}]}, "QUERY_RESULT.nodes[0].expires: required"),
     ("QUERY_RESULT", {"re": REF, "nodes": [5]}, "QUERY_RESULT.nodes[0]: expected map"),
     ("ANNOUNCE", {"descriptor": {"record": b"r", "sig": b"s"}}, "ANNOUNCE.descriptor.sig"),

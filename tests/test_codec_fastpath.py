@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from galaxynode.descriptor import Descriptor
 from galaxynode.gelato import codec
 from galaxynode.gelato import messages as m
-from galaxynode.gelato.codec import (Limits, _no_duplicates, decode_envelope, decode_frame,
-                                     encode_frame, sign_payload)
+from galaxynode.gelato.codec import (Limits, MacKey, _no_duplicates, decode_envelope, decode_frame,
+                                     encode_frame, encode_session_frame, mac_payload, sign_payload)
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.handshake import Session
 from galaxynode.identity import Identity
@@ -32,6 +32,7 @@ T = 1_700_000_000_000
 FID = bytes(range(16))
 SID = b"\x5a" * 32
 K = b"\x01" * 32
+MK = MacKey(b"\x6b" * 32)  # A's send key = B's receive key
 PROP = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 CLASSES = sorted({*m.MESSAGES.values(), *m.STRUCTS.values(), Descriptor}, key=lambda c: c.__name__)
@@ -60,10 +61,12 @@ def _decline(cls: type, body: dict) -> Any:
 
 @contextlib.contextmanager
 def reference_only():
-    """The decoder with its fast paths off: every body walked, then parsed by _from_body."""
+    """The decoder with its fast paths off: the outer array read by msgpack, every body walked,
+    then parsed by _from_body."""
     with mock.patch.object(m, "_fast_from_body", _decline), \
             mock.patch.object(codec, "parse_proven", lambda *a: None), \
-            mock.patch.object(codec, "_check_shape", reference_check_shape):
+            mock.patch.object(codec, "_check_shape", reference_check_shape), \
+            mock.patch.object(codec, "_split_fast", lambda *a: None):
         yield
 
 
@@ -248,9 +251,10 @@ def with_duplicate(draw, pairs: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
 
 
 @st.composite
-def payloads(draw) -> bytes:
+def payloads(draw, session: bool = False) -> bytes:
     """A payload whose header is usually right and whose body usually fits its type; now and then a
-    key appears twice (in the header, the body, or a map inside the body)."""
+    key appears twice (in the header, the body, or a map inside the body). A session frame's header
+    is type, id, seq; a signed frame's type, id, ts, from."""
     ftype, body = draw(types_and_bodies)
     if one_in(draw, 10):
         ftype = draw(st.sampled_from(["NOPE", "ping", ""]))
@@ -259,10 +263,11 @@ def payloads(draw) -> bytes:
         if isinstance(v, dict) and v and one_in(draw, 3):
             v = Raw(pack_map(with_duplicate(draw, [*v.items()])))
         body_pairs.append((k, v))
-    pairs = [("type", ftype), ("id", FID), ("ts", draw(st.sampled_from([T, T + 1, T - 200_000]))),
-             ("from", A.public)]
-    if draw(st.booleans()):
-        pairs += [("sid", SID), ("seq", draw(st.integers(0, 1)))]
+    if session:
+        pairs = [("type", ftype), ("id", FID), ("seq", draw(st.integers(0, 1)))]
+    else:
+        pairs = [("type", ftype), ("id", FID), ("ts", draw(st.sampled_from([T, T + 1, T - 200_000]))),
+                 ("from", A.public)]
     pairs.append(("body", Raw(pack_map(with_duplicate(draw, body_pairs)))))
     if one_in(draw, 10):
         pairs.append(draw(st.tuples(st.text(max_size=4) | odd_keys, anything)))
@@ -272,6 +277,7 @@ def payloads(draw) -> bytes:
 
 
 frames = payloads().map(lambda p: sign_payload(A, p))
+session_frames = payloads(session=True).map(lambda p: mac_payload(MK, p)) | frames
 limits = st.sampled_from([Limits(), Limits(max_depth=0), Limits(max_depth=1), Limits(max_depth=2),
                           Limits(max_depth=3), Limits(max_map_len=8, max_array_len=8, max_str_len=64)])
 
@@ -327,11 +333,15 @@ def test_decode_frame_matches_the_reference(data, lim):
         assert got == want
 
 
+def receiver(limits: Limits = Limits()) -> Session:
+    return Session(B, A.public, None, SID, False, MacKey(b"\x00" * 32), MK, limits)
+
+
 @PROP
-@given(frames, limits)
+@given(session_frames, limits)
 def test_session_decode_matches_the_reference(data, lim):
     def decode() -> Any:
-        return Session(B, A.public, None, SID, False, lim).decode(data, now=T)
+        return receiver(lim).decode(data)
 
     got = outcome(decode)
     with reference_only():
@@ -424,7 +434,7 @@ def nested(depth: int) -> Any:
 
 
 JOIN = m.Join(ttl=60, capabilities=("gpu", "cuda"), meta={"zone": "eu", "rack": "r1"})
-HELLO = m.Hello(network="main", role="pool", nonce=K, versions=(1,), features=("relay",), listen=("ws://h:1",))
+HELLO = m.Hello(network="main", role="pool", nonce=K, eph=K, versions=(2,), features=("relay",), listen=("ws://h:1",))
 
 
 @pytest.mark.parametrize("msg", [JOIN, HELLO, m.Ping(data=b"x"), m.Heartbeat(ttl=5), m.Leave(),
@@ -496,15 +506,15 @@ def test_duplicate_keys_anywhere(where):
 
 
 def test_proven_frames_still_obey_the_session():
-    """The body is parsed early, but the session's sid/seq judgement still comes first."""
-    session = Session(B, A.public, None, SID, False)
-    good = encode_frame(A, JOIN, sid=SID, seq=0)
+    """The body is parsed early, but the session's MAC/seq judgement still comes first."""
+    session = receiver()
+    good = encode_session_frame(MK, JOIN, seq=0)
     with pytest.raises(ProtocolError) as info:
-        session.decode(encode_frame(A, JOIN, sid=SID, seq=1))
+        session.decode(encode_session_frame(MK, JOIN, seq=1))
     assert info.value.code is ErrorCode.BAD_SEQUENCE
     assert session.decode(good).msg == JOIN
-    bad_body = sign_payload(A, msgpack.packb({"type": "JOIN", "id": FID, "ts": T, "from": A.public, "sid": SID,
-                                              "seq": 1, "body": {"ttl": -1}}, use_bin_type=True))
+    bad_body = mac_payload(MK, msgpack.packb({"type": "JOIN", "id": FID, "seq": 1, "body": {"ttl": -1}},
+                                             use_bin_type=True))
     with pytest.raises(ProtocolError) as info:
         session.decode(bad_body)
     assert info.value.code is ErrorCode.INVALID_BODY and session.recv_seq == 2  # the seq is consumed
@@ -515,3 +525,31 @@ def test_fast_parser_copies_like_the_reference():
     msg = m.Join.from_body(body)
     assert msg == JOIN and type(msg.capabilities) is tuple
     assert msg.meta == body["meta"] and msg.meta is not body["meta"]  # a strmap is copied, as before
+
+
+def _outer(version: bytes, payload: bytes, auth: bytes, *, wide: bool = False) -> bytes:
+    """[version, payload, auth] with chosen encodings (wide: bin16/bin32 headers where bin8 would do)."""
+    def binary(b: bytes, big: bool) -> bytes:
+        return (b"\xc6" + len(b).to_bytes(4, "big") if big else b"\xc5" + len(b).to_bytes(2, "big")) + b
+    if wide:
+        return b"\x93" + version + binary(payload, False) + binary(auth, True)
+    return b"\x93" + version + msgpack.packb(payload, use_bin_type=True) + msgpack.packb(auth, use_bin_type=True)
+
+
+@PROP
+@given(st.sampled_from([b"\x02", b"\xcc\x02", b"\x01", b"\xd0\x02"]), st.binary(max_size=300),
+       st.sampled_from([0, 15, 16, 17, 64, 65]), st.booleans(), st.integers(-3, 3), st.binary(max_size=2))
+def test_the_hand_read_outer_array_agrees_with_msgpack(version, payload, auth_len, wide, cut, tail):
+    """codec._split_fast (the outer array read by hand) against msgpack's reading of the same bytes,
+    over other integer encodings of the version, wide bin headers, truncation and trailing bytes."""
+    data = _outer(version, payload, b"\x07" * auth_len, wide=wide)
+    data = (data[:cut] if cut < 0 else data) + (tail if cut > 0 else b"")
+    def split(lim: Limits) -> tuple:
+        try:
+            return ("parts", *codec.split_frame(data, lim))
+        except ProtocolError as e:
+            return ("error", e.code, e.ref, e.message)
+    for lim in (Limits(), Limits(max_frame_size=max(1, len(data) - 1))):
+        got = split(lim)
+        with reference_only():
+            assert split(lim) == got

@@ -11,14 +11,14 @@ import pytest
 import trio
 
 from galaxynode.gelato import messages as m
-from galaxynode.gelato.codec import Limits, decode_frame, now_ms, sign_payload
+from galaxynode.gelato.codec import Limits, decode_frame, mac_payload, now_ms
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.net.client import connect
 from galaxynode.net.connection import (Connection, RemoteError, SessionClosed, SessionLimits, establish,
                                        is_violation)
 from galaxynode.net.outbox import Outbox, OutputBudget
 from galaxynode.net.ratelimit import TokenBucket
-from galaxynode.net.transport import ChannelClosed, open_channel, serve_channels
+from galaxynode.net.transport import Channel, ChannelClosed, open_channel, serve_channels
 
 NET = "test"
 FAST = SessionLimits(handshake_timeout=2, close_timeout=0.5)
@@ -181,10 +181,9 @@ async def test_unknown_type_is_answered_and_not_fatal(identity_a, identity_b):
     async with session_server(identity_a) as (url, conns), \
             open_channel(url, max_message_size=2**20, connect_timeout=5) as ch:
         session = await establish(ch, identity_b, opener=True, network=NET, role="probe", limits=FAST)
-        payload = msgpack.packb({"type": "FUTURE", "id": b"i" * 16, "ts": now_ms(), "from": identity_b.public,
-                                 "sid": session.sid, "seq": session.send_seq, "body": {}})
+        payload = msgpack.packb({"type": "FUTURE", "id": b"i" * 16, "seq": session.send_seq, "body": {}})
         session.send_seq += 1
-        await ch.send(sign_payload(identity_b, payload))
+        await ch.send(mac_payload(session.send_key, payload))
         with trio.fail_after(5):
             error = session.decode(await ch.receive())
             assert error.type == "ERROR" and error.msg.code == ErrorCode.UNKNOWN_TYPE and error.msg.re == b"i" * 16
@@ -373,6 +372,46 @@ async def test_peer_that_stops_reading_is_closed_as_slow_reader(identity_a, iden
 
 
 # --- output bytes (outbox.py) ------------------------------------------------------------------
+
+async def test_queued_frames_go_out_in_batched_writes_in_order(identity_a, identity_b, monkeypatch):
+    """The writer hands what is queued to the channel in one write (Channel.send_many): fewer system
+    calls for a busy session, the same frames in the same order (the peer checks every seq)."""
+    batches = []
+    send_many = Channel.send_many
+
+    async def counting(self, frames):
+        batches.append(len(frames))
+        await send_many(self, frames)
+    monkeypatch.setattr(Channel, "send_many", counting)
+    async with session_server(identity_a) as (url, conns), \
+            connect(url, identity_b, network=NET, limits=FAST) as conn:
+        for i in range(100):
+            assert conn.send_nowait(m.Ping(data=i.to_bytes(2, "big")))
+        assert (await conn.request(m.Status(), timeout=10)).type == "ACK"  # answered after all 100
+        assert conns[0].session.recv_seq == 101 and conns[0].stats.errors_sent == 0
+        assert conn.stats.frames_out == 101 and batches and max(batches) > 1
+
+
+async def test_send_many_on_a_closed_channel_raises_channel_closed(identity_a, identity_b):
+    async with session_server(identity_a) as (url, conns), \
+            open_channel(url, max_message_size=2**20, connect_timeout=5) as ch:
+        await establish(ch, identity_b, opener=True, network=NET, role="node", limits=FAST)
+        await wait_for(lambda: conns)
+        await conns[0].close()
+        with trio.fail_after(5), pytest.raises(ChannelClosed):
+            while True:  # the close reaches our reader after a moment
+                await ch.send_many([b"x", b"y"])
+                await trio.sleep(0.01)
+
+
+def test_outbox_take_ready_takes_what_is_queued_up_to_a_byte_bound():
+    box = Outbox(10, 1000)
+    for i in range(5):
+        box.put(100, i)
+    assert box.take_ready(250) == [(100, 0), (100, 1), (100, 2)]  # stops once past the bound
+    assert box.take_ready(10_000) == [(100, 3), (100, 4)] and box.take_ready(10) == []
+    assert box.bytes == 500  # counted until done()
+
 
 def test_outbox_bounds_frames_bytes_and_the_shared_budget():
     budget = OutputBudget(250)

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from galaxynode.gelato import messages as m
-from galaxynode.gelato.codec import decode_frame, encode_frame, sign_payload
+from galaxynode.gelato.codec import decode_frame, encode_frame, encode_session_frame, mac_payload, sign_payload
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.handshake import Handshake, Session
 from galaxynode.identity import Identity
@@ -21,17 +21,21 @@ FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 SLOW = settings(FAST, max_examples=20_000)
 
 
-def _established() -> Session:
-    """B's side of a real handshake in which A opened; fixed nonces keep the sid stable."""
-    a = Handshake(A, opener=True, network="test", role="pool", clock=lambda: T, nonce=b"\x01" * 32)
-    b = Handshake(B, opener=False, network="test", role="pool", clock=lambda: T, nonce=b"\x02" * 32)
+def _established() -> tuple[Session, Session]:
+    """Both sides of a real handshake in which A opened; fixed nonces and ephemeral keys keep the
+    sid and the session keys stable."""
+    a = Handshake(A, opener=True, network="test", role="pool", clock=lambda: T, nonce=b"\x01" * 32,
+                  eph_secret=b"\x03" * 32)
+    b = Handshake(B, opener=False, network="test", role="pool", clock=lambda: T, nonce=b"\x02" * 32,
+                  eph_secret=b"\x04" * 32)
     b.receive(a.receive(b.receive(a.initiate())))
-    return b.session
+    return a.session, b.session
 
 
-ESTABLISHED = _established()
+SENDER, ESTABLISHED = _established()
 SID = ESTABLISHED.sid
 PEER_HELLO = ESTABLISHED.peer_hello
+KEY = SENDER.send_key  # A's MAC key: frames made with it get past B's MAC check
 
 
 def fresh_session() -> Session:
@@ -42,7 +46,7 @@ def check(data) -> None:
     """Decode three ways; anything but a ProtocolError (or success) propagates and fails the test."""
     for decode in (lambda d: decode_frame(d),
                    lambda d: decode_frame(d, expected_key=A.public, now=T),
-                   lambda d: fresh_session().decode(d, now=T)):
+                   lambda d: fresh_session().decode(d)):
         try:
             frame = decode(data)
         except ProtocolError as e:
@@ -135,15 +139,13 @@ def payloads(draw) -> bytes:
     return msgpack.packb(p, use_bin_type=True)
 
 
-signed_payloads = payloads().map(lambda raw: sign_payload(A, raw))
+signed_payloads = payloads().map(lambda raw: sign_payload(A, raw)) | payloads().map(lambda raw: mac_payload(KEY, raw))
 
-BASE_FRAMES = [
-    encode_frame(A, msg, ts=T, sid=sid, seq=0 if sid else None)
-    for sid in (SID, None)
-    for msg in (m.Ping(data=b"x"), PEER_HELLO, m.Join(ttl=60, capabilities=("gpu",), meta={"a": "b"}),
-                m.QueryResult(re=b"\x03" * 16, nodes=(m.NodeRecord(key=B.public, expires=T),)),
-                m.Event(topic="t", event_id=b"\x04" * 16, origin=A.public, ts=T, data={"x": [1, {"y": b""}]}))
-]
+_MSGS = (m.Ping(data=b"x"), PEER_HELLO, m.Join(ttl=60, capabilities=("gpu",), meta={"a": "b"}),
+         m.QueryResult(re=b"\x03" * 16, nodes=(m.NodeRecord(key=B.public, expires=T),)),
+         m.Event(topic="t", event_id=b"\x04" * 16, origin=A.public, ts=T, data={"x": [1, {"y": b""}]}))
+BASE_FRAMES = ([encode_session_frame(KEY, msg, seq=0) for msg in _MSGS]
+               + [encode_frame(A, msg, ts=T) for msg in _MSGS])
 
 
 @st.composite
@@ -170,15 +172,15 @@ def mutated_frames(draw) -> bytes:
 
 @st.composite
 def resigned_mutations(draw) -> bytes:
-    """Mutate the payload, then sign it again, so that the mutation gets past the signature."""
-    base = msgpack.unpackb(draw(st.sampled_from(BASE_FRAMES)))[1]
+    """Mutate the payload, then sign or MAC it again, so that the mutation gets past the signature."""
+    _, base, auth = msgpack.unpackb(draw(st.sampled_from(BASE_FRAMES)))
     data = bytearray(base)
     pos = draw(st.integers(0, len(data) - 1))
     if draw(st.booleans()):
         data[pos] ^= 1 << draw(st.integers(0, 7))
     else:
         data[pos:pos + draw(st.integers(0, 4))] = draw(st.binary(max_size=4))
-    return sign_payload(A, bytes(data))
+    return sign_payload(A, bytes(data)) if len(auth) == 64 else mac_payload(KEY, bytes(data))
 
 
 any_input = (st.binary(max_size=300) | mutated_frames() | resigned_mutations() | signed_payloads
@@ -190,8 +192,9 @@ any_input = (st.binary(max_size=300) | mutated_frames() | resigned_mutations() |
 def test_base_frames_are_valid():
     for data in BASE_FRAMES:
         check(data)
+    for data in BASE_FRAMES[len(_MSGS):]:
         assert decode_frame(data).msg is not None
-    assert fresh_session().decode(BASE_FRAMES[0], now=T).seq == 0
+    assert fresh_session().decode(BASE_FRAMES[0]).seq == 0
 
 
 @FAST

@@ -4,7 +4,12 @@ import msgpack
 import pytest
 
 from galaxynode.gelato import messages as m
-from galaxynode.gelato.codec import Limits, encode_frame, sign_payload
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from galaxynode.gelato import keys
+from galaxynode.gelato.codec import Limits, MacKey, encode_frame, mac, mac_payload, sign_payload
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.handshake import Handshake, State, derive_sid
 
@@ -22,8 +27,9 @@ def hs(identity, opener, **kw):
     return Handshake(identity, opener=opener, **kw)
 
 
-def hello(identity, *, network="test", nonce=None, echo=None, versions=(1,), ts=T, **frame_kw):
-    msg = m.Hello(network=network, role="pool", nonce=nonce or os.urandom(32), versions=versions, echo=echo)
+def hello(identity, *, network="test", nonce=None, eph=None, echo=None, versions=(2,), ts=T, **frame_kw):
+    msg = m.Hello(network=network, role="pool", nonce=nonce or os.urandom(32), eph=eph or keys.ephemeral()[1],
+                  versions=versions, echo=echo)
     return encode_frame(identity, msg, ts=ts, **frame_kw)
 
 
@@ -50,7 +56,11 @@ def test_happy_path(identity_a, identity_b):
     assert b.established
 
     sa, sb = a.session, b.session
-    assert sa.sid == sb.sid == derive_sid(a.nonce, b.nonce, identity_a.public, identity_b.public)
+    assert sa.sid == sb.sid == derive_sid(a.nonce, b.nonce, identity_a.public, identity_b.public, a.eph, b.eph)
+    assert sa.peer_hello.eph == b.eph and sb.peer_hello.eph == a.eph and a.eph != b.eph
+    assert (sa.send_key.key, sa.recv_key.key) == (sb.recv_key.key, sb.send_key.key)
+    assert sa.send_key.key != sa.recv_key.key
+    assert a._eph_secret is None and b._eph_secret is None  # forward secrecy: gone once keys exist
     assert (sa.peer_key, sb.peer_key) == (identity_b.public, identity_a.public)
     assert (sa.opener, sb.opener) == (True, False)
     assert sa.peer_hello.agent == "answerer/1" and sa.peer_hello.role == "node" and sa.peer_hello.echo == a.nonce
@@ -80,8 +90,8 @@ def test_pinned_key_that_matches(identity_a, identity_b):
 
 
 def test_common_version_subset(identity_a, identity_b):
-    a = hs(identity_a, True, versions=(1, 2, 3))
-    b = hs(identity_b, False, versions=(1,))
+    a = hs(identity_a, True, versions=(2, 3))
+    b = hs(identity_b, False, versions=(2,))
     b.receive(a.receive(b.receive(a.initiate())))
     assert b.established
 
@@ -168,17 +178,72 @@ def test_pinned_key_mismatch_on_answerer(identity_a, identity_b, identity_c):
     fails(b, a.initiate(), ErrorCode.PINNED_KEY_MISMATCH)
 
 
-@pytest.mark.parametrize("opener_versions,answerer_versions", [((2,), (1,)), ((1,), (2, 3))])
-def test_no_common_version(identity_a, identity_b, opener_versions, answerer_versions):
+@pytest.mark.parametrize("opener_versions,answerer_versions", [((1,), (2,)), ((3,), (2,))])
+def test_no_common_version_is_unsupported_version(identity_a, identity_b, opener_versions, answerer_versions):
     a = hs(identity_a, True, versions=opener_versions)
     b = hs(identity_b, False, versions=answerer_versions)
-    fails(b, a.initiate(), ErrorCode.NO_COMMON_VERSION)
+    e = fails(b, a.initiate(), ErrorCode.UNSUPPORTED_VERSION)
+    assert f"we speak {list(answerer_versions)}" in e.message and e.fatal
 
 
 def test_no_common_version_seen_by_opener(identity_a, identity_b):
-    a = hs(identity_a, True, versions=(1,))
+    a = hs(identity_a, True)
     a.initiate()
-    fails(a, hello(identity_b, echo=a.nonce, versions=(7,)), ErrorCode.NO_COMMON_VERSION)
+    e = fails(a, hello(identity_b, echo=a.nonce, versions=(1,)), ErrorCode.UNSUPPORTED_VERSION)
+    assert "peer offers [1], we speak [2]" in e.message
+
+
+def test_a_v1_frame_is_unsupported_version(identity_a, identity_b):
+    """A v1 peer's HELLO ([1, payload, signature]) is refused before anything else is judged."""
+    v1 = msgpack.packb([1, msgpack.packb({"type": "HELLO"}), b"\0" * 64])
+    e = fails(hs(identity_b, False), v1, ErrorCode.UNSUPPORTED_VERSION)
+    assert "frame version 1 not supported; we speak [2]" in e.message
+
+
+def test_peer_reuses_our_ephemeral_key(identity_a, identity_b):
+    a = hs(identity_a, True)
+    a.initiate()
+    fails(a, hello(identity_b, echo=a.nonce, eph=a.eph), ErrorCode.BAD_KEY)
+
+
+@pytest.mark.parametrize("eph", [b"\0" * 32, b"\x01" + b"\0" * 31])  # low-order points: an all-zero secret
+def test_low_order_ephemeral_key_is_bad_key(identity_a, identity_b, eph):
+    a = hs(identity_a, True)
+    a.initiate()
+    fails(a, hello(identity_b, echo=a.nonce, eph=eph), ErrorCode.BAD_KEY)
+
+
+def test_key_schedule_matches_rfc_implementations(identity_a, identity_b):
+    """X25519 (OpenSSL's, not libsodium's) and HKDF-SHA256 (cryptography's) give the session keys."""
+    sa_, sb_ = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    raw = [k.private_bytes_raw() for k in (sa_, sb_)]
+    a = hs(identity_a, True, eph_secret=raw[0])
+    b = hs(identity_b, False, eph_secret=raw[1])
+    assert a.eph == sa_.public_key().public_bytes_raw()
+    b.receive(a.receive(b.receive(a.initiate())))
+    shared = sa_.exchange(X25519PublicKey.from_public_bytes(b.eph))
+    sid = derive_sid(a.nonce, b.nonce, identity_a.public, identity_b.public, a.eph, b.eph)
+
+    def hkdf(info):
+        return HKDF(hashes.SHA256(), 32, sid, info).derive(shared)
+    assert a.session.send_key.key == hkdf(b"gelato/v2 opener->answerer") == b.session.recv_key.key
+    assert a.session.recv_key.key == hkdf(b"gelato/v2 answerer->opener") == b.session.send_key.key
+    data = a.session.encode(m.Ping())
+    payload = msgpack.unpackb(data)[1]
+    assert msgpack.unpackb(data)[2] == mac(a.session.send_key.key, payload) == MacKey(hkdf(b"gelato/v2 opener->answerer")).tag(payload)
+
+
+def test_fixed_ephemeral_secret_reproduces_the_handshake(identity_a, identity_b):
+    """Vectors: with fixed nonces, ephemeral secrets and clock, every handshake byte repeats."""
+    def run():
+        a = hs(identity_a, True, nonce=b"\x01" * 32, eph_secret=b"\x03" * 32)
+        b = hs(identity_b, False, nonce=b"\x02" * 32, eph_secret=b"\x04" * 32)
+        first = a.initiate()
+        return a, b, first
+    a1, b1, f1 = run()
+    a2, b2, f2 = run()
+    assert (a1.eph, b1.eph) == (a2.eph, b2.eph)
+    assert msgpack.unpackb(msgpack.unpackb(f1)[1])["body"] == msgpack.unpackb(msgpack.unpackb(f2)[1])["body"]
 
 
 def test_unexpected_message_type_at_answerer(identity_a, identity_b):
@@ -204,15 +269,13 @@ def test_unknown_type_during_handshake(identity_a, identity_b):
     fails(hs(identity_b, False), sign_payload(identity_a, raw), ErrorCode.UNEXPECTED_MESSAGE)
 
 
-def test_hello_with_sid(identity_a, identity_b):
-    fails(hs(identity_b, False), hello(identity_a, sid=b"\x00" * 32, seq=0), ErrorCode.UNEXPECTED_MESSAGE)
-
-
-def test_ready_with_sid(identity_a, identity_b):
+def test_session_frame_during_the_handshake(identity_a, identity_b):
+    """A MAC'd frame (16-byte auth) before the session exists: there is no key to check it with."""
+    raw = msgpack.packb({"type": "HELLO", "id": b"\x00" * 16, "seq": 0, "body": {}})
+    fails(hs(identity_b, False), mac_payload(MacKey(b"\x00" * 32), raw), ErrorCode.UNEXPECTED_MESSAGE)
     b = hs(identity_b, False)
     b.receive(hello(identity_a))
-    ready = encode_frame(identity_a, m.Ready(echo=b.nonce), ts=T, sid=b"\x00" * 32, seq=0)
-    fails(b, ready, ErrorCode.UNEXPECTED_MESSAGE)
+    fails(b, mac_payload(MacKey(b"\x00" * 32), raw), ErrorCode.UNEXPECTED_MESSAGE)
 
 
 def test_ready_signed_by_a_third_key(identity_a, identity_b, identity_c):
@@ -294,10 +357,10 @@ def test_no_frames_after_failure_or_establishment(identity_a, identity_b):
 
 # --- established session -------------------------------------------------------------------------
 
-def session_frame(identity, sid, seq, *, ftype="PING", body=None, fid=b"\x07" * 16, ts=T):
-    raw = msgpack.packb({"type": ftype, "id": fid, "ts": ts, "from": identity.public, "sid": sid, "seq": seq,
-                         "body": {} if body is None else body})
-    return sign_payload(identity, raw)
+def session_frame(sender, seq, *, ftype="PING", body=None, fid=b"\x07" * 16, **extra):
+    """A session frame MAC'd with `sender` (a Session) 's send key, whatever its seq."""
+    raw = msgpack.packb({"type": ftype, "id": fid, "seq": seq, "body": {} if body is None else body, **extra})
+    return mac_payload(sender.send_key, raw)
 
 
 def decode_fails(session, data, code, **kw) -> ProtocolError:
@@ -325,37 +388,77 @@ def test_skipped_seq(identity_a, identity_b, session_pair):
     assert "skipped" in e.message and e.fatal
 
 
-def test_wrong_sid_from_another_session_between_the_same_keys(identity_a, identity_b, session_pair):
+def test_frame_of_another_session_between_the_same_keys_fails_the_mac(identity_a, identity_b, session_pair):
     sa1, sb1 = session_pair(identity_a, identity_b)
     sa2, _ = session_pair(identity_a, identity_b)
-    e = decode_fails(sb1, sa2.encode(m.Ping()), ErrorCode.WRONG_SID)
-    assert e.fatal and e.ref is not None
+    assert sa1.sid != sa2.sid and sa1.send_key.key != sa2.send_key.key
+    e = decode_fails(sb1, sa2.encode(m.Ping()), ErrorCode.BAD_MAC)
+    assert e.fatal
     assert sb1.decode(sa1.encode(m.Ping())).seq == 0
 
 
-def test_frame_without_sid_after_handshake(identity_a, identity_b, session_pair):
+def test_reflected_frame_fails_the_mac(identity_a, identity_b, session_pair):
+    """Our own frame sent back to us is MAC'd under our send key, not the peer's: bad_mac."""
     sa, sb = session_pair(identity_a, identity_b)
-    decode_fails(sb, encode_frame(identity_a, m.Ping()), ErrorCode.WRONG_SID)
+    decode_fails(sa, sa.encode(m.Ping()), ErrorCode.BAD_MAC)
 
 
-def test_frame_from_a_third_key(identity_a, identity_b, identity_c, session_pair):
+def test_mac_under_the_other_directions_key(identity_a, identity_b, session_pair):
     sa, sb = session_pair(identity_a, identity_b)
-    e = decode_fails(sb, session_frame(identity_c, sb.sid, 0), ErrorCode.BAD_SIGNATURE)
-    assert e.fatal
+    decode_fails(sb, session_frame(sb, 0), ErrorCode.BAD_MAC)  # sb's own send key = the b->a direction
+    assert sb.decode(session_frame(sa, 0)).seq == 0
 
 
-def test_frame_signed_by_peer_with_a_lying_from(identity_a, identity_b, identity_c, session_pair):
+def test_bad_mac_is_checked_before_the_payload_is_read(identity_a, identity_b, session_pair):
     sa, sb = session_pair(identity_a, identity_b)
-    raw = msgpack.packb({"type": "PING", "id": b"\x00" * 16, "ts": T, "from": identity_c.public,
-                         "sid": sb.sid, "seq": 0, "body": {}})
-    decode_fails(sb, sign_payload(identity_a, raw), ErrorCode.WRONG_SENDER)
+    garbage = msgpack.packb([2, b"\xc1" * 40, b"\x00" * 16])  # unparseable payload, wrong MAC
+    decode_fails(sb, garbage, ErrorCode.BAD_MAC)
 
 
-def test_stale_frame_in_session(identity_a, identity_b, session_pair):
+def test_signed_frame_inside_a_session_is_unexpected(identity_a, identity_b, session_pair):
     sa, sb = session_pair(identity_a, identity_b)
-    decode_fails(sb, sa.encode(m.Ping(), ts=T - 200_000), ErrorCode.STALE_TIMESTAMP, now=T)
-    # without a clock the session does not judge time
-    assert sb.decode(session_frame(identity_a, sb.sid, 0, ts=0)).seq == 0
+    sb.decode(sa.encode(m.Ping()))
+    e = decode_fails(sb, encode_frame(identity_a, m.Ping(), frame_id=b"\x05" * 16), ErrorCode.UNEXPECTED_MESSAGE)
+    assert e.ref == b"\x05" * 16 and e.fatal
+
+
+def test_signed_frame_from_a_third_key_inside_a_session(identity_a, identity_b, identity_c, session_pair):
+    sa, sb = session_pair(identity_a, identity_b)
+    decode_fails(sb, encode_frame(identity_c, m.Ping()), ErrorCode.BAD_SIGNATURE)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_hello_or_ready_inside_a_live_session_is_unexpected_message(identity_a, identity_b, session_pair, signed):
+    """Issue 14 item 7: one error for a HELLO or READY inside a session, whichever way it is framed."""
+    sa, sb = session_pair(identity_a, identity_b)
+    for i, msg in enumerate([m.Ready(echo=b"\x00" * 32), m.Hello(network="test", role="pool", nonce=b"\x01" * 32,
+                                                                    eph=keys.ephemeral()[1], versions=(2,))]):
+        data = encode_frame(identity_a, msg) if signed else session_frame(sa, 0, ftype=msg.TYPE, body=msg.to_body())
+        e = decode_fails(sb, data, ErrorCode.UNEXPECTED_MESSAGE)
+        assert e.fatal and e.ref is not None
+
+
+def test_session_frames_carry_no_from_ts_or_sid(identity_a, identity_b, session_pair):
+    sa, sb = session_pair(identity_a, identity_b)
+    data = sa.encode(m.Heartbeat(ttl=30))
+    version, payload, tag = msgpack.unpackb(data)
+    assert (version, len(tag)) == (2, 16)
+    assert set(msgpack.unpackb(payload)) == {"type", "id", "seq", "body"}
+    assert len(data) < 80
+    frame = sb.decode(data)
+    assert (frame.sender, frame.sid, frame.ts) == (identity_a.public, sb.sid, None)
+
+
+def test_unknown_header_keys_in_a_session_frame_are_ignored(identity_a, identity_b, session_pair):
+    sa, sb = session_pair(identity_a, identity_b)
+    assert sb.decode(session_frame(sa, 0, ts=5, future=[1])).msg == m.Ping()
+
+
+@pytest.mark.parametrize("auth_len", [0, 15, 17, 32, 63, 65])
+def test_auth_of_another_length_is_malformed(identity_a, identity_b, session_pair, auth_len):
+    sa, sb = session_pair(identity_a, identity_b)
+    payload = msgpack.unpackb(sa.encode(m.Ping()))[1]
+    decode_fails(sb, msgpack.packb([2, payload, b"\x00" * auth_len]), ErrorCode.MALFORMED_FRAME)
 
 
 @pytest.mark.parametrize("ftype,body,code", [
@@ -366,20 +469,21 @@ def test_stale_frame_in_session(identity_a, identity_b, session_pair):
 def test_bad_body_is_not_fatal_and_consumes_the_seq(identity_a, identity_b, session_pair, ftype, body, code):
     sa, sb = session_pair(identity_a, identity_b)
     with pytest.raises(ProtocolError) as info:
-        sb.decode(session_frame(identity_a, sb.sid, 0, ftype=ftype, body=body, fid=b"\x09" * 16))
+        sb.decode(session_frame(sa, 0, ftype=ftype, body=body, fid=b"\x09" * 16))
     assert info.value.code is code and not info.value.fatal
     assert info.value.ref == b"\x09" * 16
     assert sb.recv_seq == 1
-    assert sb.decode(session_frame(identity_a, sb.sid, 1)).msg == m.Ping()
+    assert sb.decode(session_frame(sa, 1)).msg == m.Ping()
     # and the seq of the bad frame cannot be replayed afterwards
-    decode_fails(sb, session_frame(identity_a, sb.sid, 0), ErrorCode.BAD_SEQUENCE)
+    decode_fails(sb, session_frame(sa, 0), ErrorCode.BAD_SEQUENCE)
 
 
 def test_envelope_errors_in_session_are_fatal(identity_a, identity_b, session_pair):
     sa, sb = session_pair(identity_a, identity_b)
     good = sa.encode(m.Ping())
     for data, code in [(b"\xc1", ErrorCode.MALFORMED_FRAME), ("text", ErrorCode.TEXT_FRAME),
-                       (good[:-1] + bytes([good[-1] ^ 1]), ErrorCode.BAD_SIGNATURE)]:
+                       (good[:-1] + bytes([good[-1] ^ 1]), ErrorCode.BAD_MAC),
+                       (msgpack.packb([1, msgpack.unpackb(good)[1], b"\x00" * 64]), ErrorCode.UNSUPPORTED_VERSION)]:
         assert decode_fails(sb, data, code).fatal
     assert sb.decode(good).seq == 0
 
@@ -387,16 +491,16 @@ def test_envelope_errors_in_session_are_fatal(identity_a, identity_b, session_pa
 def test_encode_failure_does_not_consume_seq(identity_a, identity_b, session_pair):
     sa, sb = session_pair(identity_a, identity_b, limits=Limits(max_frame_size=400))
     with pytest.raises(ProtocolError) as info:
-        sa.encode(m.Goodbye(reason="x" * 256))
+        sa.encode(m.Error(code=1000, name="malformed_frame", message="x" * 512))
     assert info.value.code is ErrorCode.FRAME_TOO_LARGE
     assert sa.send_seq == 0
     assert sb.decode(sa.encode(m.Goodbye(reason="bye"))).seq == 0
 
 
 def test_session_fatal_codes():
-    fatal = [ErrorCode.BAD_SEQUENCE, ErrorCode.WRONG_SID, ErrorCode.BAD_SIGNATURE, ErrorCode.WRONG_SENDER,
+    fatal = [ErrorCode.BAD_SEQUENCE, ErrorCode.BAD_MAC, ErrorCode.BAD_SIGNATURE, ErrorCode.WRONG_SENDER,
              ErrorCode.BAD_NONCE, ErrorCode.NETWORK_MISMATCH, ErrorCode.SELF_CONNECTION,
-             ErrorCode.PINNED_KEY_MISMATCH, ErrorCode.NO_COMMON_VERSION, ErrorCode.UNEXPECTED_MESSAGE,
+             ErrorCode.PINNED_KEY_MISMATCH, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.UNEXPECTED_MESSAGE,
              ErrorCode.STALE_TIMESTAMP, ErrorCode.HANDSHAKE_TIMEOUT]
     assert all(c.fatal for c in fatal)
     assert not ErrorCode.INVALID_BODY.fatal and not ErrorCode.UNKNOWN_TYPE.fatal
@@ -404,7 +508,7 @@ def test_session_fatal_codes():
 
 def test_opener_sees_the_answerers_refusal_of_ready(identity_a, identity_b):
     """Handshake §4.5: an answerer that refuses READY sends a sessionless ERROR; the opener, already
-    established, must read it as the refusal, not as wrong_sid."""
+    established, must read it as the refusal, not as unexpected_message."""
     from galaxynode.gelato.codec import encode_frame
     from galaxynode.gelato.errors import ErrorCode, ProtocolError
     from galaxynode.gelato.handshake import Handshake
@@ -416,8 +520,8 @@ def test_opener_sees_the_answerers_refusal_of_ready(identity_a, identity_b):
     refusal = encode_frame(identity_b, m.Error.from_exc(ProtocolError(ErrorCode.STALE_TIMESTAMP, "clock")))
     frame = o.session.decode(refusal)
     assert frame.type == "ERROR" and frame.msg.code == ErrorCode.STALE_TIMESTAMP
-    # only as the first frame: later, a frame without sid is wrong_sid as before
+    # only as the first frame: later, a signed frame inside the session is unexpected_message
     o.session.recv_seq = 1
     with pytest.raises(ProtocolError) as e:
         o.session.decode(refusal)
-    assert e.value.code == ErrorCode.WRONG_SID
+    assert e.value.code == ErrorCode.UNEXPECTED_MESSAGE

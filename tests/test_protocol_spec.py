@@ -16,7 +16,8 @@ import attrs
 import msgpack
 import pytest
 
-from galaxynode.gelato.codec import DEFAULT_LIMITS, decode_frame
+from galaxynode.gelato import keys as gkeys
+from galaxynode.gelato.codec import DEFAULT_LIMITS, MacKey, decode_frame
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.gelato.handshake import Handshake, Session, State
 from galaxynode.gelato.messages import MESSAGES, STRUCTS
@@ -148,8 +149,13 @@ def to_json(value):
 
 
 def content_of(frame) -> dict:
-    return {"type": frame.type, "id": frame.id.hex(), "ts": frame.ts, "from": frame.sender.hex(),
-            "sid": frame.sid.hex() if frame.sid else None, "seq": frame.seq, "body": to_json(frame.body)}
+    """A signed frame has ts and from; a session frame seq (its sender and session are its key's)."""
+    out = {"type": frame.type, "id": frame.id.hex()}
+    if frame.seq is None:
+        out |= {"ts": frame.ts, "from": frame.sender.hex()}
+    else:
+        out["seq"] = frame.seq
+    return out | {"body": to_json(frame.body)}
 
 
 def h(value: str | None) -> bytes | None:
@@ -157,13 +163,16 @@ def h(value: str | None) -> bytes | None:
 
 
 def make_session(ctx: dict) -> Session:
-    return Session(KEYS[ctx["local"]], h(ctx["peer_key"]), None, h(ctx["sid"]), False, recv_seq=ctx["recv_seq"])
+    """The receiving half of a session: the peer's key (for a signed frame inside it) and the receive key."""
+    limits = attrs.evolve(DEFAULT_LIMITS, **ctx.get("limits", {}))
+    return Session(KEYS[ctx["local"]], h(ctx["peer_key"]), None, b"", ctx["opener"], MacKey(bytes(32)),
+                   MacKey(h(ctx["recv_key"])), limits, recv_seq=ctx["recv_seq"])
 
 
 def make_handshake(ctx: dict) -> Handshake:
     hs = Handshake(KEYS[ctx["local"]], opener=ctx["side"] == "opener", network=ctx["network"], role=ctx["role"],
                    pinned_key=h(ctx["pinned_key"]), versions=tuple(ctx["versions"]), nonce=h(ctx["nonce"]),
-                   clock=lambda: ctx["now"])
+                   eph_secret=h(ctx["eph_secret"]), clock=lambda: ctx["now"])
     if ctx["side"] == "opener" and ctx["initiate"]:
         hs.initiate()
     for prior in ctx["prior"]:
@@ -196,8 +205,9 @@ def test_valid_vector_decodes_to_its_content(v):
         frame = decode_frame(vector_data(v), now=v["context"]["now"])
     assert content_of(frame) == v["content"]
     assert MESSAGES[frame.type].from_body(frame.body) is not None
-    _, payload, sig = msgpack.unpackb(vector_data(v))
-    assert (payload.hex(), sig.hex()) == (v["payload"], v["signature"])
+    _, payload, auth = msgpack.unpackb(vector_data(v))
+    assert (payload.hex(), auth.hex()) == (v["payload"], v["auth"])
+    assert len(auth) == {"signed": 64, "session": 16}[v["kind"]]
 
 
 def test_message_vectors_cover_every_type():
@@ -210,15 +220,17 @@ def test_vector_keys_match_their_seeds():
 
 
 def test_handshake_vectors_are_what_the_handshake_produces():
-    hv = HANDSHAKE
+    hv, ks = HANDSHAKE, HANDSHAKE["key_schedule"]
     hello_open, hello_answer, ready = (bytes.fromhex(f["frame"]) for f in hv["frames"])
     clock = {"now": hv["frames"][0]["content"]["ts"]}
-    opener = Handshake(KEYS[hv["opener"]["key"]], opener=True, network=hv["network"], role="node",
-                       nonce=h(hv["opener"]["nonce"]), agent=hv["frames"][0]["content"]["body"]["agent"],
-                       clock=lambda: clock["now"])
-    answerer = Handshake(KEYS[hv["answerer"]["key"]], opener=False, network=hv["network"], role="pool",
-                         nonce=h(hv["answerer"]["nonce"]), agent=hv["frames"][1]["content"]["body"]["agent"],
-                         clock=lambda: clock["now"])
+
+    def side(role: str, opener: bool) -> Handshake:
+        d = hv[role]
+        return Handshake(KEYS[d["key"]], opener=opener, network=hv["network"], role="node" if opener else "pool",
+                         nonce=h(d["nonce"]), eph_secret=h(d["eph_secret"]),
+                         agent=hv["frames"][0]["content"]["body"]["agent"], clock=lambda: clock["now"])
+
+    opener, answerer = side("opener", True), side("answerer", False)
 
     def same_but_id(data: bytes, v: dict) -> None:
         got = content_of(decode_frame(data))
@@ -230,19 +242,48 @@ def test_handshake_vectors_are_what_the_handshake_produces():
     clock["now"] = hv["frames"][2]["content"]["ts"]
     same_but_id(opener.receive(hello_answer), hv["frames"][2])
     assert answerer.receive(ready) is None
-    assert opener.session.sid.hex() == answerer.session.sid.hex() == hv["sid"]
-    assert hashlib.sha256(bytes.fromhex(hv["sid_input"])).hexdigest() == hv["sid"]
+    o, a = opener.session, answerer.session
+    assert o.sid.hex() == a.sid.hex() == ks["sid"]
+    assert (o.send_key.key.hex(), o.recv_key.key.hex()) == (ks["k_oa"], ks["k_ao"])
+    assert (a.send_key.key.hex(), a.recv_key.key.hex()) == (ks["k_ao"], ks["k_oa"])
+
+
+def test_key_schedule_is_rfc_x25519_and_hkdf():
+    """The key schedule from the JSON alone, through another library (cryptography's X25519 and HKDF),
+    as an outside implementation would compute it."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    hv, ks = HANDSHAKE, HANDSHAKE["key_schedule"]
+    o = X25519PrivateKey.from_private_bytes(h(hv["opener"]["eph_secret"]))
+    a = X25519PrivateKey.from_private_bytes(h(hv["answerer"]["eph_secret"]))
+    assert o.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex() == hv["opener"]["eph"]
+    assert a.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex() == hv["answerer"]["eph"]
+    shared = o.exchange(X25519PublicKey.from_public_bytes(h(hv["answerer"]["eph"])))
+    assert shared.hex() == ks["shared"] == a.exchange(o.public_key()).hex()
+    sid_input = b"".join(h(x) for x in (hv["opener"]["nonce"], hv["answerer"]["nonce"], hv["opener"]["public"],
+                                        hv["answerer"]["public"], hv["opener"]["eph"], hv["answerer"]["eph"]))
+    assert sid_input.hex() == ks["sid_input"] and hashlib.sha256(sid_input).hexdigest() == ks["sid"]
+    for info, name in ((b"gelato/v2 opener->answerer", "k_oa"), (b"gelato/v2 answerer->opener", "k_ao")):
+        assert HKDF(hashes.SHA256(), 32, h(ks["sid"]), info).derive(shared).hex() == ks[name]
+    assert SPEC["key_schedule"]["info_opener_to_answerer_hex"] == ks["info_opener_to_answerer"]
+    assert gkeys.INFO_ANSWERER_TO_OPENER.hex() == ks["info_answerer_to_opener"]
 
 
 def test_session_vectors_decode_in_wire_order():
-    """One receiving Session per direction, fed every frame in order: seq counts per direction."""
+    """One receiving Session per direction, fed every frame in order: seq counts per direction; every
+    MAC is keyed BLAKE2b-128 of the payload under the sender's direction key."""
     sessions: dict[str, Session] = {}
+    keys = {"a": SESSION["k_oa"], "b": SESSION["k_ao"]}
     for v in SESSION["frames"]:
         ctx = v["context"]
         s = sessions.setdefault(ctx["local"], make_session({**ctx, "recv_seq": 0}))
         assert s.recv_seq == ctx["recv_seq"]
         assert content_of(decode(v, s)) == v["content"]
-    assert {v["context"]["sid"] for v in SESSION["frames"]} == {SESSION["sid"], HANDSHAKE["sid"]}
+        assert hashlib.blake2b(h(v["payload"]), key=h(keys[v["sender"]]), digest_size=16).hexdigest() == v["auth"]
+    assert (SESSION["k_oa"], SESSION["k_ao"]) == (HANDSHAKE["key_schedule"]["k_oa"], HANDSHAKE["key_schedule"]["k_ao"])
 
 
 def test_replies_cite_the_request_id():
@@ -251,15 +292,20 @@ def test_replies_cite_the_request_id():
     assert replies and all(v["content"]["body"]["re"] in ids for v in replies)
 
 
-def test_framing_example_is_the_ping_vector():
+def test_docs_examples_are_the_vectors():
+    """The byte-by-byte examples of the prose are the vectors' bytes."""
     ping = next(v for v in MESSAGE_VECTORS if v["name"] == "PING")
-    framing = (ROOT / "docs" / "gelato" / "framing.md").read_text(encoding="utf-8")
-    signing = (ROOT / "docs" / "gelato" / "signing.md").read_text(encoding="utf-8")
-    handshake = (ROOT / "docs" / "gelato" / "handshake.md").read_text(encoding="utf-8")
-    assert f"frame: {ping['frame']}" in framing
-    assert ping["content"]["id"] in framing
-    assert ping["signature"] in signing and KEYS["a"].public.hex() in signing
-    assert HANDSHAKE["sid"] in handshake
+    ready = next(v for v in MESSAGE_VECTORS if v["name"] == "READY")
+    docs = ROOT / "docs" / "gelato"
+    framing = (docs / "framing.md").read_text(encoding="utf-8")
+    signing = (docs / "signing.md").read_text(encoding="utf-8")
+    handshake = (docs / "handshake.md").read_text(encoding="utf-8")
+    assert f"frame: {ping['frame']}" in framing and ping["content"]["id"] in framing
+    assert ping["auth"] in framing and HANDSHAKE["key_schedule"]["k_oa"] in framing
+    assert f"frame: {ready['frame']}" in signing and ready["auth"] in signing
+    assert KEYS["a"].public.hex() in signing
+    for name in ("shared", "sid", "prk", "k_oa", "k_ao"):
+        assert HANDSHAKE["key_schedule"][name] in handshake, name
 
 
 # --- vectors: invalid frames --------------------------------------------------------------------

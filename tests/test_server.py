@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 from contextlib import asynccontextmanager
 
+import msgpack
 import pytest
 import trio
 
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.codec import Limits, decode_frame, encode_frame
 from galaxynode.gelato.errors import ErrorCode
+from galaxynode.gelato.handshake import Handshake
 from galaxynode.identity import Identity
 from galaxynode.net import (Bans, ChannelClosed, RemoteError, Server, SessionClosed, SessionLimits, connect, establish,
                             open_channel)
@@ -124,18 +126,56 @@ async def test_garbage_gets_malformed_and_close(identity_a, identity_b, identity
         await eventually(lambda: server.stats.violations == 2)
 
 
-async def test_forged_signature_and_foreign_key_are_fatal(identity_a, identity_b, identity_c):
+async def test_forged_mac_and_foreign_key_are_fatal(identity_a, identity_b, identity_c):
     async with pool(identity_a, identity_b) as (server, url):
         async with raw(url, identity_c) as (ch, session):
             data = bytearray(session.encode(m.Status()))
-            data[-1] ^= 1  # the signature is the last 64 bytes
+            data[-1] ^= 1  # the MAC is the last 16 bytes
             await ch.send(bytes(data))
             frames, code = await drain(ch, session)
-            assert errors(frames) == [ErrorCode.BAD_SIGNATURE] and code == 1008
-        async with raw(url, identity_c) as (ch, session):
-            await ch.send(encode_frame(identity_b, m.Status(), sid=session.sid, seq=0))
+            assert errors(frames) == [ErrorCode.BAD_MAC] and code == 1008
+        async with raw(url, identity_c) as (ch, session):  # a frame MAC'd for another live session
+            async with raw(url, Identity.generate()) as (_, other):
+                await ch.send(other.encode(m.Status()))
+                frames, code = await drain(ch, session)
+                assert errors(frames) == [ErrorCode.BAD_MAC]
+        async with raw(url, identity_c) as (ch, session):  # a frame signed by another key inside the session
+            await ch.send(encode_frame(identity_b, m.Status()))
             frames, code = await drain(ch, session)
             assert errors(frames) == [ErrorCode.BAD_SIGNATURE]
+        await eventually(lambda: server.stats.violations == 3)
+
+
+async def test_hello_inside_a_live_session_is_unexpected_message(identity_a, identity_b, identity_c):
+    """Issue 14 item 7: a HELLO (or READY) inside a session is one error, unexpected_message, fatal."""
+    async with pool(identity_a, identity_b) as (server, url), raw(url, identity_c) as (ch, session):
+        await ch.send(Handshake(identity_c, opener=True, network=NET, role="probe").initiate())
+        frames, code = await drain(ch, session)
+        assert errors(frames) == [ErrorCode.UNEXPECTED_MESSAGE] and code == 1008
+
+
+async def test_a_peer_offering_only_v1_is_refused_with_unsupported_version(identity_a, identity_b, identity_c):
+    """Issue 16 item 2: v1 is dropped but the negotiation is real. A HELLO offering [1] only, and a
+    v1 frame altogether, are refused with unsupported_version naming what we speak; neither is abuse.
+    A v1 client cannot read our v2 ERROR, so the WebSocket close reason says it too."""
+    async with pool(identity_a, identity_b) as (server, url):
+        async with raw(url) as (ch, _):
+            await ch.send(Handshake(identity_c, opener=True, network=NET, role="node", versions=(1,)).initiate())
+            frames, code = await drain(ch, None)
+            assert errors(frames) == [ErrorCode.UNSUPPORTED_VERSION]
+            assert "peer offers [1], we speak [2]" in frames[0].msg.message
+        async with raw(url) as (ch, _):
+            hello = msgpack.unpackb(Handshake(identity_c, opener=True, network=NET, role="node").initiate())[1]
+            await ch.send(msgpack.packb([1, hello, identity_c.sign(b"gelato/v1\0" + hello)]))  # a v1 HELLO
+            with trio.fail_after(5):
+                error = decode_frame(await ch.receive())
+                assert error.msg.code == ErrorCode.UNSUPPORTED_VERSION
+                assert "frame version 1 not supported; we speak [2]" in error.msg.message
+                with pytest.raises(ChannelClosed) as closed:
+                    await ch.receive()
+            assert "we speak [2]" in closed.value.reason
+        await eventually(lambda: server.stats.handshake_failed == 2)
+        assert server.stats.violations == 0
 
 
 async def test_replayed_frame_is_fatal(identity_a, identity_b, identity_c):

@@ -19,6 +19,7 @@ from galaxynode.conformance.probe import (LISTENING, CaseFailed, CaseSkipped, Li
 from galaxynode.conformance.runner import case
 from galaxynode.descriptor import SIGN_PREFIX, Descriptor
 from galaxynode.gelato import messages as m
+from galaxynode.gelato.codec import SIGN_PREFIX as FRAME_PREFIX
 from galaxynode.gelato.codec import now_ms
 from galaxynode.gelato.errors import ErrorCode
 from galaxynode.identity import Identity
@@ -99,7 +100,7 @@ async def wrong_prefix(opts: Options) -> None:
     async with answering(me, opts):  # reachable: only the signature can refuse it
         desc = descriptor(me, opts)
         record = desc.encode()
-        sd = m.SignedDescriptor(record=record, sig=me.sign(b"gelato/v1\0" + record))
+        sd = m.SignedDescriptor(record=record, sig=me.sign(FRAME_PREFIX + record))
         await _refused_announce(opts, sd, desc.name, ErrorCode.BAD_DESCRIPTOR, link_identity=me)
 
 
@@ -153,7 +154,7 @@ async def descriptor_expires(opts: Options) -> str:
         lease = got.msg
         if lease.expires > desc.expires:
             raise CaseFailed(f"a lease ending by the descriptor's expiry {desc.expires}", f"{lease.expires}")
-        ends = trio.current_time() + (lease.expires - got.ts) / 1000  # by the main net's clock
+        ends = trio.current_time() + (lease.expires - link.peer_now()) / 1000  # by the main net's clock
         while True:  # the registration ends with the lease (which may be shorter than the descriptor)
             await trio.sleep(0.2)
             listed = bool(await lookup_name(link, desc.name))

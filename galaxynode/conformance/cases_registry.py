@@ -36,14 +36,14 @@ async def keys_of(link: Link, **query: object) -> list[bytes]:
 
 async def lease(link: Link, msg: m.Join | m.Heartbeat, ttl: int) -> m.Lease:
     """Request a lease and check it: `ttl` seconds from when the endpoint granted it, judged by the
-    endpoint's own clock (the reply's ts), so clock skew between us does not matter."""
+    endpoint's own clock (as its HELLO showed it), so clock skew between us does not matter."""
     got = await link.request(msg)
     if got.type != "LEASE":
         raise CaseFailed(f"LEASE to {msg.TYPE}", describe(got))
     granted = got.msg
     if granted.ttl != ttl:
         raise CaseFailed(f"LEASE ttl {ttl}", f"ttl {granted.ttl}")
-    off = granted.expires - (got.ts + ttl * 1000)
+    off = granted.expires - (link.peer_now() + ttl * 1000)
     if not -2000 <= off <= 1000:
         raise CaseFailed(f"LEASE expires {ttl} s after it was granted", f"{off / 1000:+.1f} s off")
     return granted
@@ -118,7 +118,7 @@ async def lease_expires(opts: Options) -> str:
                 raise CaseFailed("LEASE or ERROR bad_ttl", describe(got))
         else:
             raise CaseSkipped(f"the pool grants no lease of at most --max-wait {opts.max_wait:g}s")
-        ends = trio.current_time() + (got.msg.expires - got.ts) / 1000  # by the endpoint's clock
+        ends = trio.current_time() + (got.msg.expires - link.peer_now()) / 1000  # by the endpoint's clock
         if await lookup(link, me) is None:
             raise CaseFailed("the node listed right after JOIN", "no record")
         while True:

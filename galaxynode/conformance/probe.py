@@ -1,13 +1,17 @@
 """The suite's client side: one WebSocket connection to the endpoint under test, driven by hand.
 
-Cases must send what a well-behaved client never would (text messages, replays, foreign sids,
-forged signatures), so this drives the sans-IO codec and Session directly over a transport Channel
-instead of going through net.client.connect. Every frame the endpoint sends back is decoded
-strictly, so a malformed or badly signed reply fails the case that received it.
+Cases must send what a well-behaved client never would (text messages, replays, frames of other
+sessions, forged signatures and MACs), so this drives the sans-IO codec and Session directly over a
+transport Channel instead of going through net.client.connect. The handshake and key schedule are
+done here step by step (handshake §6), so a case can hold the derived keys and misuse them. Every
+frame the endpoint sends back is decoded strictly, so a malformed, badly signed or badly MAC'd reply
+fails the case that received it.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import os
 import ssl
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -18,9 +22,11 @@ import msgpack
 
 from galaxynode import __version__
 from galaxynode.gelato import messages as m
-from galaxynode.gelato.codec import ID_LEN, Frame, Limits, decode_frame, encode_frame, now_ms, sign_payload
+from galaxynode.gelato import keys
+from galaxynode.gelato.codec import (ID_LEN, VERSION, Frame, Limits, MacKey, decode_frame, encode_frame,
+                                     mac_payload, now_ms, sign_payload)
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
-from galaxynode.gelato.handshake import Session, derive_sid
+from galaxynode.gelato.handshake import Session
 from galaxynode.identity import Identity
 from galaxynode.net.tls import client_context
 from galaxynode.net.transport import Channel, ChannelClosed, open_channel
@@ -99,6 +105,27 @@ def sign(identity: Identity, payload: bytes) -> bytes:
 _NO_LIMIT = Limits(max_frame_size=1 << 62)
 
 
+def maced(key: bytes, payload: bytes) -> bytes:
+    """A session frame around hand-built payload bytes, MAC'd with `key` (no size check)."""
+    return mac_payload(MacKey(key), payload, limits=_NO_LIMIT)
+
+
+def frame_id(data: bytes) -> bytes:
+    """The id of a frame we built ourselves (signed or session), without authenticating it."""
+    _, payload, _ = msgpack.unpackb(data)
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False)["id"]
+
+
+@attrs.frozen
+class Keys:
+    """Our copy of a session's key schedule (handshake §6), computed here step by step."""
+
+    shared: bytes
+    sid: bytes
+    k_oa: bytes   # opener -> answerer: what we (the opener) MAC with
+    k_ao: bytes   # answerer -> opener: what the endpoint MACs with
+
+
 class Link:
     """One connection to the endpoint; `session` is set once `handshake()` has run."""
 
@@ -107,7 +134,10 @@ class Link:
         self.identity = identity
         self.opts = opts
         self.session: Session | None = None
+        self.keys: Keys | None = None
         self.nonce = b""
+        self.eph_secret, self.eph = b"", b""
+        self.clock_offset = 0  # the endpoint's clock minus ours, from its signed HELLO's ts
         self.peer_hello: Frame | None = None
         self.pushed: list[Frame] = []  # EVENTs and other pushes seen while waiting for replies
 
@@ -120,31 +150,36 @@ class Link:
         await self.ch._ws.send_message(text)
 
     def frame(self, msg: Any, **kw: Any) -> bytes:
-        """A session frame for msg with the next seq (or a handshake frame without a session)."""
+        """A session frame for msg with the next seq (or a signed frame without a session)."""
         if self.session is None:
             return encode_frame(self.identity, msg, **kw)
         return self.session.encode(msg, **kw)
 
     def craft(self, msg_type: str, body: dict, *, identity: Identity | None = None, sender: bytes | None = None,
-              sid: Any = ANY, seq: Any = ANY, ts: int | None = None, frame_id: bytes | None = None,
-              extra: dict | None = None) -> tuple[bytes, bytes]:
-        """A hand-built frame: (frame bytes, frame id). sid/seq default to the session's next;
-        pass None to leave them out. Does not advance the session's send seq: call `consume()`."""
-        identity = identity or self.identity
+              seq: Any = ANY, ts: int | None = None, frame_id: bytes | None = None, extra: dict | None = None,
+              signed: bool | None = None, key: bytes | None = None) -> tuple[bytes, bytes]:
+        """A hand-built frame: (frame bytes, frame id). In a session a session frame (header type, id,
+        seq; `seq` defaults to the next, None leaves it out) MAC'd with `key` (default: our send key);
+        else, or with signed=True, a signed frame (type, id, ts, from) by `identity` naming `sender`.
+        Does not advance the session's send seq: call `consume()`."""
         fid = frame_id or os.urandom(ID_LEN)
-        payload: dict[str, Any] = {"type": msg_type, "id": fid, "ts": now_ms() if ts is None else ts,
-                                   "from": sender if sender is not None else identity.public}
-        if self.session is not None:
-            payload["sid"] = self.session.sid if sid is ANY else sid
-            payload["seq"] = self.session.send_seq if seq is ANY else seq
-        elif sid is not ANY:
-            payload["sid"], payload["seq"] = sid, seq
-        for k in ("sid", "seq"):
-            if payload.get(k, 0) is None:
-                del payload[k]
+        if signed is None:
+            signed = self.session is None
+        if signed:
+            identity = identity or self.identity
+            payload: dict[str, Any] = {"type": msg_type, "id": fid, "ts": now_ms() if ts is None else ts,
+                                       "from": sender if sender is not None else identity.public}
+        else:
+            assert self.session is not None and self.keys is not None
+            payload = {"type": msg_type, "id": fid}
+            if seq is not None:
+                payload["seq"] = self.session.send_seq if seq is ANY else seq
         payload.update(extra or {})
         payload["body"] = body
-        return sign(identity, raw_payload(payload)), fid
+        data = raw_payload(payload)
+        if signed:
+            return sign(identity, data), fid
+        return maced(key if key is not None else self.keys.k_oa, data), fid
 
     def consume(self) -> None:
         assert self.session is not None
@@ -189,7 +224,7 @@ class Link:
     async def request(self, msg: Any) -> Frame:
         data = self.frame(msg)
         await self.send(data)
-        return await self.reply(decode_frame(data).id)
+        return await self.reply(frame_id(data))
 
     async def call(self, msg: Any, reply_type: str) -> Any:
         """Request and require a reply of reply_type; returns its message."""
@@ -202,7 +237,7 @@ class Link:
         """Request msg and require ERROR code (or one of `also`) with re = its id."""
         data = self.frame(msg)
         await self.send(data)
-        fid = decode_frame(data).id
+        fid = frame_id(data)
         return await self.expect_error(code, re=fid, also=also, closes=code.fatal, reply_to=fid)
 
     async def expect_error(self, code: ErrorCode, *, re: Any = ANY, closes: bool | None = None,
@@ -263,13 +298,15 @@ class Link:
 
     # --- handshake ---------------------------------------------------------------------------
     def hello(self, **kw: Any) -> tuple[bytes, bytes]:
-        """Our opening HELLO (fields overridable): (frame, frame id)."""
+        """Our opening HELLO (fields overridable) with a fresh nonce and ephemeral key: (frame, id)."""
         self.nonce = kw.pop("nonce", None) or os.urandom(32)
-        fields = dict(network=self.opts.network, role="probe", nonce=self.nonce, versions=(1,), agent=AGENT)
+        self.eph_secret, self.eph = keys.ephemeral(kw.pop("eph_secret", None))
+        fields = dict(network=self.opts.network, role="probe", nonce=self.nonce, eph=self.eph, versions=(VERSION,),
+                      agent=AGENT)
         fields.update(kw)
         ts = fields.pop("ts", None)
         data = encode_frame(self.identity, m.Hello(**fields), ts=ts)
-        return data, decode_frame(data).id
+        return data, frame_id(data)
 
     async def answer(self) -> Frame:
         """The endpoint's answering HELLO; a refusal (ERROR) fails the case."""
@@ -279,7 +316,13 @@ class Link:
         if got.type != "HELLO":
             raise CaseFailed("the endpoint's HELLO", describe(got))
         self.peer_hello = got
+        self.clock_offset = got.ts - now_ms()
         return got
+
+    def peer_now(self) -> int:
+        """The endpoint's clock now, as its HELLO showed it (session frames carry no ts, framing §3.6):
+        good to the handshake's round trip, plenty for judging lease and descriptor times."""
+        return now_ms() + self.clock_offset
 
     async def exchange_hellos(self, **kw: Any) -> Frame:
         """Send our opening HELLO (fields as for `hello`) and return the endpoint's answering HELLO."""
@@ -287,13 +330,24 @@ class Link:
         await self.send(data)
         return await self.answer()
 
-    async def handshake(self, role: str = "probe") -> Session:
-        """HELLO / HELLO / READY. Deliberately lenient about the answer (case 'handshake' checks
-        it), so one defect does not fail every other case."""
-        answer = await self.exchange_hellos(role=role)
+    async def handshake(self, role: str = "probe", **hello: Any) -> Session:
+        """HELLO / HELLO / READY, then the key schedule. Deliberately lenient about the answer (case
+        'handshake' checks it), so one defect does not fail every other case."""
+        answer = await self.exchange_hellos(role=role, **hello)
         await self.send(encode_frame(self.identity, m.Ready(echo=answer.msg.nonce)))
-        sid = derive_sid(self.nonce, answer.msg.nonce, self.identity.public, answer.sender)
-        self.session = Session(self.identity, answer.sender, answer.msg, sid, opener=True,
+        return self.establish(answer)
+
+    def establish(self, answer: Frame) -> Session:
+        """Derive the keys from the endpoint's answering HELLO, as handshake §6 writes them, and open
+        the session (we are the opener: we MAC with k_oa, verify with k_ao)."""
+        shared = keys.shared_secret(self.eph_secret, answer.msg.eph)
+        sid = hashlib.sha256(self.nonce + answer.msg.nonce + self.identity.public + answer.sender
+                             + self.eph + answer.msg.eph).digest()
+        prk = hmac.digest(sid, shared, "sha256")
+        k_oa = hmac.digest(prk, b"gelato/v2 opener->answerer\x01", "sha256")
+        k_ao = hmac.digest(prk, b"gelato/v2 answerer->opener\x01", "sha256")
+        self.keys = Keys(shared, sid, k_oa, k_ao)
+        self.session = Session(self.identity, answer.sender, answer.msg, sid, True, MacKey(k_oa), MacKey(k_ao),
                                limits=Limits(max_frame_size=2 * self.opts.max_frame_size + 4096))
         return self.session
 

@@ -1,10 +1,11 @@
 """The test vectors of protocol/vectors/ as the suite uses them against a live endpoint.
 
 Vectors are fixed frames from fixed keys with 2023 timestamps. Invalid frames whose check comes
-before the time check (F1-F21) can be sent verbatim as a connection's first frame: the answerer
+before the time check (F1-F21, F23) can be sent verbatim as a connection's first frame: the answerer
 must reject them with the listed code before it looks at the clock. Vectors that need a session
-(body checks, edge cases) are re-wrapped: the same payload bytes with our key, a fresh ts and the
-live sid and seq, everything else byte for byte.
+(body checks, edge cases) are re-wrapped: the same payload bytes as a session frame of the live
+session (the live seq, MAC'd with our key; a signed frame's from and ts dropped), everything else
+byte for byte.
 """
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ from typing import Any
 
 import msgpack
 
-from galaxynode.conformance.probe import CaseSkipped, Link, Options, sign
-from galaxynode.gelato.codec import now_ms
+from galaxynode.conformance.probe import CaseSkipped, Link, Options, maced
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 # A checkout has protocol/vectors beside the package; a wheel ships them as galaxynode/protocol_data.
@@ -50,10 +50,10 @@ def invalid_first_frames(opts: Options, step: str) -> list[dict[str, Any]]:
 
 
 def rewrap(link: Link, payload: bytes) -> tuple[bytes, bytes]:
-    """A session frame (bytes, id) carrying `payload` with from/ts/sid/seq replaced or added and
-    every other entry (type, id, body, unknown keys) copied byte for byte. Consumes a seq."""
+    """A session frame (bytes, id) carrying `payload` with seq replaced or added, from/ts/sid
+    dropped and every other entry (type, id, body, unknown keys) copied byte for byte. Consumes a seq."""
     session = link.session
-    assert session is not None
+    assert session is not None and link.keys is not None
     up = msgpack.Unpacker(raw=False, strict_map_key=False)
     up.feed(payload)
     entries: dict[Any, bytes] = {}
@@ -63,13 +63,13 @@ def rewrap(link: Link, payload: bytes) -> tuple[bytes, bytes]:
         up.skip()
         entries[key] = payload[start:up.tell()]
     fid = msgpack.unpackb(entries["id"])
-    own = {"from": link.identity.public, "ts": now_ms(), "sid": session.sid, "seq": session.send_seq}
-    for k, v in own.items():
-        entries[k] = msgpack.packb(v, use_bin_type=True)
+    for k in ("from", "ts", "sid"):
+        entries.pop(k, None)
+    entries["seq"] = msgpack.packb(session.send_seq)
     packer = msgpack.Packer(use_bin_type=True)
     out = packer.pack_map_header(len(entries)) + b"".join(packer.pack(k) + v for k, v in entries.items())
     link.consume()
-    return sign(link.identity, out), fid
+    return maced(link.keys.k_oa, out), fid
 
 
 async def reject_first_frames(opts: Options, step: str) -> str:

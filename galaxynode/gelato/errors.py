@@ -2,7 +2,9 @@
 
 Codes are grouped by thousands: 1xxx framing, 2xxx authentication, 3xxx session,
 4xxx authorization, 5xxx rate limits, 6xxx registry/discovery, 9xxx internal.
-`fatal` codes close the session after the ERROR frame is sent.
+`fatal` codes close the session after the ERROR frame is sent. Numbers are never reused: v2 retired
+3004 wrong_sid (no sid on the wire; another session's frame fails the MAC) and 3008 no_common_version
+(a HELLO without a version we speak is unsupported_version).
 """
 from __future__ import annotations
 
@@ -25,16 +27,15 @@ class ErrorCode(enum.IntEnum):
     STALE_TIMESTAMP = 2002
     PINNED_KEY_MISMATCH = 2003
     WRONG_SENDER = 2004
+    BAD_MAC = 2005
     # session
     UNEXPECTED_MESSAGE = 3000
     BAD_NONCE = 3001
     NETWORK_MISMATCH = 3002
     SELF_CONNECTION = 3003
-    WRONG_SID = 3004
     BAD_SEQUENCE = 3005
     HANDSHAKE_TIMEOUT = 3006
     IDLE_TIMEOUT = 3007
-    NO_COMMON_VERSION = 3008
     DUPLICATE_SESSION = 3009
     # authorization
     FORBIDDEN = 4000
@@ -74,10 +75,10 @@ GROUPS = {1: "framing", 2: "authentication", 3: "session", 4: "authorization",
 FATAL_CODES = frozenset({
     ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.UNSUPPORTED_VERSION,
     ErrorCode.TEXT_FRAME, ErrorCode.LIMIT_EXCEEDED, ErrorCode.BAD_SIGNATURE, ErrorCode.BAD_KEY,
-    ErrorCode.STALE_TIMESTAMP, ErrorCode.PINNED_KEY_MISMATCH, ErrorCode.WRONG_SENDER,
+    ErrorCode.STALE_TIMESTAMP, ErrorCode.PINNED_KEY_MISMATCH, ErrorCode.WRONG_SENDER, ErrorCode.BAD_MAC,
     ErrorCode.UNEXPECTED_MESSAGE, ErrorCode.BAD_NONCE, ErrorCode.NETWORK_MISMATCH,
-    ErrorCode.SELF_CONNECTION, ErrorCode.WRONG_SID, ErrorCode.BAD_SEQUENCE,
-    ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.IDLE_TIMEOUT, ErrorCode.NO_COMMON_VERSION,
+    ErrorCode.SELF_CONNECTION, ErrorCode.BAD_SEQUENCE,
+    ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.IDLE_TIMEOUT,
     ErrorCode.DUPLICATE_SESSION, ErrorCode.BANNED, ErrorCode.KICKED, ErrorCode.RATE_LIMITED,
     ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.TEMPORARILY_BANNED, ErrorCode.SHUTTING_DOWN,
     ErrorCode.SLOW_READER,

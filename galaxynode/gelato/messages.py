@@ -214,7 +214,8 @@ def _fast_check(spec: Spec) -> Callable[[Any], Any]:
         choices = frozenset(spec.choices or ())
 
         def check(v: Any) -> Any:
-            if type(v) is not str or not lo <= _fast_len(v) <= hi or (choices and v not in choices):
+            if (type(v) is not str or not lo <= (len(v) if v.isascii() else _fast_len(v)) <= hi
+                    or (choices and v not in choices)):
                 raise _Slow
             return v
     elif k == "bin":
@@ -245,7 +246,7 @@ def _fast_check(spec: Spec) -> Callable[[Any], Any]:
             if type(v) is not list or not lo <= len(v) <= hi:
                 raise _Slow
             for x in v:
-                if type(x) is not t or not item_lo <= size(x) <= item_hi:
+                if type(x) is not t or not item_lo <= (len(x) if t is str and x.isascii() else size(x)) <= item_hi:
                     raise _Slow
             return tuple(v)
     elif k == "list":
@@ -259,11 +260,11 @@ def _fast_check(spec: Spec) -> Callable[[Any], Any]:
         def check(v: Any) -> Any:
             if type(v) is not dict or len(v) > hi:
                 raise _Slow
-            for key in v:
-                if type(key) is not str or not 0 < _fast_len(key) <= MAX_NAME:
+            for key in v:  # (isascii() first: ASCII, the common case, costs no call to _fast_len)
+                if type(key) is not str or not 0 < (len(key) if key.isascii() else _fast_len(key)) <= MAX_NAME:
                     raise _Slow
             for val in v.values():
-                if type(val) is not str or _fast_len(val) > MAX_META_VALUE:
+                if type(val) is not str or (len(val) if val.isascii() else _fast_len(val)) > MAX_META_VALUE:
                     raise _Slow
             return dict(v)
     elif k == "struct":
@@ -458,6 +459,7 @@ class Hello(Body):
     network: str = _name()
     role: str = field("str", choices=ROLES)
     nonce: bytes = _key()
+    eph: bytes = _key()  # ephemeral X25519 public key, fresh per connection (gelato/keys.py)
     versions: tuple[int, ...] = field("list", min_len=1, max_len=8, item=Spec("uint", max=255))
     features: tuple[str, ...] = _strs(16, 32, default=())
     agent: str = field("str", max_len=128, default="")

@@ -1,10 +1,10 @@
 """One Gelato session over a Channel: handshake, then a reader, a writer, a dispatcher and a
 keepalive task, with every limit of "Limits and defences" enforced here.
 
-Outgoing frames are encoded (seq stamped, signed) as they are queued, so sequence order is wire
+Outgoing frames are encoded (seq stamped, MAC'd) as they are queued, so sequence order is wire
 order and the queue is bounded in the bytes it really holds: per session (send_queue_bytes) and
 per process (an OutputBudget shared by every session, send_queue_total_bytes); see outbox.py.
-One writer task hands them to the transport. `send()` waits while the queue is full
+One writer task hands them to the transport, what is queued at once in one write. `send()` waits while the queue is full
 (backpressure); `send_nowait()` is for pushes that may be lost (events): on a full queue it drops
 the frame, counts it in `stats.dropped` and returns False. A writer that cannot hand a frame over
 for write_timeout means the peer does not read: the session is closed (slow_reader, a violation),
@@ -12,8 +12,8 @@ which is also what frees a budget such a peer holds. Incoming requests are hande
 at a time, in order, by a dispatcher task; the reader meanwhile keeps answering PING and
 resolving replies to our own `request()`s, so a handler may itself wait on a request.
 
-Session frames are not checked against the clock: sid and seq already make a replay impossible,
-and a clock step should not kill a live session (the handshake checks the time window).
+Session frames carry no timestamp: the session's keys and the exact-next seq already make a replay
+impossible, and a clock step should not kill a live session (the handshake checks the time window).
 """
 from __future__ import annotations
 
@@ -82,6 +82,10 @@ class SessionLimits:
 
 DEFAULT_SESSION_LIMITS = SessionLimits()
 
+# The writer sends what is queued in one write up to about this many bytes (a maximal frame alone
+# may exceed it); larger batches save no more system calls worth having.
+_WRITE_BATCH_BYTES = 64 * 1024
+
 # WebSocket close code sent after an ERROR (RFC 6455 7.4.1); anything else is 1008 policy violation.
 _WS_CLOSE = {ErrorCode.TEXT_FRAME: 1003, ErrorCode.FRAME_TOO_LARGE: 1009, ErrorCode.INTERNAL: 1011,
              ErrorCode.SHUTTING_DOWN: 1001, ErrorCode.TOO_MANY_CONNECTIONS: 1013,
@@ -92,12 +96,12 @@ _WS_CLOSE = {ErrorCode.TEXT_FRAME: 1003, ErrorCode.FRAME_TOO_LARGE: 1009, ErrorC
 # never bans anyone by accident: a new abuse code must be added here (and to docs/gelato/errors.md §7).
 # Deliberately absent, because honest clients hit them: well-formed refusals (network_mismatch,
 # not_admitted, banned, temporarily_banned, too_many_connections, duplicate_session,
-# pinned_key_mismatch, self_connection, no_common_version, kicked), ordinary life (idle_timeout,
+# pinned_key_mismatch, self_connection, kicked), ordinary life (idle_timeout,
 # shutting_down), a newer client (unsupported_version) and a skewed clock (stale_timestamp).
 _ABUSE = frozenset({
     ErrorCode.MALFORMED_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.TEXT_FRAME, ErrorCode.LIMIT_EXCEEDED,
-    ErrorCode.BAD_SIGNATURE, ErrorCode.BAD_KEY, ErrorCode.WRONG_SENDER, ErrorCode.UNEXPECTED_MESSAGE,
-    ErrorCode.BAD_NONCE, ErrorCode.WRONG_SID, ErrorCode.BAD_SEQUENCE, ErrorCode.HANDSHAKE_TIMEOUT,
+    ErrorCode.BAD_SIGNATURE, ErrorCode.BAD_KEY, ErrorCode.WRONG_SENDER, ErrorCode.BAD_MAC, ErrorCode.UNEXPECTED_MESSAGE,
+    ErrorCode.BAD_NONCE, ErrorCode.BAD_SEQUENCE, ErrorCode.HANDSHAKE_TIMEOUT,
     ErrorCode.RATE_LIMITED, ErrorCode.SLOW_READER,
 })
 
@@ -365,8 +369,7 @@ class Connection:
         return SessionClosed(self.close_code, self.close_reason, self.local_error or self.remote_error)
 
     def _encode(self, msg: Any, frame_id: bytes) -> bytes:
-        s = self.session
-        return encode_frame(s.identity, msg, sid=s.sid, seq=s.send_seq, frame_id=frame_id, limits=s.limits)
+        return self.session.frame(msg, frame_id=frame_id)
 
     def _put(self, data: bytes, msg: Any) -> None:
         """Queue an encoded frame: its seq is taken (no checkpoint since _encode, so seq order is queue order)."""
@@ -449,14 +452,19 @@ class Connection:
         stalled = False
         try:
             while (item := await box.get()) is not None:
-                size, (data, (kind, code)) = item
+                # What else is queued goes along in the same write (see Channel.send_many).
+                items = [item, *box.take_ready(_WRITE_BATCH_BYTES)] if len(box) else [item]
                 with trio.move_on_after(lim.write_timeout) as scope:
-                    await self.channel.send(data)
+                    if len(items) == 1:
+                        await self.channel.send(item[1][0])
+                    else:
+                        await self.channel.send_many([data for _, (data, _) in items])
                 if scope.cancelled_caught:  # part of a frame may be on the wire: nothing more can follow it
                     stalled = True
                     break
-                box.done(size)
-                self._count_out(size, kind, code)
+                for size, (_, (kind, code)) in items:
+                    box.done(size)
+                    self._count_out(size, kind, code)
         except ChannelClosed as e:
             # A peer that refuses us sends ERROR, then closes: our send can fail before our reader
             # has read why. Give the reader that long to get to it, so callers see the ERROR.

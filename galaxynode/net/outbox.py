@@ -2,7 +2,7 @@
 per process (Stellar Core's outbound queue limits and "drop peers whose queue does not drain").
 
 Why bytes and not frames: a reply may be 1 MiB, so a queue of 256 frames let 20 sessions that
-never read hold a gigabyte. A Connection encodes (stamps seq, signs) each frame as it queues it,
+never read hold a gigabyte. A Connection encodes (stamps seq, MACs) each frame as it queues it,
 so what is counted is exactly what will be written; the bytes are given back once the writer has
 handed the frame to the transport. The frame count stays bounded too (each queued frame also
 costs a Python object).
@@ -106,6 +106,15 @@ class Outbox(Generic[T]):
                 return None
             await self._ready.park()
         return self._items.popleft()
+
+    def take_ready(self, max_bytes: int) -> list[tuple[int, T]]:
+        """Items queued right now, in order, up to about max_bytes (the writer's batch after get())."""
+        items, total = [], 0
+        while self._items and total < max_bytes:
+            item = self._items.popleft()
+            total += item[0]
+            items.append(item)
+        return items
 
     def done(self, n: int) -> None:
         """The writer has handed an item of n bytes to the transport: its bytes are free."""

@@ -386,6 +386,24 @@ class Channel:
         except wsproto.utilities.LocalProtocolError:  # the peer's close frame came in while we were sending
             raise ChannelClosed(ABNORMAL, "the peer is closing the connection") from None
 
+    async def send_many(self, frames: list[bytes]) -> None:
+        """Send several messages with one write to the stream (one system call, not one each): a
+        busy session's replies and pushes queue up faster than the socket takes them one by one.
+        What trio-websocket's send_message does per message (0.12.2 `_send`), for the batch."""
+        ws = self._ws
+        if ws._close_reason:
+            raise _close_reason(ConnectionClosed(ws._close_reason))
+        try:
+            data = b"".join([ws._wsproto.send(BytesMessage(data=frame)) for frame in frames])
+        except wsproto.utilities.LocalProtocolError:
+            raise ChannelClosed(ABNORMAL, "the peer is closing the connection") from None
+        async with ws._stream_lock:
+            try:
+                await ws._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await ws._abort_web_socket()
+                raise _close_reason(ConnectionClosed(ws._close_reason)) from None
+
     async def receive(self) -> bytes | str:
         """The next message. Raises LimitExceeded once the peer broke a frame limit (the messages
         it sent before that are still delivered first), ChannelClosed when the channel closed."""
