@@ -1,7 +1,8 @@
 """rewards: uptime rewards ("staker rewards"). Per epoch, each node's lease-covered time from the
 registry's snapshot + change stream; shares by uptime x stake weight; each finished epoch becomes a
 report signed by the pool key (record kind `epoch`), kept in the plugin store, served as
-`x.rewards.report {epoch}` and by `galaxynode rewards URL --epoch N`.
+`x.rewards.report {epoch}` and by `galaxynode rewards URL --epoch N`, and published on the bus as
+event `x.rewards.epoch` {record, sig} (the stellar plugin pays from it).
 
 The accounting is sans-IO (`Accounting`); the plugin only feeds it events and the clock and stores
 what it returns. Restart safety: the plugin checkpoints the accounting (which first books every open
@@ -222,6 +223,9 @@ class RewardsPlugin:
         acc.book_until(now)
         puts["state"] = acc.dump()
         await self.ctx.store.write(puts=puts)
+        for key, blob in puts.items():  # stored first: a subscriber (stellar payouts) may ask for it again
+            if key.startswith("report/"):
+                self.ctx.bus.publish("x.rewards.epoch", msgpack.unpackb(blob, raw=False))
         if self.nodes:
             self.nodes.set(len(acc.open))
 
