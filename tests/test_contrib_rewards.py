@@ -33,12 +33,16 @@ def test_coverage_is_split_at_epoch_boundaries_and_ends_on_every_kind_of_end():
     assert [r[:2] for r in report["nodes"]] == [[C, 1000], [B, 700], [A, 500]]
     assert sum(r[3] for r in report["nodes"]) <= PPM and report["total_ms"] == 2200
 
-def test_a_checkpoint_past_an_expiry_is_taken_back():
+def test_an_expiry_seen_within_the_grace_counts_to_the_lease_end_and_a_later_one_changes_nothing():
     acc = Accounting(1000)
     acc.joined(A, 0)
-    acc.book_until(800)
-    acc.event("node.expired", {"key": A, "expires": 600}, 900)
-    assert acc.totals == {0: {A: 600}}
+    acc.joined(B, 0)
+    assert acc.finished(1100, grace_ms=200) == []
+    acc.event("node.expired", {"key": A, "expires": 600}, 1100)
+    assert acc.finished(1200, grace_ms=200) == [0]
+    acc.event("node.expired", {"key": B, "expires": 700}, 1300)  # too late: epoch 0 is reported
+    assert acc.report(0)["nodes"][0][:2] == [B, 1000] and acc.report(0)["nodes"][1][:2] == [A, 600]
+    assert acc.totals.get(1, {}) == {}
 
 def test_stake_weights_from_meta_and_config():
     acc = Accounting(1000)
@@ -52,7 +56,7 @@ def test_restart_from_a_checkpoint_counts_nothing_twice():
     acc = Accounting(1000)
     acc.joined(A, 0)
     acc.joined(B, 100)
-    acc.book_until(400)
+    acc.clock = 400
     saved = acc.dump()
     # after the checkpoint (unseen): B left, C joined; the pool restarts and re-snapshots at 700
     again = Accounting.load(saved, 1000)
@@ -103,9 +107,9 @@ def test_total_coverage_is_exactly_the_time_leases_were_held(steps, length):
             credit(key, held.pop(key), t)
             acc.event("node.left", {"key": key}, t)
         elif what == "checkpoint":
-            acc.book_until(t)
+            acc.clock = t
         elif what == "restart":
-            acc.book_until(t)
+            acc.clock = t
             acc = Accounting.load(acc.dump(), length)
             acc.resync([(k, j, 1) for k, j in held.items()], t)
     end = steps[-1][0] if steps else 0

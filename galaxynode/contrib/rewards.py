@@ -5,9 +5,10 @@ report signed by the pool key (record kind `epoch`), kept in the plugin store, s
 event `x.rewards.epoch` {record, sig} (the stellar plugin pays from it).
 
 The accounting is sans-IO (`Accounting`); the plugin only feeds it events and the clock and stores
-what it returns. Restart safety: the plugin checkpoints the accounting (which first books every open
-lease up to the checkpoint), so after a restart coverage is counted from the checkpoint on and never
-twice; leases that ended while nobody watched are closed at the checkpoint (undercount, never over)."""
+what it returns. Restart safety: coverage is booked only when a lease ends or its epoch closes, so a
+checkpoint just stores the state with its time; after a restart the leases still held go on from
+their stored start (counted once), and leases that ended while nobody watched are closed at the
+checkpoint's time (an undercount of at most one checkpoint interval, never an overcount)."""
 from __future__ import annotations
 
 import time
@@ -36,21 +37,20 @@ class Accounting:
         self.open: dict[bytes, int] = {}
         self.weights: dict[bytes, int] = {}
         self.totals: dict[int, dict[bytes, int]] = {}
+        self.clock = 0  # ms of the last checkpoint: what a restart knows to have been watched
 
     # --- feeding --------------------------------------------------------------------------------
 
     def _floor(self) -> int:
         return self.reported * self.length
 
-    def _book(self, key: bytes, start: int, end: int, sign: int = 1) -> None:
+    def _book(self, key: bytes, start: int, end: int) -> None:
         start = max(start, self._floor())
         while start < end:
             epoch = start // self.length
             stop = min(end, (epoch + 1) * self.length)
             per = self.totals.setdefault(epoch, {})
-            per[key] = per.get(key, 0) + sign * (stop - start)
-            if per[key] <= 0:
-                del per[key]
+            per[key] = per.get(key, 0) + stop - start
             start = stop
 
     def joined(self, key: bytes, at: int, weight: int = 1) -> None:
@@ -59,16 +59,11 @@ class Accounting:
         self.open.setdefault(key, max(at, self._floor()))
 
     def ended(self, key: bytes, at: int) -> None:
-        """The lease ended at `at` (left/kicked/banned: when it happened; expired: its expiry). If
-        coverage was already booked past `at` (a checkpoint ran before the expiry was seen), the
-        excess is taken back from the epochs still open."""
+        """The lease ended at `at` (left/kicked/banned: when it happened; expired: its expiry). An
+        expiry seen after its epoch closed (later than the grace) leaves that epoch as reported."""
         start = self.open.pop(key, None)
-        if start is None:
-            return
-        if at >= start:
+        if start is not None:
             self._book(key, start, at)
-        else:
-            self._book(key, at, start, -1)
 
     def event(self, topic: str, data: Mapping[str, Any], ts: int, weight: int = 1) -> None:
         key = data["key"]
@@ -82,21 +77,21 @@ class Accounting:
 
     def resync(self, leases: Iterable[tuple[bytes, int, int]], now: int) -> None:
         """After a (re)snapshot: `leases` is (key, joined ms, weight) for every lease now. Leases that
-        ended unseen are closed where their booking stopped; a lease that started after its booked
-        start (left and joined again unseen) restarts at its JOIN."""
+        ended unseen are closed at the last checkpoint; a lease that started after its stored start
+        (left and joined again unseen) restarts at its JOIN."""
         current = {}
         for key, joined, weight in leases:
             current[key] = joined
             self.weights[key] = weight
         for key in [k for k in self.open if k not in current]:
-            self.ended(key, self.open[key])
+            self.ended(key, max(self.open[key], self.clock))
         for key, joined in current.items():
             start = self.open.get(key)
             if start is None or joined > start:
                 self.open[key] = max(min(joined, now), self._floor())
 
     def book_until(self, now: int) -> None:
-        """Book every open lease up to `now` (before a checkpoint)."""
+        """Book every open lease up to `now` (closing an epoch)."""
         for key, start in self.open.items():
             if now > start:
                 self._book(key, start, now)
@@ -135,7 +130,7 @@ class Accounting:
     # --- persistence ----------------------------------------------------------------------------
 
     def dump(self) -> bytes:
-        return msgpack.packb({"length": self.length, "reported": self.reported, "open": self.open,
+        return msgpack.packb({"length": self.length, "reported": self.reported, "clock": self.clock, "open": self.open,
                               "weights": self.weights, "totals": self.totals}, use_bin_type=True)
 
     @classmethod
@@ -144,6 +139,7 @@ class Accounting:
         acc = cls(length_ms, reported=state["reported"])
         if state["length"] != length_ms:  # a new epoch length starts at the next boundary of the new one
             acc.reported = -(-state["reported"] * state["length"] // length_ms)
+        acc.clock = state["clock"]
         acc.open = dict(state["open"])
         acc.weights = dict(state["weights"])
         acc.totals = {} if state["length"] != length_ms else {int(e): dict(t) for e, t in state["totals"].items()}
@@ -208,8 +204,8 @@ class RewardsPlugin:
                 self.ctx.log.warning("rewards: change stream lost; taking a new snapshot")
 
     async def checkpoint(self) -> None:
-        """Close finished epochs (sign and store their reports), book open leases and store the state
-        in one atomic write: a report and the state that no longer holds its epoch land together."""
+        """Close finished epochs (sign and store their reports) and store the state with its time in
+        one atomic write: a report and the state that no longer holds its epoch land together."""
         acc, now = self.acc, self.now()
         if acc is None:
             return
@@ -220,7 +216,7 @@ class RewardsPlugin:
             acc.forget(epoch)
             if self.reports:
                 self.reports.inc()
-        acc.book_until(now)
+        acc.clock = now
         puts["state"] = acc.dump()
         await self.ctx.store.write(puts=puts)
         for key, blob in puts.items():  # stored first: a subscriber (stellar payouts) may ask for it again
