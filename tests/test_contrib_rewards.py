@@ -161,16 +161,17 @@ async def test_rewards_across_an_expiry_and_a_pool_restart(tmp_path):
             await node.join(ttl=600, meta={"stake": "3"})
         async with connect(pool.url, brief, network=NETWORK) as node:
             await node.join(ttl=1)  # never renewed: expires after a second
-
         rep = await wait_report(pool.url, (await _now_epoch()) + 1)
         assert pool.stop() == 0
     with live_pool(data, env=ENV, args=("--config", str(config))) as pool:
         last = await wait_report(pool.url, rep["epoch"] + 2)  # an epoch that spans no restart: compare
         reports = [await report(pool.url, e) for e in range(rep["epoch"] - 3, last["epoch"] + 1)]
-        key = tmp_path / "k"
         result = await trio.to_thread.run_sync(lambda: subprocess.run(
             [sys.executable, "-m", "galaxynode", "rewards", pool.url, "--network", NETWORK,
              "--epoch", str(last["epoch"]), "--json"], capture_output=True, text=True, timeout=60))
+        missing = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "galaxynode", "rewards", pool.url, "--network", NETWORK, "--epoch", "1"],
+            capture_output=True, text=True, timeout=60))
     reports = [r for r in reports if r is not None]
     # the node whose lease expired: covered for its one-second lease, in total, once
     brief_ms = sum(shares(r).get(brief.public, [0])[0] for r in reports)
@@ -182,6 +183,8 @@ async def test_rewards_across_an_expiry_and_a_pool_restart(tmp_path):
     assert {w for _, w, _ in covered} == {3}
     assert all(r["origin"] == last["origin"] and r["network"] == NETWORK for r in reports)
     assert result.returncode == 0, result.stderr
+    assert missing.returncode == 1 and missing.stderr == (
+        f"galaxynode: {pool.url}: epoch 1: rewards: no report for epoch 1\n")
     out = json.loads(result.stdout)
     assert out["epoch"] == last["epoch"] and out["pool"] == format_public_key(last["origin"])
     assert out["nodes"] == [{"key": format_public_key(steady.public), "stellar": format_stellar(steady.public),

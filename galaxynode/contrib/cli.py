@@ -1,48 +1,63 @@
 """`galaxynode rewards URL --epoch N [--json]` (a galaxynode.commands entry point): fetch a pool's
-signed epoch report, check its signature, print it."""
+signed epoch report, check its signature, print it. Library code never imports galaxynode.cli, so
+this command prints its own one-line errors (`galaxynode: ...`, exit 1)."""
 from __future__ import annotations
 
 import argparse
-
-from galaxynode.cli.common import add_client_args, cli_error, iso, print_json, pub
+import json
+import sys
+from datetime import datetime, timezone
 
 
 def add(subparsers) -> None:
     p = subparsers.add_parser("rewards", help="show a pool's signed uptime-rewards report for an epoch",
                               epilog="example: galaxynode rewards ws://127.0.0.1:7447 --epoch 20480 --json")
-    add_client_args(p)
-    p.add_argument("--epoch", type=int, required=True, metavar="N", help="epoch number")
+    p.add_argument("url", metavar="URL", help="pool endpoint, e.g. ws://127.0.0.1:7447")
+    p.add_argument("--epoch", type=int, required=True, metavar="N", help="epoch number (>= 0)")
+    p.add_argument("--network", default="galaxy-dev", metavar="ID", help="network id (default galaxy-dev)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="reply deadline (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def run(args: argparse.Namespace) -> int:
+    import trio
+
     from galaxynode import plugin
-    from galaxynode.cli.client import _connect, _run
     from galaxynode.contrib.rewards import verify_report
-    from galaxynode.identity import Identity, format_stellar
+    from galaxynode.identity import Identity, format_public_key, format_stellar
+    from galaxynode.nodeclient import connect
 
     if args.epoch < 0:
-        raise cli_error("--epoch: must be >= 0", 2)
+        print("galaxynode: --epoch: must be >= 0", file=sys.stderr)
+        return 2
 
-    async def main() -> int:
-        async with _connect(args, Identity.generate()) as pool:
+    async def fetch() -> tuple[dict, bytes]:
+        async with connect(args.url, Identity.generate(), network=args.network, timeout=args.timeout) as pool:
             reply = await plugin.call(pool, "rewards", "report", {"epoch": args.epoch}, timeout=args.timeout)
-            origin = pool.peer_key  # the key the session authenticated: a report signed by another is refused
-        try:
-            report = verify_report(reply, origin)
-        except ValueError as e:
-            raise cli_error(f"{args.url}: epoch {args.epoch}: report does not verify: {e}") from None
-        nodes = [{"key": pub(k), "stellar": format_stellar(k), "ms": ms, "weight": w, "share_ppm": ppm}
-                 for k, ms, w, ppm in report["nodes"]]
-        if args.json:
-            print_json({"epoch": report["epoch"], "pool": pub(report["origin"]), "network": report["network"],
-                        "start": report["start"], "end": report["end"], "total_ms": report["total_ms"],
-                        "nodes": nodes})
-            return 0
-        print(f"epoch {report['epoch']} of pool {pub(report['origin'])}: {iso(report['start'])} .. "
-              f"{iso(report['end'])}, {len(nodes)} nodes, {report['total_ms'] / 1000:.3f} node-seconds")
-        for n in nodes:
-            print(f"{n['share_ppm'] / 10_000:9.4f}%  {n['ms'] / 1000:12.3f}s  weight {n['weight']:<6} {n['key']}")
+            return reply, pool.peer_key  # the key the session authenticated: a report signed by another fails
+
+    try:
+        reply, origin = trio.run(fetch)
+        report = verify_report(reply, origin)
+    except Exception as e:  # one line, never a traceback: unreachable pool, refusal, bad signature
+        leaves = e.exceptions if isinstance(e, BaseExceptionGroup) else [e]
+        text = "; ".join(getattr(x, "message", None) or str(x) or type(x).__name__ for x in leaves)
+        print(f"galaxynode: {args.url}: epoch {args.epoch}: {' '.join(text.split())}", file=sys.stderr)
+        return 1
+    nodes = [{"key": format_public_key(k), "stellar": format_stellar(k), "ms": ms, "weight": w, "share_ppm": ppm}
+             for k, ms, w, ppm in report["nodes"]]
+    if args.json:
+        print(json.dumps({"epoch": report["epoch"], "pool": format_public_key(report["origin"]),
+                          "network": report["network"], "start": report["start"], "end": report["end"],
+                          "total_ms": report["total_ms"], "nodes": nodes}, indent=2))
         return 0
-    return _run(args, main)
+    print(f"epoch {report['epoch']} of pool {format_public_key(report['origin'])}: {_iso(report['start'])} .. "
+          f"{_iso(report['end'])}, {len(nodes)} nodes, {report['total_ms'] / 1000:.3f} node-seconds")
+    for n in nodes:
+        print(f"{n['share_ppm'] / 10_000:9.4f}%  {n['ms'] / 1000:12.3f}s  weight {n['weight']:<6} {n['key']}")
+    return 0
