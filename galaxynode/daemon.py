@@ -326,6 +326,9 @@ class MetricsModule(Module):
                                    key=rt.identity.public_text)
         server = MetricsServer(registry, c.metrics.listen, readiness=rt.readiness)
         ctx.container.register("metrics", server)
+        from galaxynode.dashboard import Dashboard  # noqa: PLC0415 (dashboard imports metrics)
+        Dashboard(ctx.container, network=c.network.id, key=rt.identity.public_text,
+                  readiness=rt.readiness).register(server)
         try:
             urls = await ctx.nursery.start(server.run)
         except OSError as e:

@@ -264,6 +264,7 @@ class Response:
     status: int
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers (e.g. the dashboard's CSP)
 
 
 Route = Callable[[Request], Response]
@@ -373,7 +374,8 @@ class MetricsServer:
         except Exception:
             log.exception("serving %s failed", path)
             return _response(500, b"internal error\n")
-        return _response(r.status, r.body, content_type=r.content_type, head_only=method == "HEAD")
+        extra = "".join(f"{k}: {v}\r\n" for k, v in r.headers)
+        return _response(r.status, r.body, content_type=r.content_type, extra=extra, head_only=method == "HEAD")
 
     def _metrics(self, request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
