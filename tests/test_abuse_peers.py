@@ -110,7 +110,10 @@ def test_role_claims_get_the_node_bucket_and_no_peer_services(tmp_path):
         assert r["descriptors"] == ErrorCode.FORBIDDEN and r["event"] == ErrorCode.FORBIDDEN, r
         assert r["status"] == "STATUS_RESULT", r
     for r in bursts:
-        assert r["closed_with"] == ErrorCode.RATE_LIMITED and r["pings_sent"] < 3000, r
+        # rate_limited is the verdict (the pool bucket would take all 3,000). How many PINGs the client
+        # got out before the close reached it is not: a writer that batches its queue (Gelato v2)
+        # hands all 3,000 to the socket buffers before the pool has read 400 of them.
+        assert r["closed_with"] == ErrorCode.RATE_LIMITED, r
     assert not [p for p in peers if p["state"] == "connected"], peers
     print(f"role claims: honest JOIN quiet {quiet * 1000:.1f} ms, under 20 claimers {loaded * 1000:.1f} ms, "
           f"RSS +{grew:.1f} MiB")

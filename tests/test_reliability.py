@@ -32,7 +32,8 @@ import pytest
 import trio
 
 from galaxynode.gelato import messages as m
-from galaxynode.gelato.codec import sign_payload
+from galaxynode.gelato.codec import mac_payload
+from galaxynode.gelato.handshake import Session
 from galaxynode.identity import Identity
 from galaxynode.net import ChannelClosed, RemoteError, SessionLimits, establish, open_channel
 from galaxynode.nodeclient import CONNECTION_ERRORS, connect
@@ -101,9 +102,9 @@ async def status_of(url: str) -> m.StatusResult:
 # --- 1. fuzzed frames ------------------------------------------------------------------------------
 
 class Fuzzer:
-    """Frames for an established session: mostly validly signed frames with the right sid and seq whose
+    """Frames for an established session: mostly validly MAC'd frames with the right seq whose
     type and body are fuzzed (wrong types, missing/extra/odd fields, random nested values), some
-    well-formed requests, and byte-mutated frames (bad signatures, broken msgpack) that end a session."""
+    well-formed requests, and byte-mutated frames (bad MACs, broken msgpack) that end a session."""
 
     TYPES = [t for t in m.MESSAGES if t not in ("HELLO", "READY", "GOODBYE", "ERROR")]
 
@@ -170,18 +171,17 @@ class Fuzzer:
                 return t
         return self.rng.choice(["HEARTBEAT", "LEAVE", "STATUS", "QUERY"])
 
-    def frame(self, ident: Identity, sid: bytes, seq: int, msg: tuple[str, dict] | None = None) -> bytes:
+    def frame(self, session: Session, seq: int, msg: tuple[str, dict] | None = None) -> bytes:
         t, body = msg or self.body()
-        payload = {"type": t, "id": os.urandom(16), "ts": int(time.time() * 1000), "from": ident.public,
-                   "sid": sid, "seq": seq, "body": body}
-        if msg is None and self.rng.random() < 0.01:  # a header field gone wrong (sid/seq/from/id/ts): fatal
-            field = self.rng.choice(["id", "ts", "from", "sid", "seq", "extra"])
+        payload = {"type": t, "id": os.urandom(16), "seq": seq, "body": body}
+        if msg is None and self.rng.random() < 0.01:  # a header field gone wrong (id/seq/type): fatal
+            field = self.rng.choice(["id", "seq", "type", "extra"])
             payload[field] = self.value()
         try:
             packed = msgpack.packb(payload, use_bin_type=True)
         except (ValueError, OverflowError, TypeError):
             packed = msgpack.packb({**payload, "body": {}}, use_bin_type=True)
-        return sign_payload(ident, packed)
+        return mac_payload(session.send_key, packed)
 
     def mutate(self, data: bytes) -> bytes:
         r, b = self.rng, bytearray(data)
@@ -237,13 +237,13 @@ async def test_fuzzed_frames_do_not_crash_the_pool_or_grow_its_memory(tmp_path):
                             while done < budget:
                                 chunk = min(CHUNK, budget - done)
                                 for j in range(chunk):
-                                    data = fuzz.frame(ident, s.sid, seq)
+                                    data = fuzz.frame(s, seq)
                                     seq += 1
                                     if done + j == budget - 1 and rng.random() < 0.5:
                                         data = fuzz.mutate(data)
                                     await ch.send(data)
                                 answered = trio.Event()
-                                await ch.send(fuzz.frame(ident, s.sid, seq, ("STATUS", {})))
+                                await ch.send(fuzz.frame(s, seq, ("STATUS", {})))
                                 seq += 1
                                 with trio.fail_after(10):
                                     await answered.wait()
