@@ -6,12 +6,13 @@ One module per command family, each with `add_commands(sub)` that adds its subco
 - common.py: CliError, EXIT_USAGE, argument types (url, node_key, positive, ...), the arguments
   every client command shares (add_client_args: URL, --network, --timeout, --ca, turned into
   connect() keywords by connect_options), output helpers (format_table, print_json, pub, iso).
-- daemon.py: run, mainnet, config, keygen. A flag that sets a config key: add it in
-  add_config_flags and map it in config_overrides.
+- daemon.py: run, mainnet, config, keygen, key, registry. A flag that sets a config key: add it
+  in add_config_flags and map it in config_overrides. What `run` checks before it starts is
+  galaxynode.preflight (so `config check` checks the same): add new start-up checks there.
 - client.py: node join, query, status, watch, admin. A flag for every client command goes in
   common.add_client_args (and connect_options); one for one command next to its add_parser.
-- devnet.py, conformance.py: those commands (their logic is galaxynode.devnet / .conformance,
-  which never import the CLI).
+- devnet.py, conformance.py, plugin.py: those commands (their logic is galaxynode.devnet,
+  .conformance, .plugins, which never import the CLI: tests/test_cli_layout.py checks it).
 
 A new command family: a module here with `add_commands(sub)`, listed in FAMILIES below. Commands
 run as `args.func(args) -> int` (set_defaults(func=...)); import heavy modules (trio, the network

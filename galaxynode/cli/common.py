@@ -106,7 +106,7 @@ def seconds(text: str) -> float:
 
 def add_client_args(p: argparse.ArgumentParser) -> None:
     """URL, --network, --timeout, --ca; `connect_options(args)` turns them into connect() keywords."""
-    p.add_argument("url", type=url, metavar="URL", help="pool endpoint, e.g. ws://127.0.0.1:7447")
+    p.add_argument("url", type=url, metavar="URL", help="pool endpoint, e.g. ws://127.0.0.1:7447 (no port: 7447)")
     p.add_argument("--network", default=DEFAULT_NETWORK, metavar="ID", help=f"network id (default {DEFAULT_NETWORK})")
     p.add_argument("--timeout", type=positive(float), default=10.0, metavar="S",
                    help="connect and reply timeout in seconds (default 10)")
