@@ -47,10 +47,14 @@ class RawWebSocket:
     async def open(cls, url: str) -> "RawWebSocket":
         _, host, port, resource = parse_url(url)
         raw = cls(await trio.open_tcp_stream(host, port, local_address=ATTACKER))
-        await raw.stream.send_all(raw.ws.send(Request(host=f"{host}:{port}", target=resource,
-                                                      subprotocols=[SUBPROTOCOL])))
-        while not any(isinstance(e, AcceptConnection) for e in await raw._pump()):
-            pass
+        try:  # cancelled mid-upgrade (the attacker loop is cancelled at any point): no socket left open
+            await raw.stream.send_all(raw.ws.send(Request(host=f"{host}:{port}", target=resource,
+                                                          subprotocols=[SUBPROTOCOL])))
+            while not any(isinstance(e, AcceptConnection) for e in await raw._pump()):
+                pass
+        except BaseException:
+            await trio.aclose_forcefully(raw.stream)
+            raise
         return raw
 
     async def _pump(self) -> list:
