@@ -42,6 +42,7 @@ log = logging.getLogger("galaxynode.cluster")
 
 WORKER_ENV = "_GALAXYNODE_WORKER"  # a worker's settings from its supervisor (JSON); not a config variable
 POLL_INTERVAL = 1.0  # seconds: the change log is read at least this often, NOTIFY or not
+SYNC_TIMEOUT = 1.0  # seconds a query waits at most for the change log before it is served from memory
 COALESCE = 0.005  # seconds a replica waits after a NOTIFY before reading, so one read takes a burst
 ELECTION_INTERVAL = 1.0  # seconds between attempts at the leader lock, and between its liveness checks
 RESTART_MIN, RESTART_MAX = 0.5, 30.0  # a dead worker's restart delay (doubling while it keeps dying)
@@ -69,6 +70,8 @@ class Replica:
         self._listen = None
         self._caught_up = time.monotonic()
         self._catching_up = trio.Lock()
+        self._reads = 0  # catch-ups started (sync's tickets)
+        self._read_done = 0  # the ticket of the last catch-up that completed
         self.failures = 0
         self.lost_since: float | None = None  # when the change log was lost (monotonic), None while following
         registry.resyncs_after_outage = True
@@ -161,15 +164,38 @@ class Replica:
     async def catch_up(self) -> None:
         """Apply every change after ``last`` (one caller at a time: each change is applied once)."""
         async with self._catching_up:
-            while True:
-                changes = await trio.to_thread.run_sync(self.reader.changes, self.last)
-                for change in changes:
-                    if change.origin is None or change.origin != self.origin:
-                        await self._apply(change)
-                    self.last = change.id
-                self._caught_up = time.monotonic()
-                if len(changes) < 1000:
-                    return
+            await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        self._reads += 1
+        ticket = self._reads
+        while True:
+            changes = await trio.to_thread.run_sync(self.reader.changes, self.last)
+            for change in changes:
+                if change.origin is None or change.origin != self.origin:
+                    await self._apply(change)
+                self.last = change.id
+            self._caught_up = time.monotonic()
+            if len(changes) < 1000:
+                self._read_done = ticket
+                return
+
+    async def sync(self, timeout: float = SYNC_TIMEOUT) -> None:
+        """Read barrier (Registry.read_barrier): once it returns, memory holds every change committed
+        anywhere in the pool before it was called, so a node that JOINed on one worker is in the next
+        QUERY on any other. Concurrent callers share a catch-up that began after they arrived (at most
+        two change-log reads for any burst of queries). Without the database, or past ``timeout``,
+        memory is served as it is: a read never waits for an outage."""
+        if self.lost_since is not None:
+            return
+        mine = self._reads
+        with trio.move_on_after(timeout):
+            try:
+                async with self._catching_up:
+                    if self._read_done <= mine:  # else a catch-up that began after us has completed
+                        await self._catch_up()
+            except StoreError:
+                pass  # the follower notices and reports it
 
     async def _apply(self, change) -> None:
         """Another member's committed batch: its ops, applied in id order (the order they were committed
@@ -311,6 +337,7 @@ class ClusterModule(Module):
         self.replica = Replica(registry, config.registry.dsn, table=table)
         self.election = Election(config.registry.dsn, table=table)
         await ctx.nursery.start(self.replica.run)
+        registry.read_barrier = self.replica.sync
         ctx.nursery.start_soon(self.election.run)
         ctx.nursery.start_soon(self.election.while_leader,
                                lambda: expire_leases(registry, self.replica.reader, config.registry.expiry_interval))

@@ -708,6 +708,7 @@ class PeerManager:
         them. A query id seen before (another path) is answered from our registry only."""
         q, own = frame.msg, self.identity.public
         from_peer = frame.sender in self._peers
+        await self.registry.consistent()
         entries, cursor = self.registry.query(capabilities=q.capabilities, meta=q.meta, key=q.key, limit=q.limit,
                                               cursor=q.cursor)
         if from_peer:

@@ -136,6 +136,7 @@ class SessionHandler:
         q = frame.msg
         if q.scope == "peers" and self.s.peers is not None:
             return await self.s.peers.query(frame)
+        await self.s.registry.consistent()
         entries, cursor = self.s.registry.query(capabilities=q.capabilities, meta=q.meta, key=q.key,
                                                 limit=q.limit, cursor=q.cursor)
         if self.s.peers is not None and is_pool_session(conn):  # a pool may relay them: signed

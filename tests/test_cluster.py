@@ -96,6 +96,47 @@ async def test_changes_between_snapshot_and_stream_are_not_missed(pg_dsn):
         n.cancel_scope.cancel()
 
 
+async def test_a_query_on_any_member_sees_what_another_acknowledged(pg_dsn):
+    """Read-your-writes across members: the read barrier catches up with the change log, so a JOIN
+    acknowledged by A is in B's next query although B's notification has not been acted on; a burst of
+    concurrent queries shares the change-log reads."""
+    async with trio.open_nursery() as n:
+        a, b = await Member(pg_dsn).start(n), await Member(pg_dsn).start(n)
+        b.registry.read_barrier = b.replica.sync
+        b.replica.coalesce = 3600  # B acts on NOTIFY never during this test
+        await trio.sleep(0.1)
+        for i in range(5):
+            await a.registry.join(k(100 + i), ttl=60)
+            assert b.registry.get(k(100 + i)) is None  # not there without the barrier
+            await b.registry.consistent()
+            assert b.registry.get(k(100 + i)) is not None
+        reads = 0
+        real = b.replica.reader.changes
+
+        def counted(after, limit=1000):
+            nonlocal reads
+            reads += 1
+            return real(after, limit)
+        b.replica.reader.changes = counted
+        await a.registry.join(k(200), ttl=60)
+        async with trio.open_nursery() as q:
+            for _ in range(50):
+                q.start_soon(b.registry.consistent)
+        assert b.registry.get(k(200)) is not None
+        assert 1 <= reads <= 2
+        n.cancel_scope.cancel()
+
+
+async def test_a_query_is_served_from_memory_when_the_database_is_gone(pg_dsn):
+    async with trio.open_nursery() as n:
+        b = await Member(pg_dsn).start(n)
+        b.registry.read_barrier = b.replica.sync
+        b.replica.lost_since = 0.0  # as the follower sets it when PostgreSQL is unreachable
+        b.replica.reader.changes = lambda *a, **kw: pytest.fail("read the change log during an outage")
+        await b.registry.consistent()
+        n.cancel_scope.cancel()
+
+
 async def test_one_leader_and_fail_over(pg_dsn):
     async with trio.open_nursery() as n:
         elections = [Election(pg_dsn, interval=0.05) for _ in range(3)]

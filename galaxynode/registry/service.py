@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 
 import attrs
@@ -149,6 +149,8 @@ class Registry:
         self.kv: dict[str, dict[str, bytes]] = {}  # plugin -> name -> value (galaxynode.plugin Store)
         self._kv_ops: dict[tuple[str, str], Op] = {}
         self._watches: set[ChangeWatch] = set()
+        # Set by a cluster member (Replica.sync): what `consistent` waits for.
+        self.read_barrier: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     async def open(cls, path: str | os.PathLike | None, table: LeaseTable | None = None, bus=None, *,
@@ -262,6 +264,12 @@ class Registry:
                 w.skip[batch] = len(batch.events)
         self._watches.add(w)
         return list(self.table._entries.values()), w
+
+    async def consistent(self) -> None:
+        """Before a read a node may compare with its own writes: a cluster member first catches up
+        with changes acknowledged by the other members; alone, memory already holds them."""
+        if self.read_barrier is not None:
+            await self.read_barrier()
 
     def query(self, **filters) -> tuple[list[Entry], bytes | None]:
         """See LeaseTable.query."""
