@@ -545,6 +545,7 @@ class RegistryConfig(_Section):
     page_bytes: int = _setting(Int(4096, 64 * MiB), 256 * 1024)
     backend: str = _setting(Str(choices=("sqlite", "postgresql")), "sqlite")
     dsn: str = _setting(Str(min_len=0, max_len=4096), "")
+    max_heartbeats_per_s: int = _setting(Int(1, 1_000_000), 1000)
 
     def _check(self) -> None:
         if self.backend == "postgresql" and not self.dsn:
@@ -666,6 +667,13 @@ class MetricsConfig(_Section):
 
 
 @attrs.frozen
+class DashboardConfig(_Section):
+    SECTION = "dashboard"
+    enabled: bool = _setting(Bool(), True)
+    token: str = _setting(Str(min_len=0, max_len=256), "")
+
+
+@attrs.frozen
 class DaemonConfig(_Section):
     SECTION = "daemon"
     stop_timeout: float = _setting(Float(0.1, 3600, " seconds"), 10.0)
@@ -690,6 +698,7 @@ class Config:
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
+    dashboard: DashboardConfig = attrs.field(factory=DashboardConfig)
     daemon: DaemonConfig = attrs.field(factory=DaemonConfig)
 
     def __attrs_post_init__(self) -> None:
