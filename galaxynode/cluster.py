@@ -74,6 +74,9 @@ class Replica:
         self._read_done = 0  # the ticket of the last catch-up that completed
         self.failures = 0
         self.lost_since: float | None = None  # when the change log was lost (monotonic), None while following
+        # Set by ClusterModule: ends this member's live session of a key that another member's admin
+        # kicked or banned (the admin's own member closes it itself).
+        self.end_session: Callable[[bytes, str], Awaitable[Any]] | None = None
         registry.resyncs_after_outage = True
 
     async def snapshot(self) -> None:
@@ -226,9 +229,16 @@ class Replica:
                     space.pop(op.name, None)
         if keys or ban_keys:
             reg._restore(keys, entries, ban_keys, bans)
+        ended = []
         for topic, data in change.events:
             reg._announce(topic, data, None) if hasattr(reg, "_announce") else reg.bus.publish(topic, data)
+            if topic in ("node.kicked", "node.banned") and isinstance(data.get("key"), bytes):
+                ended.append((data["key"], topic))
         self.applied += 1
+        if ended and self.end_session is not None:
+            async with trio.open_nursery() as n:  # each close is bounded by the session's close_timeout
+                for key, topic in ended:
+                    n.start_soon(self.end_session, key, topic)
 
 
 class Election:
@@ -316,6 +326,17 @@ async def open_member_registry(config: Any, table: Any, bus: Any) -> Any:
                     commit_interval=rc.commit_interval)
 
 
+async def _end_session(container: Any, key: bytes, topic: str) -> None:
+    """A kick or ban made on another member reaches the node's session here as it would there."""
+    from galaxynode.gelato.errors import ErrorCode, ProtocolError
+    server = container.get("server") if "server" in container else None
+    conn = server.connections.get(key) if server is not None else None
+    if conn is not None and not conn.closed:
+        kicked = topic == "node.kicked"
+        await conn.close(ProtocolError(ErrorCode.KICKED if kicked else ErrorCode.BANNED,
+                                       f"{'kicked' if kicked else 'banned'} by an administrator"))
+
+
 class ClusterModule(Module):
     """On the PostgreSQL backend: the replica (started before anyone is served), the election and the
     leader's lease expiry. Registers ``cluster`` (this module) in the container."""
@@ -338,6 +359,7 @@ class ClusterModule(Module):
         self.election = Election(config.registry.dsn, table=table)
         await ctx.nursery.start(self.replica.run)
         registry.read_barrier = self.replica.sync
+        self.replica.end_session = lambda key, topic: _end_session(ctx.container, key, topic)
         ctx.nursery.start_soon(self.election.run)
         ctx.nursery.start_soon(self.election.while_leader,
                                lambda: expire_leases(registry, self.replica.reader, config.registry.expiry_interval))

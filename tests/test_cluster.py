@@ -127,6 +127,25 @@ async def test_a_query_on_any_member_sees_what_another_acknowledged(pg_dsn):
         n.cancel_scope.cancel()
 
 
+async def test_a_kick_or_ban_on_one_member_ends_the_session_on_the_others(pg_dsn):
+    async with trio.open_nursery() as n:
+        a, b = await Member(pg_dsn).start(n), await Member(pg_dsn).start(n)
+        ended = []
+
+        async def end_session(key, topic):
+            ended.append((key, topic))
+        b.replica.end_session = end_session
+        await b.registry.join(k(1), ttl=60)
+        await b.registry.join(k(2), ttl=60)
+        await until(lambda: a.registry.get(k(1)) is not None and a.registry.get(k(2)) is not None)
+        await a.registry.kick(k(1))
+        await a.registry.ban(k(2), until=None)
+        await b.registry.leave(k(3))  # neither a kick nor a ban: no session ends
+        await until(lambda: len(ended) == 2)
+        assert ended == [(k(1), "node.kicked"), (k(2), "node.banned")]
+        n.cancel_scope.cancel()
+
+
 async def test_a_query_is_served_from_memory_when_the_database_is_gone(pg_dsn):
     async with trio.open_nursery() as n:
         b = await Member(pg_dsn).start(n)

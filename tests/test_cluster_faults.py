@@ -17,7 +17,7 @@ import trio
 from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import Identity
 from galaxynode.nodeclient import connect
-from tests.pg import SKIP, ThrowawayServer, can_throwaway
+from tests.pg import SKIP, ThrowawayServer, can_throwaway, pg_dsn, pg_server  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from abuse import NETWORK, live_pool  # noqa: E402
@@ -109,3 +109,29 @@ def test_postgresql_restart_under_a_running_pool(tmp_path, server):
             time.sleep(0.1)
         assert readyz(metrics)[0] == 200
         pool.wait_for("replica has PostgreSQL again", start=mark)
+
+
+def test_a_kick_or_ban_ends_the_node_session_on_whichever_worker_holds_it(tmp_path, pg_dsn):
+    """An admin's session and the node's may land on different workers (SO_REUSEPORT spreads them):
+    the node's session is ended with kicked / banned either way."""
+    from tests.test_abuse_bans import refusal
+    admin_key = Identity.generate()
+    env = {"GALAXYNODE_REGISTRY_BACKEND": "postgresql", "GALAXYNODE_REGISTRY_DSN": pg_dsn,
+           "GALAXYNODE_ADMISSION_ADMINS": admin_key.public_text,
+           "GALAXYNODE_SERVER_MAX_CONNECTIONS_PER_ADDRESS": "1000"}
+    with live_pool(tmp_path / "data", env=env, args=("--workers", "2")) as pool:
+        first = pool.wait_for(r"ready: pool").end()
+        pool.wait_for(r"ready: pool", start=first)
+
+        async def main():
+            for i in range(8):  # fresh sessions each time: both workers get their turn
+                node = Identity.generate()
+                action, code = ("kick", ErrorCode.KICKED) if i % 2 else ("ban", ErrorCode.BANNED)
+                async with connect(pool.url, node, network=NETWORK) as session:
+                    await session.join(ttl=600)
+                    async with connect(pool.url, admin_key, network=NETWORK) as admin:
+                        await admin.admin(action, key=node.public)
+                    with trio.fail_after(10):
+                        await session.wait_closed()
+                    assert refusal(session.closed_error()) is code
+        trio.run(main)
