@@ -85,3 +85,19 @@ def test_output_into_a_closed_pipe_exits_quietly(tmp_path):
         done = subprocess.run([sys.executable, "-m", "galaxynode", "config", "show"], stdout=out,
                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=60)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("dsn, shown", [
+    ("postgresql://galaxy:s3cr%40t@db:5432/galaxy", "postgresql://galaxy:***@db:5432/galaxy"),
+    ("host=db user=galaxy password='a b\\'c' dbname=g", "host=db user=galaxy password=*** dbname=g"),
+    ("host=db password=pl41n dbname=g", "host=db password=*** dbname=g"),
+    ("postgresql://galaxy@db/galaxy", "postgresql://galaxy@db/galaxy"),
+])
+def test_config_show_masks_secrets(tmp_path, dsn, shown):
+    env = {**os.environ, "GALAXYNODE_REGISTRY_BACKEND": "postgresql", "GALAXYNODE_REGISTRY_DSN": dsn,
+           "GALAXYNODE_DASHBOARD_TOKEN": "tok-123"}
+    out = subprocess.run([sys.executable, "-m", "galaxynode", "config", "show"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f'dsn = "{shown}"' in out.stdout.replace('\\"', '"') or f"dsn = '{shown}'" in out.stdout, out.stdout
+    assert "tok-123" not in out.stdout and 's3cr' not in out.stdout and "pl41n" not in out.stdout

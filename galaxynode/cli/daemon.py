@@ -163,8 +163,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    print(load(args).to_toml(), end="")
+    print(redacted(load(args)).to_toml(), end="")
     return 0
+
+
+def redacted(config: Any) -> Any:
+    """The config with its secrets (the DSN's password, the dashboard token) masked: `config show`
+    output ends up in tickets and chat."""
+    import re
+
+    import attrs
+    dsn = re.sub(r"(://[^:/?#@]*:)[^@/?#]*@", r"\1***@", config.registry.dsn)  # URL form
+    dsn = re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)  # key=value form
+    token = "***" if config.dashboard.token else ""
+    return attrs.evolve(config, registry=attrs.evolve(config.registry, dsn=dsn),
+                        dashboard=attrs.evolve(config.dashboard, token=token))
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
