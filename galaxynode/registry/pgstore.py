@@ -28,7 +28,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from galaxynode.registry.leases import Entry
-from galaxynode.registry.store import Ban, Delete, KvDelete, KvPut, Op, StoreError, Unban, Upsert
+from galaxynode.registry.store import (Ban, Delete, KvDelete, KvPut, Op, StoreError, Unban, Upsert, entry_of,
+                                       op_params)
 
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,40}")
 _MIGRATE_LOCK = 0x67616C6178790001  # pg_advisory_xact_lock key while migrating ("galaxy" + 1)
@@ -395,24 +396,10 @@ def _bytes_keys(d: dict) -> dict:
 
 
 def _params(op: Op) -> tuple:
-    if isinstance(op, Upsert):
-        e = op.entry
-        if e.payload is not None and not isinstance(e.payload, bytes):
-            raise TypeError("payload must be bytes")
-        return (e.key, Jsonb(list(e.capabilities)), Jsonb(dict(e.meta)), e.ttl, e.expires, e.joined,
-                e.payload)
-    if isinstance(op, Ban):
-        return (op.key, op.until)
-    if isinstance(op, KvPut):
-        return (op.plugin, op.name, op.value)
-    if isinstance(op, KvDelete):
-        return (op.plugin, op.name)
-    return (op.key,)
+    if isinstance(op, Upsert) and op.entry.payload is not None and not isinstance(op.entry.payload, bytes):
+        raise TypeError("payload must be bytes")  # psycopg would adapt other types silently
+    return op_params(op, Jsonb)
 
 
 def _entry(row: Iterable) -> Entry:
-    key, caps, meta, ttl, expires, joined, payload = row
-    if not isinstance(caps, list) or not isinstance(meta, dict):
-        raise ValueError("malformed row")
-    return Entry(key=bytes(key), capabilities=tuple(caps), meta=meta, ttl=ttl, expires=expires, joined=joined,
-                 payload=None if payload is None else bytes(payload))
+    return entry_of(*row)

@@ -12,8 +12,8 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import attrs
 
@@ -143,7 +143,7 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for kind, group in itertools.groupby(ops, type):
-                    conn.executemany(self._sql[kind], map(_params, group))
+                    conn.executemany(self._sql[kind], map(op_params, group))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -211,10 +211,11 @@ class SqliteStore:
         self.close()
 
 
-def _params(op: Op) -> tuple:
+def op_params(op: Op, json_value: Callable[[Any], Any] = json.dumps) -> tuple:
+    """An op's SQL parameters (both backends; ``json_value`` wraps capabilities and meta)."""
     if isinstance(op, Upsert):
         e = op.entry
-        return (e.key, json.dumps(list(e.capabilities)), json.dumps(dict(e.meta)), e.ttl, e.expires, e.joined,
+        return (e.key, json_value(list(e.capabilities)), json_value(dict(e.meta)), e.ttl, e.expires, e.joined,
                 e.payload)
     if isinstance(op, Ban):
         return (op.key, op.until)
@@ -225,10 +226,14 @@ def _params(op: Op) -> tuple:
     return (op.key,)
 
 
+def entry_of(key: Any, caps: Any, meta: Any, ttl: int, expires: int, joined: int, payload: Any) -> Entry:
+    """A stored row as an Entry (both backends; capabilities and meta already decoded)."""
+    if not isinstance(key, (bytes, memoryview)) or not isinstance(caps, list) or not isinstance(meta, dict):
+        raise ValueError("malformed row")
+    return Entry(key=bytes(key), capabilities=tuple(caps), meta=meta, ttl=ttl, expires=expires, joined=joined,
+                 payload=None if payload is None else bytes(payload))
+
+
 def _entry(row: Iterable) -> Entry:
     key, caps, meta, ttl, expires, joined, payload = row
-    caps, meta = json.loads(caps), json.loads(meta)
-    if not isinstance(key, bytes) or not isinstance(caps, list) or not isinstance(meta, dict):
-        raise ValueError("malformed row")
-    return Entry(key=key, capabilities=tuple(caps), meta=meta, ttl=ttl, expires=expires, joined=joined,
-                 payload=payload)
+    return entry_of(key, json.loads(caps), json.loads(meta), ttl, expires, joined, payload)
