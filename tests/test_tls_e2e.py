@@ -4,10 +4,12 @@ wss with [tls] ca_file and one that cannot (and says it will not fix itself); th
 failed handshakes; a renewed certificate taken on SIGHUP."""
 from __future__ import annotations
 
+import re
 import signal
 import ssl
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -34,7 +36,8 @@ def ca(tmp_path):
 
 
 def test_private_ca_clients_peers_and_the_servers_log(tmp_path, ca):
-    with wss_pool(tmp_path, "a", issue(tmp_path, ca)) as a:
+    with wss_pool(tmp_path, "a", issue(tmp_path, ca), env={"GALAXYNODE_METRICS_LISTEN": "127.0.0.1:0"}) as a:
+        metrics = a.wait_for(r"serving metrics on (http://[^/\s]+)").group(1)
         url = a.wait_for(GELATO).group(1)
         a.wait_for("ready: pool")
         r = cli("status", url)  # no CA: refused at once, with the reason and what to do
@@ -63,6 +66,9 @@ def test_private_ca_clients_peers_and_the_servers_log(tmp_path, ca):
         a.wait_for(r"TLS handshake with 127\.0\.0\.1:\d+ failed: the client does not trust our certificate "
                    r"\(unknown CA\)")
         a.wait_for(r"TLS handshake with 127\.0\.0\.1:\d+ failed: plain HTTP on a TLS port")
+        with urllib.request.urlopen(metrics + "/metrics", timeout=10) as r:
+            failed = re.search(r"^galaxynode_tls_handshakes_failed_total (\S+)$", r.read().decode(), re.M)
+        assert failed and float(failed.group(1)) >= 2  # the CA-less client and the plain-HTTP one at least
         assert a.stop() == 0
         assert "Traceback" not in a.output
 

@@ -21,6 +21,7 @@ from galaxynode.net.connection import (AGENT, DEFAULT_SESSION_LIMITS, Connection
 from galaxynode.net.bans import Bans, address_group
 from galaxynode.net.outbox import OutputBudget
 from galaxynode.net.slots import Slot, Slots
+from galaxynode.net import tls
 from galaxynode.net.transport import Channel, ChannelClosed, format_address, parse_url, serve_channels
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ class Server:
         self.reuse_port = reuse_port
         self.connections: dict[bytes, Connection] = {}
         self.stats = ServerStats()
+        # Failed TLS handshakes on our listeners: logged (rate limited) and counted (metrics).
+        self.tls_log = tls.HandshakeLog(logging.getLogger("galaxynode.net.transport"))
         self._live: set[Connection] = set()  # established sessions still running (even if replaced)
         self.bound_urls: list[str] = []
         self._active = 0            # sessions admitted: in the handshake or established
@@ -160,7 +163,7 @@ class Server:
                         ssl_context=self.ssl_context if secure else None,
                         handshake_timeout=self.limits.handshake_timeout, close_timeout=self.limits.close_timeout,
                         max_streams=self.max_connections + self.max_pending,
-                        admit=self._admit, on_upgrade_timeout=self._upgrade_timeout))
+                        admit=self._admit, on_upgrade_timeout=self._upgrade_timeout, tls_log=self.tls_log))
                     urls += [f"{'wss' if secure else 'ws'}://{format_address(h, p)}" for h, p in bound]
                 self.bound_urls = urls
                 log.info("listening on %s", ", ".join(urls))
