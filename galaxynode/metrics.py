@@ -185,6 +185,9 @@ class DaemonCollector:
         refused.add_metric(["banned_address"], st.closed_banned)
         refused.add_metric(["upgrade_timeout"], st.upgrade_timeouts)
         yield refused
+        yield CounterMetricFamily("galaxynode_tls_handshakes_failed", "TLS handshakes on our listeners that failed "
+                                  "(untrusted certificate, plain HTTP on a TLS port, timeout, ...).",
+                                  value=server.tls_log.failures)
         yield CounterMetricFamily("galaxynode_violations", "Sessions closed for protocol abuse.", value=st.violations)
         yield CounterMetricFamily("galaxynode_bans", "Keys and addresses temporarily banned.", value=st.bans)
 
