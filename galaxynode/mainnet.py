@@ -511,7 +511,8 @@ class MainnetSession(SessionHandler):
 
     async def announce(self, conn: Any, frame: Frame) -> m.Lease:
         entry = await self.s.announce(conn.peer_key, frame.msg.descriptor, conn.remote)
-        return m.Lease(re=frame.id, ttl=entry.ttl, expires=entry.expires)
+        # No heartbeat budget here: a pool re-announces as its descriptor ages (Announcer), at most this often.
+        return m.Lease(re=frame.id, ttl=entry.ttl, expires=entry.expires, interval=max(1, entry.ttl * 1000 // 3))
 
     async def lookup(self, conn: Any, frame: Frame) -> m.LookupResult:
         descriptors, cursor = self.s.lookup(frame.msg)

@@ -122,11 +122,11 @@ class SessionHandler:
                     raise ProtocolError(ErrorCode.INVALID_BODY, f"meta: more than {m.MAX_META_ENTRIES} entries "
                                         f"with the {len(attached)} the pool's plugins attach", frame.id)
         e = await self.s.registry.join(conn.peer_key, capabilities=msg.capabilities, meta=meta, ttl=msg.ttl)
-        return m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires)
+        return m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires, interval=max(1, e.ttl * 1000 // 3))
 
     async def heartbeat(self, conn: Any, frame: Frame) -> m.Lease:
         e = await self.s.registry.renew(conn.peer_key, ttl=frame.msg.ttl)
-        return m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires)
+        return m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires, interval=max(1, e.ttl * 1000 // 3))
 
     async def leave(self, conn: Any, frame: Frame) -> m.Ack:
         await self.s.registry.leave(conn.peer_key)

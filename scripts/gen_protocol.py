@@ -77,6 +77,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
                           "repeated protocol violations (errors §7).",
     E.SLOW_READER: "The peer did not read its output: nothing could be written for write_timeout while output was "
                    "queued (limits §3.1). A reader that is not reading may never see this ERROR.",
+    E.OVERLOADED: "JOIN refused: the pool's heartbeat budget cannot take another lease; wait at least "
+                  "ERROR.retry_after ms, then retry. Not fatal, not a violation.",
     E.NOT_JOINED: "HEARTBEAT or LEAVE from a key that holds no lease.",
     E.BAD_TTL: "The requested lease TTL is outside the pool's configured bounds.",
     E.BAD_CURSOR: "The paging cursor was not issued by this receiver or is malformed.",
@@ -228,7 +230,7 @@ KIND_DOCS = {
     "str": "msgpack str (valid UTF-8); min_len/max_len count bytes of its UTF-8 encoding (not code points); "
            "choices lists the allowed values.",
     "bin": "msgpack bin; min_len/max_len count bytes (equal values mean an exact length).",
-    "uint": "msgpack integer >= 0 (bool is not an integer); max is inclusive; no max means up to 2^64-1.",
+    "uint": "msgpack integer >= 0 (bool is not an integer); min and max are inclusive; no max means up to 2^64-1.",
     "bool": "msgpack true or false.",
     "list": "msgpack array of item; min_len/max_len count elements; items are checked in order.",
     "strmap": f"msgpack map of str to str; max_len counts entries; keys 1..{m.MAX_NAME} bytes, "
@@ -494,7 +496,9 @@ def _bounds(f: dict[str, Any]) -> str:
         parts.append(f"exactly {lo}{unit}")
     elif lo or hi is not None:
         parts.append(f"{lo or 0}..{hi}{unit}" if hi is not None else f">= {lo}{unit}")
-    if "max" in f:
+    if "min" in f:  # uint lower bound
+        parts.append(f"{f['min']}..{f['max']}" if "max" in f else f">= {f['min']}")
+    elif "max" in f:
         parts.append(f"<= {f['max']}")
     if "choices" in f:
         parts.append("one of " + ", ".join(_code(c) for c in f["choices"]))

@@ -119,7 +119,7 @@ def break_join_identity(monkeypatch) -> set[str]:
         key = frame.body.get("key", conn.peer_key)
         e = await self.s.registry.join(key, capabilities=frame.msg.capabilities, meta=frame.msg.meta,
                                        ttl=frame.msg.ttl)
-        return pool.m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires)
+        return pool.m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires, interval=e.ttl * 1000 // 3)
     monkeypatch.setattr(pool.SessionHandler, "join", join)
     return {"7.10"}
 

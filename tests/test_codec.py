@@ -30,7 +30,7 @@ SAMPLES = {
     "ACK": m.Ack(re=REF),
     "JOIN": m.Join(ttl=60, capabilities=("gpu",), meta={"region": "eu-west", "v": ""}),
     "HEARTBEAT": m.Heartbeat(ttl=45),
-    "LEASE": m.Lease(re=REF, ttl=60, expires=TS + 60_000),
+    "LEASE": m.Lease(re=REF, ttl=60, expires=TS + 60_000, interval=20_000),
     "LEAVE": m.Leave(),
     "QUERY": m.Query(capabilities=("gpu",), meta={"zone": "eu"}, key=K1, limit=10, cursor=b"\x00\x01",
                      scope="peers", hops=3),
@@ -218,6 +218,20 @@ def test_protocol_error_text_and_fatal():
     assert str(e) == "bad_signature (2000): nope" and e.fatal
 
 
+def test_overloaded_carries_retry_after_and_lease_interval_is_bounded():
+    err = m.Error.from_exc(ProtocolError(ErrorCode.OVERLOADED, "busy", REF, retry_after=45_000))
+    assert (err.code, err.name, err.retry_after) == (5004, "overloaded", 45_000)
+    assert m.Error.from_body(err.to_body()) == err
+    assert "retry_after" not in m.Error.from_exc(ProtocolError(ErrorCode.UNAVAILABLE)).to_body()
+    lease = {"re": REF, "ttl": 30, "expires": TS, "interval": 10_000}
+    assert m.Lease.from_body(lease).interval == 10_000
+    for bad in (0, m.MAX_INTERVAL_MS + 1, None):  # 1..MAX_TTL_S*1000/3, required
+        with pytest.raises(ProtocolError) as e:
+            m.Lease.from_body({**lease, "interval": bad} if bad is not None else {k: v for k, v in lease.items()
+                                                                                  if k != "interval"})
+        assert e.value.code is ErrorCode.INVALID_BODY
+
+
 def test_error_code_groups_and_fatal_flags():
     for code in ErrorCode:
         assert code.group  # every code belongs to a known group
@@ -225,7 +239,7 @@ def test_error_code_groups_and_fatal_flags():
     non_fatal = {ErrorCode.UNKNOWN_TYPE, ErrorCode.INVALID_BODY, ErrorCode.NOT_SUPPORTED, ErrorCode.FORBIDDEN,
                  ErrorCode.NOT_ADMITTED, ErrorCode.NOT_JOINED, ErrorCode.BAD_TTL, ErrorCode.BAD_CURSOR,
                  ErrorCode.BAD_DESCRIPTOR, ErrorCode.STALE_DESCRIPTOR, ErrorCode.NOT_FOUND, ErrorCode.INTERNAL,
-                 ErrorCode.UNAVAILABLE}
+                 ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED}
     assert {c for c in ErrorCode if not c.fatal} == non_fatal
     assert FATAL_CODES == set(ErrorCode) - non_fatal
 

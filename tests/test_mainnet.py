@@ -362,7 +362,7 @@ async def test_announcer_does_not_trust_the_mainnet(tmp_path):
 
     async def liar(conn, frame):
         if frame.type == "ANNOUNCE":
-            return m.Lease(re=frame.id, ttl=60, expires=now_ms() + 60_000)
+            return m.Lease(re=frame.id, ttl=60, expires=now_ms() + 60_000, interval=20_000)
         if frame.type == "LOOKUP":
             lookups.append(frame.msg)
             return m.LookupResult(re=frame.id, descriptors=(forged, good))

@@ -2,7 +2,8 @@
 
 Codes are grouped by thousands: 1xxx framing, 2xxx authentication, 3xxx session,
 4xxx authorization, 5xxx rate limits, 6xxx registry/discovery, 9xxx internal.
-`fatal` codes close the session after the ERROR frame is sent. Numbers are never reused: v2 retired
+`fatal` codes close the session after the ERROR frame is sent. `overloaded` is the one retryable
+refusal that tells the peer when to retry (ERROR.retry_after, ms; ProtocolError.retry_after). Numbers are never reused: v2 retired
 3004 wrong_sid (no sid on the wire; another session's frame fails the MAC) and 3008 no_common_version
 (a HELLO without a version we speak is unsupported_version).
 """
@@ -47,6 +48,7 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_CONNECTIONS = 5001
     TEMPORARILY_BANNED = 5002
     SLOW_READER = 5003
+    OVERLOADED = 5004  # JOIN refused: the pool's heartbeat budget is spent; retry after ERROR.retry_after
     # registry and discovery
     NOT_JOINED = 6000
     BAD_TTL = 6001
@@ -88,11 +90,13 @@ FATAL_CODES = frozenset({
 class ProtocolError(Exception):
     """A Gelato rejection: carries the code sent in the ERROR frame."""
 
-    def __init__(self, code: ErrorCode, message: str = "", ref: bytes | None = None):
+    def __init__(self, code: ErrorCode, message: str = "", ref: bytes | None = None, *,
+                 retry_after: int | None = None):
         super().__init__(f"{code.name.lower()} ({int(code)}): {message}" if message else code.name.lower())
         self.code = code
         self.message = message or code.name.lower()
         self.ref = ref
+        self.retry_after = retry_after  # ms the peer must wait before retrying (sent with overloaded)
 
     @property
     def fatal(self) -> bool:

@@ -30,6 +30,8 @@ MAX_PAGE = 1000
 MAX_CURSOR = 128
 MAX_DESCRIPTOR_RECORD = 4096
 MAX_TTL_S = 86_400
+MAX_INTERVAL_MS = MAX_TTL_S * 1000 // 3  # LEASE.interval: a granted ttl covers three intervals
+MAX_RETRY_AFTER_MS = MAX_TTL_S * 1000
 MAX_HOPS = 8
 MAX_QUERY_BUDGET = 1024     # peer QUERYs one QUERY may cause across the mesh (peering §4)
 MAX_SIGNED_RECORD = 65_536  # the largest kind's max_record (records.md §9)
@@ -43,6 +45,7 @@ class Spec:
     kind: str  # str | bin | uint | bool | list | strmap | struct | any | anymap
     min_len: int | None = None
     max_len: int | None = None
+    min: int | None = None  # uint only, inclusive
     max: int | None = None
     choices: tuple[str, ...] | None = None
     item: "Spec | None" = None
@@ -50,7 +53,7 @@ class Spec:
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
-        for name in ("min_len", "max_len", "max"):
+        for name in ("min_len", "max_len", "min", "max"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         if self.choices:
@@ -120,8 +123,8 @@ def _check(spec: Spec, value: Any, path: str) -> Any:
             raise _bad(path, f"must be one of {', '.join(spec.choices)}")
         return value
     if k == "uint":
-        if type(value) is not int or value < 0 or (spec.max is not None and value > spec.max):
-            raise _bad(path, f"expected integer in [0, {spec.max if spec.max is not None else '2^64-1'}]")
+        if type(value) is not int or value < (spec.min or 0) or (spec.max is not None and value > spec.max):
+            raise _bad(path, f"expected integer in [{spec.min or 0}, {spec.max if spec.max is not None else '2^64-1'}]")
         return value
     if k == "bool":
         if type(value) is not bool:
@@ -225,9 +228,10 @@ def _fast_check(spec: Spec) -> Callable[[Any], Any]:
             return v
     elif k == "uint":
         top = spec.max if spec.max is not None else 2**64 - 1  # msgpack's own bound
+        bottom = spec.min or 0
 
         def check(v: Any) -> Any:
-            if type(v) is not int or not 0 <= v <= top:
+            if type(v) is not int or not bottom <= v <= top:
                 raise _Slow
             return v
     elif k == "bool":
@@ -488,11 +492,13 @@ class Error(Body):
     name: str = field("str", max_len=64)
     message: str = field("str", max_len=512, default="")
     re: bytes | None = _ref(default=None)
+    retry_after: int | None = field("uint", max=MAX_RETRY_AFTER_MS, default=None)  # ms; sent with overloaded
 
     @classmethod
     def from_exc(cls, exc: ProtocolError) -> "Error":
         # Messages quote peers' strings: cut to the field's bound in bytes, at a character boundary.
-        return cls(code=int(exc.code), name=exc.code.name.lower(), message=fit_utf8(exc.message, 512), re=exc.ref)
+        return cls(code=int(exc.code), name=exc.code.name.lower(), message=fit_utf8(exc.message, 512), re=exc.ref,
+                   retry_after=exc.retry_after)
 
 
 @message("GOODBYE", "session")
@@ -522,8 +528,9 @@ class Heartbeat(Body):
 @message("LEASE", "registry")
 class Lease(Body):
     re: bytes = _ref()
-    ttl: int = field("uint", max=MAX_TTL_S)
+    ttl: int = field("uint", max=MAX_TTL_S)  # granted; >= ceil(3 * interval / 1000)
     expires: int = field("uint")  # ms since epoch
+    interval: int = field("uint", min=1, max=MAX_INTERVAL_MS)  # ms: send the next HEARTBEAT about this long after
 
 
 @message("LEAVE", "registry")

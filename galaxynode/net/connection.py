@@ -125,7 +125,7 @@ class RemoteError(ProtocolError):
             code = ErrorCode(error.code)
         except ValueError:
             code = ErrorCode.INTERNAL
-        super().__init__(code, error.message or error.name, error.re)
+        super().__init__(code, error.message or error.name, error.re, retry_after=error.retry_after)
         self.remote_code = error.code
         self.remote_name = error.name
 
