@@ -9,6 +9,9 @@ and process, so nothing outlives the command.
 Pools are started one after the other, each once the previous one is announced: a pool looks the
 main net up right after announcing, so each new pool finds all the earlier ones and dials them, which
 connects the peer graph without waiting for the next periodic LOOKUP.
+
+Every daemon also serves its metrics listener, with the read-only dashboard, on a free loopback port;
+its URL (http://127.0.0.1:PORT/dashboard/) is read from the daemon's log and shown with the others.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ class DevnetError(Exception):
 _SERVING = re.compile(r"serving Gelato on (ws://\S+)")
 _READY = re.compile(r"ready: pool ")
 _ANNOUNCED = re.compile(r"announced to the main net")
+_METRICS = re.compile(r"serving metrics on (http://\S+?/)metrics\b")
 
 
 # --- the daemons ---------------------------------------------------------------------------------
@@ -67,6 +71,7 @@ class Daemon:
         self.argv = argv
         self.log_path = log_path
         self.url: str | None = None
+        self.dashboard: str | None = None  # http://127.0.0.1:PORT/dashboard/, once the daemon serves it
         self.tail: deque[str] = deque(maxlen=20)
         self.ready = trio.Event()
         self.announced = trio.Event()
@@ -86,6 +91,8 @@ class Daemon:
         self.tail.append(line)
         if self.url is None and (match := _SERVING.search(line)):
             self.url = match.group(1)
+        elif self.dashboard is None and (match := _METRICS.search(line)):
+            self.dashboard = match.group(1) + "dashboard/"
         elif _READY.search(line):
             self.ready.set()
         elif _ANNOUNCED.search(line):
@@ -140,6 +147,9 @@ async def _terminate(proc: Any) -> None:
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_DROP}
     env["PYTHONUNBUFFERED"] = "1"
+    # Each daemon's metrics listener, with its dashboard, on its own free loopback port.
+    env["GALAXYNODE_METRICS_LISTEN"] = "127.0.0.1:0"
+    env["GALAXYNODE_DASHBOARD_ENABLED"] = "true"
     # Every simulated node and pool connects from 127.0.0.1: one address may use all the slots.
     env.setdefault("GALAXYNODE_SERVER_MAX_CONNECTIONS_PER_ADDRESS", env.get("GALAXYNODE_SERVER_MAX_CONNECTIONS", "1024"))
     env.setdefault("GALAXYNODE_SERVER_MAX_PENDING_PER_ADDRESS", env.get("GALAXYNODE_SERVER_MAX_PENDING", "256"))
@@ -295,7 +305,7 @@ def snapshot(mainnet: Daemon, pools: list[Daemon], nodes: list[SimNode], elapsed
 
     def of(d: Daemon) -> dict:
         st = d.status
-        return {"name": d.name, "url": d.url, "key": format_public_key(st.key) if st else None, "up": d.up,
+        return {"name": d.name, "url": d.url, "dashboard": d.dashboard, "key": format_public_key(st.key) if st else None, "up": d.up,
                 "peers": st.peers if st else None, "nodes": st.nodes if st else None, "events_per_s": rate(d)}
 
     main = of(mainnet)
@@ -362,7 +372,7 @@ async def run_devnet(opts: Options, root: Path, show: Callable[[dict], None]) ->
                 note(f"starting a main net and {opts.pools} pools on 127.0.0.1 (data and logs in {root})")
                 await procs.start(mainnet.supervise, env)
                 await mainnet.wait(mainnet.ready, "listening")
-                note(f"main net {mainnet.url}")
+                note(f"main net {mainnet.url} dashboard {mainnet.dashboard}")
                 for i in range(1, opts.pools + 1):
                     name = f"pool-{i}"
                     pool = Daemon(name, daemon_argv("run", name, port=port(i), data_dir=root / name,
@@ -371,7 +381,7 @@ async def run_devnet(opts: Options, root: Path, show: Callable[[dict], None]) ->
                     daemons.append(pool)
                     await procs.start(pool.supervise, env)
                     await pool.wait(pool.announced, "announced to the main net")
-                    note(f"{name} {pool.url}")
+                    note(f"{name} {pool.url} dashboard {pool.dashboard}")
             if not stop.is_set():
                 rng = random.Random()
                 nodes = [SimNode(i, pools[i % len(pools)].url, opts.network, rng) for i in range(opts.nodes)]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from procutil import Proc
@@ -44,6 +46,9 @@ def test_devnet_headless_for_a_few_seconds(tmp_path):
         assert [p["name"] for p in s["pools"]] == ["pool-1", "pool-2", "pool-3"]
         assert all(p["url"].startswith("ws://127.0.0.1:") for p in s["pools"])
         assert s["mainnet"]["url"].startswith("ws://127.0.0.1:")
+        dashboards = [s["mainnet"]["dashboard"]] + [p["dashboard"] for p in s["pools"]]
+        assert all(re.fullmatch(r"http://127\.0\.0\.1:\d+/dashboard/", u) for u in dashboards), dashboards
+        assert len(set(dashboards)) == 4
 
     def converged(s: dict) -> bool:
         pools = s["pools"]
@@ -64,10 +69,25 @@ def test_devnet_headless_for_a_few_seconds(tmp_path):
         assert "going away" not in before_stop, log
 
 
+def get(url: str) -> tuple[int, str, str]:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+    with direct.open(url, timeout=10) as r:
+        return r.status, r.headers["Content-Type"], r.read().decode()
+
+
 def test_devnet_plain_output_until_sigint(tmp_path):
     data = tmp_path / "devnet"
     with Proc("devnet", "--pools", "2", "--nodes", "3", "--data-dir", str(data)) as d:
         d.wait_for(r"pool-1 up peers=1 nodes=\d+ .*pool-2 up peers=1 .*nodes joined=3/3", timeout=40)
+        # Every daemon's dashboard URL is printed once it is up, and serves the page and its data.
+        urls = dict(re.findall(r"devnet: (main net|pool-\d) ws://\S+ dashboard (http://127\.0\.0\.1:\d+/dashboard/)",
+                               d.output))
+        assert set(urls) == {"main net", "pool-1", "pool-2"}, d.output
+        for url in urls.values():
+            status, ctype, page = get(url)
+            assert status == 200 and ctype.startswith("text/html") and "galaxynode dashboard" in page
+        status, _, body = get(urls["pool-1"] + "api/overview")
+        assert status == 200 and json.loads(body)["network"] == "galaxy-dev"
         assert d.stop(signal.SIGINT, timeout=40) == 0, d.output
         assert "SIGINT: stopping" in d.output and "devnet: stopped" in d.output
         assert "Traceback" not in d.output
@@ -97,18 +117,19 @@ def test_devnet_usage_errors(tmp_path):
 
 def test_status_formats():
     snap = {"t": 3.0, "mainnet": {"name": "mainnet", "url": "ws://127.0.0.1:1", "key": None, "up": True,
-                                  "events_per_s": 0.5, "pools": 2},
+                                  "events_per_s": 0.5, "pools": 2, "dashboard": "http://127.0.0.1:4/dashboard/"},
             "pools": [{"name": "pool-1", "url": "ws://127.0.0.1:2", "key": "ab", "up": True, "peers": 1, "nodes": 2,
-                       "events_per_s": 1.5},
+                       "events_per_s": 1.5, "dashboard": "http://127.0.0.1:5/dashboard/"},
                       {"name": "pool-2", "url": "ws://127.0.0.1:3", "key": None, "up": False, "peers": None,
-                       "nodes": None, "events_per_s": 0.0}],
+                       "nodes": None, "events_per_s": 0.0, "dashboard": None}],
             "nodes": {"simulated": 3, "joined": 2}}
     assert plain_line(snap) == ("t=3s mainnet up pools=2 ev/s=0.5 | pool-1 up peers=1 nodes=2 ev/s=1.5 | "
                                 "pool-2 down peers=- nodes=- ev/s=0 | nodes joined=2/3")
     lines = table(snap, "footer").splitlines()
     assert lines[0] == "galaxynode devnet: 2 pools, 2/3 simulated nodes joined, up 3s"
-    assert lines[2].split() == ["NAME", "URL", "STATE", "PEERS", "NODES", "EVENTS/S"]
-    assert lines[3].split() == ["mainnet", "ws://127.0.0.1:1", "up", "-", "2", "pools", "0.5"]
-    assert lines[4].split() == ["pool-1", "ws://127.0.0.1:2", "up", "1", "2", "1.5"]
-    assert lines[5].split() == ["pool-2", "ws://127.0.0.1:3", "down", "-", "-", "0.0"]
+    assert lines[2].split() == ["NAME", "URL", "STATE", "PEERS", "NODES", "EVENTS/S", "DASHBOARD"]
+    assert lines[3].split() == ["mainnet", "ws://127.0.0.1:1", "up", "-", "2", "pools", "0.5",
+                                "http://127.0.0.1:4/dashboard/"]
+    assert lines[4].split() == ["pool-1", "ws://127.0.0.1:2", "up", "1", "2", "1.5", "http://127.0.0.1:5/dashboard/"]
+    assert lines[5].split() == ["pool-2", "ws://127.0.0.1:3", "down", "-", "-", "0.0", "-"]
     assert lines[-1] == "footer"

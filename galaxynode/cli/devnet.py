@@ -91,15 +91,15 @@ def table(snap: dict, footer: str) -> str:
     """The full-screen view for a terminal."""
     m = snap["mainnet"]
     rows = [[m["name"], _v(m["url"]), "up" if m["up"] else "down", "-", f"{_v(m['pools'])} pools",
-             f"{m['events_per_s']:.1f}"]]
+             f"{m['events_per_s']:.1f}", _v(m.get("dashboard"))]]
     rows += [[p["name"], _v(p["url"]), "up" if p["up"] else "down", _v(p["peers"]), _v(p["nodes"]),
-              f"{p['events_per_s']:.1f}"] for p in snap["pools"]]
+              f"{p['events_per_s']:.1f}", _v(p.get("dashboard"))] for p in snap["pools"]]
     n = snap["nodes"]
     return "\n".join([
         f"galaxynode devnet: {len(snap['pools'])} pools, {n['joined']}/{n['simulated']} simulated nodes joined, "
         f"up {snap['t']:.0f}s",
         "",
-        format_table(rows, ["NAME", "URL", "STATE", "PEERS", "NODES", "EVENTS/S"]),
+        format_table(rows, ["NAME", "URL", "STATE", "PEERS", "NODES", "EVENTS/S", "DASHBOARD"]),
         "",
         footer,
     ])
