@@ -10,10 +10,13 @@ daemon's nursery; this is one more task, cancelled with the daemon like the othe
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
+import socket
 from collections import Counter
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import attrs
 import trio
@@ -114,10 +117,22 @@ class DaemonCollector:
         yield from self._task_failures(c)
         if "announcer" in c:
             yield from self._announcer(c.get("announcer"))
+        if "metrics" in c:
+            yield from self._http(c.get("metrics"))
         refused = getattr(c.get("services"), "refused", None) if "services" in c else None
         if refused is not None:  # main net role
             yield CounterMetricFamily("galaxynode_mainnet_announces_refused", "ANNOUNCEs this main net refused.",
                                       value=refused)
+
+    def _http(self, server: "MetricsServer") -> Iterator[Metric]:
+        yield GaugeMetricFamily("galaxynode_http_streams", "Event streams (dashboard SSE) open now.",
+                                value=server.streams)
+        ended = CounterMetricFamily("galaxynode_http_streams_ended", "Event streams ended by the server, by reason "
+                                    "(budget: the client did not read its stream_budget; full: over max_streams, "
+                                    "refused).", labels=["reason"])
+        ended.add_metric(["budget"], server.streams_dropped)
+        ended.add_metric(["full"], server.streams_refused)
+        yield ended
 
     def _task_failures(self, c: Container) -> Iterator[Metric]:
         """Background tasks' caught exceptions (galaxynode.resilience), by task, from every service
@@ -248,7 +263,7 @@ def split_host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
@@ -270,7 +285,28 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()  # extra response headers (e.g. the dashboard's CSP)
 
 
-Route = Callable[[Request], Response]
+@attrs.frozen
+class EventStream:
+    """A streaming answer (Server-Sent Events, text/event-stream): the server sends the head, then runs
+    `produce(send)` for as long as the client stays. `send(chunk)` never waits: it queues the bytes (whole
+    SSE messages) and a writer task puts them on the socket; past the server's `stream_budget` of unsent
+    bytes the client is dropped (produce is cancelled), so a client that never reads costs a bounded amount
+    and never holds up the producer, other clients or the other routes."""
+
+    produce: Callable[[Callable[[bytes], None]], Awaitable[None]]
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Route = Callable[[Request], "Response | EventStream"]
+
+# Event streams: each is a long-lived connection that costs a task set, up to STREAM_BUDGET bytes of queued
+# output and whatever its producer computes per second; 8 are plenty for the operators of one pool looking
+# at its dashboard, and bound that cost at 8 x 256 KiB of queued output. Kernel send buffers are cut to
+# STREAM_SNDBUF (Linux doubles it) so that memory outside our count stays small too.
+MAX_STREAMS = 8
+STREAM_BUDGET = 256 * 1024
+STREAM_SNDBUF = 32 * 1024
+HEARTBEAT = 15.0  # seconds between SSE comment lines, so proxies and browsers see a live connection
 
 
 def healthz(request: Request) -> Response:
@@ -295,21 +331,29 @@ class MetricsServer:
     can raise out of the handler."""
 
     def __init__(self, registry: CollectorRegistry, listen: str, *, max_request: int = 8192,
-                 timeout: float = 5.0, max_clients: int = 16, readiness: Readiness | None = None):
+                 timeout: float = 5.0, max_clients: int = 16, readiness: Readiness | None = None,
+                 max_streams: int = MAX_STREAMS, stream_budget: int = STREAM_BUDGET, heartbeat: float = HEARTBEAT):
         self.registry = registry
         self.host, self.port = split_host_port(listen)
         self.max_request = max_request
         self.timeout = timeout
         self.max_clients = max_clients
+        self.max_streams = max_streams
+        self.stream_budget = stream_budget
+        self.heartbeat = heartbeat
         self.urls: list[str] = []
         self.served = 0
+        self.streams = 0           # event streams open now (they do not count against max_clients)
+        self.streams_dropped = 0   # streams whose client let more than stream_budget bytes pile up
+        self.streams_refused = 0   # stream requests answered 503 at max_streams
         self._clients = 0
         self.routes: dict[str, Route] = {"/metrics": self._metrics, "/healthz": healthz}
         if readiness is not None:
             self.routes["/readyz"] = readyz(readiness)
 
     def route(self, path: str, handler: Route) -> None:
-        """Serve GET/HEAD `path` with `handler` (which must not block: it runs on the event loop)."""
+        """Serve GET/HEAD `path` with `handler` (which must not block: it runs on the event loop). A handler
+        that returns an EventStream turns the connection into a stream (at most `max_streams` at once)."""
         self.routes[path] = handler
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -324,19 +368,54 @@ class MetricsServer:
             await trio.aclose_forcefully(stream)
             return
         self._clients += 1
+        counted, answer = True, None
         try:
             async with stream:
                 with trio.move_on_after(self.timeout):
                     head = await self._read_head(stream)
-                    if head is not None:
-                        await stream.send_all(self._respond(head))
+                    if head is None:
+                        return
+                    answer = self._respond(head)
+                    if isinstance(answer, bytes):
+                        await stream.send_all(answer)
                         await self._linger(stream)
+                        return
+                if isinstance(answer, EventStream):  # from here on bounded by max_streams, not the timeout
+                    self._clients -= 1
+                    counted = False
+                    self.streams += 1
+                    try:
+                        await self._stream(stream, answer)
+                    finally:
+                        self.streams -= 1
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         except Exception:
             log.exception("metrics request failed")
         finally:
-            self._clients -= 1
+            if counted:
+                self._clients -= 1
+
+    async def _stream(self, stream: trio.SocketStream, es: EventStream) -> None:
+        """Run one event stream: the producer, a writer that drains its queue, a reader that notices the
+        client leaving, and heartbeat comments; any of them ending (or the budget) ends them all."""
+        with contextlib.suppress(OSError, AttributeError):
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in es.headers)
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store\r\n"
+                f"X-Accel-Buffering: no\r\n{extra}Connection: close\r\n\r\n")
+        async with trio.open_nursery() as nursery:
+            out = _Outbox(self.stream_budget, nursery.cancel_scope)
+            out.put(head.encode("latin-1") + b"retry: 5000\n\n")
+            nursery.start_soon(_until_client_leaves, stream, nursery.cancel_scope, self.max_request)
+            nursery.start_soon(_heartbeats, out, self.heartbeat)
+            nursery.start_soon(_produce, es, out)
+            await _write(stream, out)
+            nursery.cancel_scope.cancel()
+        if out.over_budget:
+            self.streams_dropped += 1
+            log.info("dropped an event stream: more than %d bytes unsent (a client that does not read)",
+                     self.stream_budget)
 
     async def _read_head(self, stream: trio.SocketStream) -> bytes | None:
         """The request line and headers; b"" if too long; None if the client went away first."""
@@ -358,7 +437,7 @@ class MetricsServer:
         while left > 0 and (chunk := await stream.receive_some(4096)):
             left -= len(chunk)
 
-    def _respond(self, head: bytes) -> bytes:
+    def _respond(self, head: bytes) -> bytes | EventStream:
         if not head:
             return _response(431, b"request too large\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -377,6 +456,14 @@ class MetricsServer:
         except Exception:
             log.exception("serving %s failed", path)
             return _response(500, b"internal error\n")
+        if isinstance(r, EventStream):
+            if self.streams >= self.max_streams:
+                self.streams_refused += 1
+                return _response(503, f"at most {self.max_streams} event streams at once\n".encode(),
+                                 extra="Retry-After: 10\r\n")
+            if method == "HEAD":
+                return _response(200, b"", content_type="text/event-stream; charset=utf-8", head_only=True)
+            return r
         extra = "".join(f"{k}: {v}\r\n" for k, v in r.headers)
         return _response(r.status, r.body, content_type=r.content_type, extra=extra, head_only=method == "HEAD")
 
@@ -396,3 +483,71 @@ def _response(status: int, body: bytes, *, content_type: str = "text/plain; char
     head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
     return head.encode("latin-1") + (b"" if head_only else body)
+
+
+class _Outbox:
+    """An event stream's queued output, counted in bytes until the socket took them; over `budget` the
+    stream is cancelled (`over_budget`)."""
+
+    def __init__(self, budget: int, scope: trio.CancelScope):
+        self.budget = budget
+        self.scope = scope
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.unsent = 0
+        self.closed = False
+        self.over_budget = False
+        self._ready = trio.Event()
+
+    def put(self, chunk: bytes) -> None:
+        if self.closed:
+            return
+        self.chunks.append(chunk)
+        self.unsent += len(chunk)
+        self._ready.set()
+        if self.unsent > self.budget:
+            self.over_budget = self.closed = True
+            self.scope.cancel()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    async def take(self) -> bytes:
+        """What is queued, joined (b"" once closed and drained); it stays counted until `sent`."""
+        while not self.chunks:
+            if self.closed:
+                return b""
+            self._ready = trio.Event()
+            await self._ready.wait()
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        return data
+
+
+async def _write(stream: trio.SocketStream, out: _Outbox) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        while data := await out.take():
+            await stream.send_all(data)
+            out.unsent -= len(data)
+
+
+async def _produce(es: EventStream, out: _Outbox) -> None:
+    try:
+        await es.produce(out.put)
+    finally:
+        out.close()  # the writer sends what is queued, then the stream ends
+
+
+async def _heartbeats(out: _Outbox, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        out.put(b": keep-alive\n\n")
+
+
+async def _until_client_leaves(stream: trio.SocketStream, scope: trio.CancelScope, limit: int) -> None:
+    """A stream's client sends nothing after its request: EOF (it left), an error, or more than `limit`
+    bytes end the stream."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        while limit > 0 and (chunk := await stream.receive_some(4096)):
+            limit -= len(chunk)
+    scope.cancel()
