@@ -326,9 +326,12 @@ class MetricsModule(Module):
                                    key=rt.identity.public_text)
         server = MetricsServer(registry, c.metrics.listen, readiness=rt.readiness)
         ctx.container.register("metrics", server)
-        from galaxynode.dashboard import Dashboard  # noqa: PLC0415 (dashboard imports metrics)
-        Dashboard(ctx.container, network=c.network.id, key=rt.identity.public_text,
-                  readiness=rt.readiness).register(server)
+        if c.dashboard.enabled:  # off: nothing under /dashboard/ (404)
+            from galaxynode.dashboard import Dashboard  # noqa: PLC0415 (dashboard imports metrics)
+            dashboard = Dashboard(ctx.container, network=c.network.id, key=rt.identity.public_text, role=c.node.role,
+                                  name=c.node.name, readiness=rt.readiness, token=c.dashboard.token, worker=rt.worker)
+            dashboard.register(server)
+            await ctx.nursery.start(dashboard.run)
         try:
             urls = await ctx.nursery.start(server.run)
         except OSError as e:
