@@ -98,12 +98,15 @@ MESSAGE_DOCS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "READY": ("handshake", (), "Completes the handshake: the opener echoes the answerer's nonce."),
     "PING": ("request", ("PONG",), "Liveness probe; answered with PONG carrying the same data."),
     "PONG": ("reply", (), "Answer to PING; echoes its data (correlated by data, not by re)."),
-    "ERROR": ("reply", (), "Rejection of the frame whose id is re, or a notice before closing when re is absent."),
+    "ERROR": ("reply", (), "Rejection of the frame whose id is re, or a notice before closing when re is absent; "
+                           "retry_after (ms) comes with overloaded (messages §8.5)."),
     "GOODBYE": ("notice", (), "Orderly end of the session; the sender closes the WebSocket after it."),
     "ACK": ("reply", (), "Success without data for the request whose id is re."),
     "JOIN": ("request", ("LEASE",), "Register the session's own key with capabilities and metadata for ttl seconds."),
     "HEARTBEAT": ("request", ("LEASE",), "Renew the session key's lease, optionally with a new ttl."),
-    "LEASE": ("reply", (), "The lease granted by JOIN, HEARTBEAT or ANNOUNCE: ttl in seconds and expiry in ms."),
+    "LEASE": ("reply", (), "The lease granted by JOIN, HEARTBEAT or ANNOUNCE: ttl in seconds (at least three "
+                           "intervals), expiry in ms, and interval: when to send the next HEARTBEAT, in ms after "
+                           "this LEASE arrives (messages §8)."),
     "LEAVE": ("request", ("ACK",), "Remove the session key's registration."),
     "QUERY": ("request", ("QUERY_RESULT",),
               "Find nodes by capabilities (all must match), metadata (all entries equal) or key, "

@@ -322,7 +322,8 @@ def samples() -> list[tuple[str, str, Any]]:
         ("a", "JOIN with capabilities and metadata", m.Join(ttl=60, capabilities=("gpu", "cpu"),
                                                              meta={"region": "eu-west", "rack": "r12"})),
         ("a", "HEARTBEAT with a new ttl", m.Heartbeat(ttl=45)),
-        ("b", "LEASE granted", m.Lease(re=REF, ttl=60, expires=TS + 60_000)),
+        ("b", "LEASE granted: 60 s, next HEARTBEAT in about 20 s (messages §8)",
+         m.Lease(re=REF, ttl=60, expires=TS + 60_000, interval=20_000)),
         ("a", "LEAVE (empty body)", m.Leave()),
         ("a", "QUERY across peers", m.Query(capabilities=("gpu",), meta={"region": "eu-west"}, limit=10,
                                              cursor=b"\x00" * 32, scope="peers", hops=2)),
@@ -353,7 +354,11 @@ def message_vectors() -> dict:
         valid("READY", "READY echoing the answerer's nonce (signed)", "a", m.Ready(echo=NONCE_B)),
         valid("ERROR/sessionless", "a signed ERROR refusing a connection before any session", "b", refusal),
     ]
+    overloaded = m.Error(code=int(E.OVERLOADED), name="overloaded", message="heartbeat budget spent",
+                         re=REF, retry_after=45_000)
     out += [valid(msg.TYPE, f"{desc} (session frame, seq 0)", sender, msg, seq=0) for sender, desc, msg in samples()]
+    out.append(valid("ERROR/overloaded", "a JOIN refused for the heartbeat budget: retry no sooner than "
+                     "retry_after ms (messages §8.5; session frame, seq 0)", "b", overloaded, seq=0))
     ping = m.Ping()
     out += [
         valid("edge/window-past", "a signed frame's ts exactly ts_window_ms before now is accepted", "a",
@@ -439,7 +444,7 @@ def session_vectors() -> dict:
     join_id, query_id, sub_id = fid("session/JOIN"), fid("session/QUERY"), fid("session/SUBSCRIBE")
     flow = [  # (sender, seq, message)
         ("a", 0, m.Join(ttl=60, capabilities=("gpu",), meta={"region": "eu-west"})),
-        ("b", 0, m.Lease(re=join_id, ttl=60, expires=TS + 60_010)),
+        ("b", 0, m.Lease(re=join_id, ttl=60, expires=TS + 60_010, interval=19_337)),
         ("a", 1, m.Subscribe(topics=("node.*",))),
         ("b", 1, m.Ack(re=sub_id)),
         ("a", 2, m.Query(capabilities=("gpu",), limit=10)),
@@ -678,6 +683,12 @@ def invalid_vectors() -> list[dict]:
         ("body/ttl", "JOIN", {"ttl": m.MAX_TTL_S + 1}, "ttl above MAX_TTL_S"),
         ("body/ttl-bool", "JOIN", {"ttl": True}, "a bool is not a uint"),
         ("body/ttl-nil", "JOIN", {"ttl": None}, "nil for an optional field with a default"),
+        ("body/lease-interval-0", "LEASE", {"re": REF, "ttl": 60, "expires": TS, "interval": 0},
+         "a LEASE interval of 0 ms (its minimum is 1)"),
+        ("body/lease-interval-max", "LEASE", {"re": REF, "ttl": 60, "expires": TS, "interval": m.MAX_INTERVAL_MS + 1},
+         "a LEASE interval over MAX_TTL_S * 1000 / 3 ms"),
+        ("body/lease-no-interval", "LEASE", {"re": REF, "ttl": 60, "expires": TS},
+         "a LEASE without interval (required since issue 20)"),
         ("body/missing", "ERROR", {"name": "x"}, "required code missing"),
         ("body/ping-data", "PING", {"data": b"\x00" * 65}, "bin longer than its bound"),
         ("body/topics-empty", "SUBSCRIBE", {"topics": []}, "topics needs at least one element"),
