@@ -263,6 +263,13 @@ def split_host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def worker_listen(listen: str, worker: int | None) -> str:
+    """Where worker `worker` of `[server] workers` serves metrics and the dashboard: the configured port plus
+    its index (port 0 stays 0), so each worker answers for itself and Prometheus scrapes each one."""
+    host, port = split_host_port(listen)
+    return listen if worker is None or port == 0 else format_address(host, port + worker)
+
+
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 

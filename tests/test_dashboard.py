@@ -20,6 +20,7 @@ from galaxynode.config import load_config
 from galaxynode.daemon import CORE_MODULES, POOL_MODULES, Runtime
 from galaxynode.dashboard import CSP
 from galaxynode.identity import Identity
+from galaxynode.metrics import worker_listen
 from galaxynode.modules import Kernel
 from galaxynode.net import SessionLimits
 from galaxynode.nodeclient import connect
@@ -300,6 +301,13 @@ async def test_stream_cap_refuses_the_next_stream_and_frees_its_slot(tmp_path):
         await again.until("overview")
         for s in (*streams, again):
             await s.aclose()
+
+
+def test_each_worker_serves_its_dashboard_on_its_own_port():
+    assert worker_listen("127.0.0.1:9101", None) == "127.0.0.1:9101"
+    assert worker_listen("127.0.0.1:9101", 2) == "127.0.0.1:9103"
+    assert worker_listen("[::1]:9101", 1) == "[::1]:9102"
+    assert worker_listen("127.0.0.1:0", 3) == "127.0.0.1:0"
 
 
 def test_dashboard_in_a_daemon_process(tmp_path):
