@@ -27,7 +27,7 @@ from galaxynode.logs import setup_logging
 from galaxynode.descriptor import DescriptorBook, DescriptorIssuer
 from galaxynode.mainnet import (Announcer, MainnetPolicy, MainnetServices, Reachability, discover_budget,
                                 open_pool_registry)
-from galaxynode.metrics import MetricsServer, daemon_registry
+from galaxynode.metrics import MetricsServer, daemon_registry, worker_listen
 from galaxynode.modules import Kernel, Module, ModuleContext, StartupError, single_leaf
 from galaxynode.net.connection import SessionLimits
 from galaxynode.net.bans import Bans
@@ -324,7 +324,8 @@ class MetricsModule(Module):
             return
         registry = daemon_registry(ctx.container, network=c.network.id, role=c.node.role, name=c.node.name,
                                    key=rt.identity.public_text)
-        server = MetricsServer(registry, c.metrics.listen, readiness=rt.readiness)
+        metrics_listen = worker_listen(c.metrics.listen, rt.worker)  # workers: port + index
+        server = MetricsServer(registry, metrics_listen, readiness=rt.readiness)
         ctx.container.register("metrics", server)
         if c.dashboard.enabled:  # off: nothing under /dashboard/ (404)
             from galaxynode.dashboard import Dashboard  # noqa: PLC0415 (dashboard imports metrics)
@@ -335,7 +336,7 @@ class MetricsModule(Module):
         try:
             urls = await ctx.nursery.start(server.run)
         except OSError as e:
-            raise OSError(f"cannot listen on {c.metrics.listen} for metrics: {e.strerror}") from None
+            raise OSError(f"cannot listen on {metrics_listen} for metrics: {e.strerror}") from None
         ctx.log.info("serving metrics on %s", " ".join(urls))
 
 
