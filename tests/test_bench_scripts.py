@@ -95,3 +95,18 @@ def test_bench_heartbeats_measures_the_pool_process(tmp_path: Path) -> None:
     assert r["delivered"] == (r["heartbeats_per_s"] >= 0.97 * 200)
     assert 0 < r["pool_cpu_pct"] < 200 and r["pool_exit"] == 0 and not r["pool_traceback"]
     assert "EXTRAPOLATED to 10,000 nodes" in done.stdout
+
+
+@pytest.mark.slow  # a pool process, 200 nodes and a headless Chromium (skipped without one); about 30 s
+def test_bench_dashboard_quick(tmp_path: Path) -> None:
+    import shutil
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium/chromedriver not installed")
+    out_json = tmp_path / "dash.json"
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_dashboard.py"), "--quick", "--json", str(out_json)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    r = json.loads(out_json.read_text())
+    assert r["joined"] == 200 and r["failures"] == 0 and r["heartbeat_errors"] == 0 and r["pool_exit"] == 0
+    assert [w["mode"] for w in r["windows"]] == ["A", "B"] and r["windows"][1]["page_live"]
+    assert "dashboard cost, % of one core" in done.stdout and "never reads" in done.stdout

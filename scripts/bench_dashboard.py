@@ -1,0 +1,470 @@
+#!/usr/bin/env python3
+"""What the dashboard costs a busy pool: pool CPU without and with the overview open in a browser.
+
+A real pool process (`galaxynode run`, durable SQLite registry, metrics listener with the dashboard on
+127.0.0.1:0) holds N nodes heartbeating, driven by this process with scripts/bench_heartbeats.py's
+lean load generator (each node its own key and session, the real handshake and session frames,
+replies peeked at, phases spread over the interval). Once every node has joined, one headless
+Chromium (selenium, /usr/bin/chromium) alternates between about:blank (A: no dashboard) and the
+pool's overview page, which keeps itself live (B: dashboard open), A B A B ... for --rounds pairs.
+Over each window the pool's CPU (utime + stime, /proc/PID/stat) is read at both ends:
+
+    dashboard cost = mean(B) - mean(A), in % of one core (target: at most TARGET_PCT)
+
+A window counts only when the heartbeats answered in it reach the offered rate within
+bench_heartbeats.RATE_TOLERANCE (a load generator that falls behind makes the pool look cheap); the
+verdict needs every window delivered. A B window also needs the page to show the pool's node count,
+so that the browser was really watching.
+
+The heartbeat interval defaults to 30 s, not the 10 s of bench_heartbeats: 10,000 nodes every 10 s
+take about half a core in the pool and more in this load generator, which leaves no room on a
+2-core machine for Chromium. The dashboard's cost does not depend on the heartbeat rate, only on
+what the page asks for (which reads the 10,000-node registry).
+
+Then a client that opens the live stream (/dashboard/api/stream) and never reads: the pool's RSS and
+CPU over a window with it connected, against the A windows (bounded like any other slow reader).
+
+    .venv/bin/python scripts/bench_dashboard.py [--nodes N] [--interval S] [--window S] [--rounds R] [--json PATH]
+    .venv/bin/python scripts/bench_dashboard.py --quick                      # tiny smoke run (~30 s)
+    .venv/bin/python scripts/bench_dashboard.py --screenshot docs/dashboard.png  # devnet overview, 1280x800
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import trio
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from bench_heartbeats import (CLIENT_LIMITS, FD_HEADROOM, NETWORK, RATE_TOLERANCE, Node, PoolProcess,  # noqa: E402
+                              cpu_seconds, pool_env, raise_fd_limit, rss_kib)
+
+from galaxynode.gelato import messages as m  # noqa: E402
+from galaxynode.gelato.errors import ProtocolError  # noqa: E402
+from galaxynode.identity import Identity  # noqa: E402
+from galaxynode.net import ChannelClosed, establish, open_channel  # noqa: E402
+
+TARGET_PCT = 5.0         # % of one core the open dashboard may add ("at most a few percent", issue 19)
+SLOW_RSS_BOUND_KIB = 16 * 1024  # growth allowed over the slow-reader window (the A windows' own noise is MiBs)
+SETTLE = 3.0             # seconds after navigating before a window starts (page load, first fetches)
+LONGER = "; longer than bench_heartbeats' 10 s so that the pool, this load generator and Chromium fit on 2 cores"
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+class Load:
+    """`nodes` heartbeating nodes until `stop()`; `answered` counts the LEASEs that came back.
+
+    Each node asks for a ttl of 3 intervals, which makes the pool's LEASE.interval the bench's interval,
+    and follows a longer LEASE.interval if the pool's heartbeat pacing grants one (as a real node must);
+    `offered_per_s` is then what the nodes were allowed to send."""
+
+    def __init__(self, url: str, nodes: int, interval: float, parallel: int = 64):
+        self.url, self.nodes, self.interval = url, nodes, interval
+        self.ttl = math.ceil(3 * interval)
+        self.intervals = [interval] * nodes  # each node's current interval (the pool's, if longer)
+        self.joined = self.answered = 0
+        self.failures: list[str] = []
+        self.errors: list[str] = []
+        self.all_joined, self._go, self._release = trio.Event(), trio.Event(), trio.Event()
+        self._gate = trio.Semaphore(parallel)
+        self._t0 = 0.0
+
+    def _failed(self, what: str) -> None:
+        self.failures.append(what)
+        if self.joined + len(self.failures) >= self.nodes:
+            self.all_joined.set()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(self.nodes):
+                nursery.start_soon(self._node, i)
+            await self.all_joined.wait()
+            self._t0 = trio.current_time() + 0.5
+            self._go.set()
+
+    def _follow(self, i: int, lease: dict) -> None:
+        self.intervals[i] = max(self.interval, lease.get("interval", 0) / 1000)
+
+    @property
+    def offered_per_s(self) -> float:
+        return sum(1 / iv for iv in self.intervals)
+
+    def stop(self) -> None:
+        self._release.set()
+
+    async def _node(self, i: int) -> None:
+        await self._gate.acquire()
+        opening = True
+        try:
+            async with open_channel(self.url, max_message_size=1 << 20, connect_timeout=30) as ch:
+                node = Node(ch, await establish(ch, Identity.generate(), opener=True, network=NETWORK, role="node",
+                                                limits=CLIENT_LIMITS))
+                kind, body = await node.request(m.Join(ttl=self.ttl))
+                self._gate.release()
+                opening = False
+                if kind != "LEASE":
+                    return self._failed(f"JOIN answered with {kind} {body}")
+                self.joined += 1
+                if self.joined + len(self.failures) >= self.nodes:
+                    self.all_joined.set()
+                self._follow(i, body)
+                await self._go.wait()
+                at = self._t0 + i / self.nodes * self.interval  # phases spread evenly over the interval
+                while True:
+                    with trio.move_on_at(at):
+                        await self._release.wait()
+                    if self._release.is_set():
+                        break
+                    sent = trio.current_time()
+                    kind, body = await node.request(m.Heartbeat())
+                    if kind == "LEASE":
+                        self.answered += 1
+                        self._follow(i, body)
+                    elif len(self.errors) < 1000:
+                        self.errors.append(f"{kind} {body}")
+                    at = max(at + self.intervals[i], sent + 0.6 * self.intervals[i])  # never early after a late one
+                await ch.send(node.session.encode(m.Goodbye(reason="bench over")))
+        except (ChannelClosed, ProtocolError, trio.TooSlowError, ValueError, KeyError, TypeError) as e:
+            self._failed(f"{type(e).__name__}: {e}")
+        finally:
+            if opening:
+                self._gate.release()
+
+    async def window(self, pid: int, seconds: float) -> dict[str, Any]:
+        """The pool's CPU and RSS, and the heartbeats answered, over `seconds`."""
+        n0, c0, r0, w0 = self.answered, cpu_seconds(pid), rss_kib(pid), time.perf_counter()
+        u0 = resource.getrusage(resource.RUSAGE_SELF)
+        await trio.sleep(seconds)
+        n1, c1, r1, w1 = self.answered, cpu_seconds(pid), rss_kib(pid), time.perf_counter()
+        u1 = resource.getrusage(resource.RUSAGE_SELF)
+        wall = w1 - w0
+        rate, offered = (n1 - n0) / wall, self.offered_per_s
+        return {"seconds": wall, "pool_cpu_pct": 100 * (c1 - c0) / wall, "hb_per_s": rate, "offered_per_s": offered,
+                "delivered": rate >= (1 - RATE_TOLERANCE) * offered, "rss_kib": [r0, r1],
+                "loadgen_cpu_pct": 100 * (u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime) / wall}
+
+
+# --- browser ------------------------------------------------------------------------------------
+
+def open_browser(user_dir: Path, width: int = 1280, height: int = 800) -> Any:
+    """One headless Chromium under selenium (the flags of tests/test_dashboard_browser.py)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--hide-scrollbars", f"--window-size={width},{height}", f"--user-data-dir={user_dir}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+
+
+def shows(driver: Any, text: str, timeout: float) -> bool:
+    """Whether the page's text shows `text` within `timeout` seconds (the page is live)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in driver.execute_script("return document.body ? document.body.innerText : ''"):
+            return True
+        time.sleep(0.25)
+    return False
+
+
+# --- the slow SSE reader --------------------------------------------------------------------------
+
+def stream_request(base: str) -> tuple[tuple[str, int], bytes]:
+    host, port = re.match(r"http://([^:/]+):(\d+)/", base).groups()
+    return (host, int(port)), (f"GET /dashboard/api/stream HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                               f"Accept: text/event-stream\r\n\r\n").encode()
+
+
+def stream_status(base: str) -> str:
+    """The status line /dashboard/api/stream answers with ('' if none within 5 s)."""
+    addr, request = stream_request(base)
+    with socket.create_connection(addr, timeout=5) as s:
+        s.sendall(request)
+        try:
+            return s.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
+        except OSError:
+            return ""
+
+
+def stalled_stream(base: str) -> socket.socket:
+    """A stream client with a tiny receive buffer that never reads."""
+    addr, request = stream_request(base)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(addr)
+    s.sendall(request)
+    return s
+
+
+def stream_metrics(base: str) -> dict[str, float]:
+    """The pool's stream gauges from /metrics: open streams, streams ended for not reading."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+    with direct.open(base + "metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for name, key in (("galaxynode_http_streams", "open"),
+                      ('galaxynode_http_streams_ended_total{reason="budget"}', "dropped")):
+        if found := re.search(rf"^{re.escape(name)} (\S+)$", text, re.M):
+            out[key] = float(found.group(1))
+    return out
+
+
+def drain(s: socket.socket, timeout: float = 5.0) -> tuple[int, bool]:
+    """(bytes waiting for the stalled client, whether the pool had closed the stream)."""
+    total, closed = 0, False
+    s.settimeout(timeout)
+    try:
+        while chunk := s.recv(65536):
+            total += len(chunk)
+            s.settimeout(0.2)
+        closed = True
+    except OSError:  # timeout: still open
+        pass
+    return total, closed
+
+
+# --- the measurement ------------------------------------------------------------------------------
+
+async def measure_pool(pool: PoolProcess, base: str, driver: Any, args: argparse.Namespace) -> dict[str, Any]:
+    load = Load(pool.url, args.nodes, args.interval)
+    res: dict[str, Any] = {"nodes": args.nodes, "interval": args.interval, "windows": []}
+    page = base + "dashboard/"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(load.run)
+        started = time.perf_counter()
+        await load.all_joined.wait()
+        res["setup_seconds"] = time.perf_counter() - started
+        res["joined"] = load.joined
+        print(f"{load.joined:,}/{args.nodes:,} nodes joined in {res['setup_seconds']:.0f} s; "
+              f"warming up {args.warmup:g} s", flush=True)
+        await trio.sleep(0.5 + args.warmup)
+        for r in range(args.rounds):
+            for mode in ("A", "B"):
+                url = page if mode == "B" else "about:blank"
+                await trio.to_thread.run_sync(driver.get, url)
+                live = None
+                if mode == "B":  # the overview shows the pool's node count once it is live
+                    live = await trio.to_thread.run_sync(shows, driver, f"{load.joined:,}", 20.0) or \
+                        await trio.to_thread.run_sync(shows, driver, str(load.joined), 1.0)
+                await trio.sleep(SETTLE)
+                w = await load.window(pool.pid, args.window)
+                w.update(round=r + 1, mode=mode, page_live=live)
+                res["windows"].append(w)
+                print(f"  round {r + 1} {mode} ({'dashboard open' if mode == 'B' else 'no dashboard'}): pool "
+                      f"{w['pool_cpu_pct']:.1f}% of a core, {w['hb_per_s']:,.0f}/{w['offered_per_s']:,.0f} "
+                      f"HEARTBEAT/s{'' if w['delivered'] else ' NOT delivered'}"
+                      f"{'' if live is not False else ', page NOT showing the node count'}", flush=True)
+        await trio.to_thread.run_sync(driver.get, "about:blank")
+        res["stream_status"] = await trio.to_thread.run_sync(stream_status, base)
+        if res["stream_status"].split(" ")[1:2] == ["200"]:
+            res["slow_reader"] = await slow_reader(load, pool.pid, base, args.window, args.slow_max)
+        load.stop()
+    res["heartbeat_errors"], res["error_samples"] = len(load.errors), load.errors[:5]
+    res["failures"], res["failure_samples"] = len(load.failures), load.failures[:5]
+    return res
+
+
+async def slow_reader(load: Load, pid: int, base: str, seconds: float, max_wait: float) -> dict[str, Any]:
+    """One stream client that never reads: the pool's CPU over a window against the A windows, then its
+    RSS (peak) until the pool drops the stream (its stream_budget of unsent bytes) or `max_wait` passes."""
+    s = await trio.to_thread.run_sync(stalled_stream, base)
+    try:
+        opened = trio.current_time()
+        await trio.sleep(SETTLE)
+        rss = [rss_kib(pid)]
+        w = await load.window(pid, seconds)
+        peak = rss_kib(pid)
+        w["dropped_after_s"] = None
+        while (now := trio.current_time()) - opened < max_wait:
+            gauges = await trio.to_thread.run_sync(stream_metrics, base)
+            if gauges.get("open") == 0:
+                w["dropped_after_s"] = now - opened
+                break
+            peak = max(peak, rss_kib(pid))
+            await trio.sleep(1.0)
+        rss.append(rss_kib(pid))
+        w["gauges"] = await trio.to_thread.run_sync(stream_metrics, base)
+        w["backlog_bytes"], w["closed_by_pool"] = await trio.to_thread.run_sync(drain, s)
+    finally:
+        s.close()
+    w["rss_kib"], w["rss_peak_kib"] = rss, peak
+    w["stalled_s"] = trio.current_time() - opened
+    return w
+
+
+def summarise(res: dict[str, Any]) -> dict[str, Any]:
+    a = [w["pool_cpu_pct"] for w in res["windows"] if w["mode"] == "A"]
+    b = [w["pool_cpu_pct"] for w in res["windows"] if w["mode"] == "B"]
+    ok = (all(w["delivered"] for w in res["windows"]) and all(w["page_live"] for w in res["windows"] if w["mode"] == "B")
+          and res["joined"] == res["nodes"])
+    s = {"without_pct": statistics.mean(a), "with_pct": statistics.mean(b),
+         "pairs_pct": [y - x for x, y in zip(a, b)], "verdict_ok": ok}
+    s["cost_pct"] = s["with_pct"] - s["without_pct"]
+    s["met"] = s["cost_pct"] <= TARGET_PCT if ok else None
+    if sr := res.get("slow_reader"):
+        sr["cost_pct"] = sr["pool_cpu_pct"] - s["without_pct"]
+        sr["rss_growth_kib"] = max(sr["rss_peak_kib"], sr["rss_kib"][1]) - sr["rss_kib"][0]
+        sr["bounded"] = (sr["rss_growth_kib"] <= SLOW_RSS_BOUND_KIB and sr["cost_pct"] <= TARGET_PCT
+                         if sr["delivered"] else None)
+    return s
+
+
+def report(res: dict[str, Any]) -> None:
+    s = res["summary"]
+    print(f"\nDashboard cost: pool = `galaxynode run` process, {res['nodes']:,} nodes heartbeating every "
+          f"{res['interval']:g} s (ttl {math.ceil(3 * res['interval'])} s{LONGER if res['interval'] > 10 else ''}), "
+          f"{len(res['windows'])} windows of {res['window']:g} s "
+          f"interleaved A B A B; A: Chromium on about:blank, B: Chromium on the pool's overview\n")
+    verdict = ("met" if s["met"] else "NOT met") if s["verdict_ok"] else "no verdict (load not delivered in every " \
+                                                                          "window, or the page was not live)"
+    rows = [("pool CPU % of one core, dashboard open (B) vs not (A)", f"{s['with_pct']:.1f}", f"{s['without_pct']:.1f}",
+             f"{s['with_pct'] / s['without_pct']:.2f}x" if s["without_pct"] else "-"),
+            ("dashboard cost, % of one core (B - A; per pair: "
+             + ", ".join(f"{d:+.1f}" for d in s["pairs_pct"]) + ")", f"{s['cost_pct']:+.1f}",
+             f"<= {TARGET_PCT:g}", verdict)]
+    sr = res.get("slow_reader")
+    if sr:
+        rows.append(("pool CPU % of one core, one stream client that never reads vs A", f"{sr['pool_cpu_pct']:.1f}",
+                     f"{s['without_pct']:.1f}", f"{sr['cost_pct']:+.1f}"))
+        rows.append((f"pool RSS MiB with it connected (start -> peak -> end, {sr['stalled_s']:.0f} s)",
+                     f"{sr['rss_kib'][0] / 1024:.0f} -> {sr['rss_peak_kib'] / 1024:.0f} -> {sr['rss_kib'][1] / 1024:.0f}",
+                     f"<= +{SLOW_RSS_BOUND_KIB // 1024}",
+                     "bounded" if sr["bounded"] else ("NOT bounded" if sr["bounded"] is False else "no verdict")))
+    header = ("metric", "ours", "baseline/target", "ratio/verdict")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    for j, r in enumerate([header, *rows]):
+        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            print("-+-".join("-" * w for w in widths))
+    if sr:
+        dropped = (f"the pool dropped it after {sr['dropped_after_s']:.0f} s (streams ended for not reading: "
+                   f"{sr['gauges'].get('dropped', 0):.0f})" if sr["dropped_after_s"] is not None
+                   else f"not dropped within {sr['stalled_s']:.0f} s (--slow-max)")
+        print(f"\nstream client that never reads (4 KiB receive buffer): {dropped}; {sr['backlog_bytes']:,} bytes were "
+              f"waiting in its socket; {'closed' if sr['closed_by_pool'] else 'still open'} when it finally read")
+    else:
+        print(f"\nno stream client that never reads: /dashboard/api/stream answered {res['stream_status']!r}")
+    a_rss = [w["rss_kib"][1] - w["rss_kib"][0] for w in res["windows"]]
+    print(f"pool RSS change per window (KiB): {', '.join(f'{x:+,}' for x in a_rss)}; load generator "
+          f"{statistics.mean(w['loadgen_cpu_pct'] for w in res['windows']):.0f}% of a core; "
+          f"{res['heartbeat_errors']} heartbeat errors; pool exit status {res['pool_exit']}")
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    limit = raise_fd_limit(args.nodes + FD_HEADROOM)
+    if limit < args.nodes + FD_HEADROOM:
+        raise SystemExit(f"bench_dashboard: fd limit {limit} is too low for {args.nodes:,} nodes")
+    with tempfile.TemporaryDirectory(prefix="gn-dash-") as tmp:
+        env = {**pool_env(args.nodes), "GALAXYNODE_METRICS_LISTEN": "127.0.0.1:0", "GALAXYNODE_DASHBOARD_ENABLED": "true"}
+        with PoolProcess(Path(tmp) / "pool", env=env) as pool:
+            base = pool.wait_for(r"serving metrics on (http://127\.0\.0\.1:\d+/)metrics").group(1)
+            driver = open_browser(Path(tmp) / "chrome")
+            try:
+                res = trio.run(measure_pool, pool, base, driver, args)
+            finally:
+                driver.quit()
+            res["pool_exit"] = pool.stop(signal.SIGTERM)
+            res["pool_traceback"] = "Traceback" in pool.output
+    res["window"] = args.window
+    res["summary"] = summarise(res)
+    return res
+
+
+# --- the screenshot -------------------------------------------------------------------------------
+
+def screenshot(path: Path, pools: int, nodes: int, settle: float) -> None:
+    """Start a devnet, let the overview's charts fill for `settle` seconds, and save pool-1's
+    overview at 1280x800."""
+    with tempfile.TemporaryDirectory(prefix="gn-shot-") as tmp:
+        log = Path(tmp) / "devnet.log"
+        with open(log, "wb") as out:
+            devnet = subprocess.Popen([sys.executable, "-m", "galaxynode", "devnet", "--pools", str(pools), "--nodes",
+                                       str(nodes), "--data-dir", str(Path(tmp) / "data")],
+                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 90
+            while not (match := re.search(r"pool-1 ws://\S+ dashboard (http://\S+)", log.read_text())) or \
+                    "simulated nodes joining" not in log.read_text():
+                if devnet.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"bench_dashboard: the devnet did not start:\n{log.read_text()[-2000:]}")
+                time.sleep(0.5)
+            driver = open_browser(Path(tmp) / "chrome")
+            try:
+                driver.get(match.group(1))
+                print(f"devnet up; {match.group(1)} open, screenshot in {settle:g} s", flush=True)
+                time.sleep(settle)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not driver.save_screenshot(str(path)):
+                    raise SystemExit(f"bench_dashboard: no screenshot written to {path}")
+            finally:
+                driver.quit()
+        finally:
+            devnet.send_signal(signal.SIGINT)
+            try:
+                devnet.wait(60)
+            except subprocess.TimeoutExpired:
+                devnet.kill()
+                devnet.wait()
+    print(f"screenshot: {path}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 200 nodes every 2 s, 1 round of 3 s windows")
+    ap.add_argument("--nodes", type=int, help="heartbeating nodes (default 10,000)")
+    ap.add_argument("--interval", type=float, help="seconds between a node's heartbeats (default 30)")
+    ap.add_argument("--window", type=float, help="seconds per measuring window (default 20)")
+    ap.add_argument("--rounds", type=int, help="A/B pairs (default 3)")
+    ap.add_argument("--slow-max", type=float, help="seconds the never-reading stream client waits to be dropped "
+                                                    "(default 600; quick 10)")
+    ap.add_argument("--warmup", type=float, help="seconds of heartbeating before the first window (default: interval)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--screenshot", metavar="PATH", help="instead: save a devnet pool's overview (1280x800) to PATH")
+    ap.add_argument("--settle", type=float, default=60.0, help="--screenshot: seconds the charts fill first (60)")
+    args = ap.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it cleanly even when started with `&`
+    if not (CHROMIUM and CHROMEDRIVER):
+        print("bench_dashboard: chromium/chromedriver not installed: skipped", file=sys.stderr)
+        return 0
+    if args.screenshot:
+        screenshot(Path(args.screenshot), pools=3, nodes=24, settle=args.settle)
+        return 0
+    args.nodes = args.nodes or (200 if args.quick else 10_000)
+    args.interval = args.interval or (2.0 if args.quick else 30.0)
+    args.window = args.window or (3.0 if args.quick else 20.0)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.slow_max = args.slow_max if args.slow_max is not None else (10.0 if args.quick else 600.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else args.interval)
+    if args.nodes < 1 or args.interval <= 0 or args.window <= 0 or args.rounds < 1:
+        ap.error("--nodes, --interval, --window and --rounds must be positive")
+    res = run_bench(args)
+    report(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    ok = not res["failures"] and res["heartbeat_errors"] == 0 and res["pool_exit"] == 0 and not res["pool_traceback"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
