@@ -72,7 +72,7 @@ def test_dashboard_pages_in_a_browser(tmp_path, browser):
                     connect(pool.url, ADMIN, network=NETWORK) as admin:
                 await node.join(capabilities=["gpu"], meta={"note": EVIL})
                 await until(lambda: text("v-nodes") == "1")  # pushed by the stream
-                await until(lambda: "ready" in text("ready-word"))
+                await until(lambda: text("ready-word") == "ready")
 
                 browser.get(base + "nodes")
                 await until(lambda: len(rows("nodes")) == 1)

@@ -93,7 +93,7 @@ async function stream(query, handlers, signal) {
 
 // --- overview ---------------------------------------------------------------------------------------------
 function facts(o) {
-  document.getElementById("title-name").textContent = visible(o.name || "");
+  document.getElementById("title-name").textContent = o.name && o.name !== "galaxynode" ? "· " + visible(o.name) : "";
   document.getElementById("nav-pools").hidden = o.role !== "mainnet";
   document.getElementById("nav-nodes").hidden = o.role === "mainnet";
   if (PAGE !== "") return;
