@@ -42,6 +42,7 @@ from galaxynode.plugins import check_config as check_plugins, search_path as plu
 from galaxynode.pool import PoolInfo, PoolServices
 from galaxynode.cluster import ClusterModule, open_member_registry
 from galaxynode.registry import Admission, LeaseTable, Registry
+from galaxynode.registry.pacing import Pacer
 from galaxynode.systemd import Notifier
 
 log = logging.getLogger("galaxynode.daemon")
@@ -128,7 +129,8 @@ class ServicesModule(Module):
                                  ssl_context=client_ssl_context(c)) if mc.verify else None
             services = MainnetServices(info, registry, bus, policy=policy, reachability=reach)
         else:
-            services = PoolServices(info, registry, bus)
+            services = PoolServices(info, registry, bus,
+                                    pacer=Pacer(c.registry.max_heartbeats_per_s, c.registry.max_ttl))
         ctx.container.register("services", services)
 
 

@@ -123,6 +123,18 @@ class DaemonCollector:
         if refused is not None:  # main net role
             yield CounterMetricFamily("galaxynode_mainnet_announces_refused", "ANNOUNCEs this main net refused.",
                                       value=refused)
+        pacer = getattr(c.get("services"), "pacer", None) if "services" in c else None
+        if pacer is not None and "registry" in c and self.info["role"] == "pool":  # heartbeat pacing
+            yield GaugeMetricFamily("galaxynode_heartbeat_interval_floor_seconds",
+                                    "Floor of the heartbeat intervals granted now (before jitter): leases / max_heartbeats_per_s "
+                                    "(above max_ttl/3 the budget is exceeded).",
+                                    value=pacer.floor(len(c.get("registry").table)))
+            yield CounterMetricFamily("galaxynode_joins_refused_overloaded",
+                                      "JOINs of new keys refused overloaded (heartbeat budget spent).",
+                                      value=pacer.refused_overloaded)
+            yield CounterMetricFamily("galaxynode_heartbeats_refused_early",
+                                      "HEARTBEATs refused rate_limited: sooner than the interval asked (pacing).",
+                                      value=pacer.refused_early)
 
     def _http(self, server: "MetricsServer") -> Iterator[Metric]:
         yield GaugeMetricFamily("galaxynode_http_streams", "Event streams (dashboard SSE) open now.",

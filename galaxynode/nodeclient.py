@@ -269,6 +269,14 @@ class JoinState:
     retry_in: float | None = None
 
 
+def overloaded_delay(retry_after: int | None, backoff_max: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait after an `overloaded` JOIN: the pool's retry_after (ms) plus up to a fifth more,
+    so that nodes refused together do not all return at once; backoff_max if it sent none."""
+    if retry_after is None:
+        return backoff_max
+    return retry_after / 1000 * (rng or random).uniform(1.0, 1.2)
+
+
 def backoff_delay(attempt: int, backoff_min: float, backoff_max: float, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: in [base/2, base], base = min(max, min * 2**attempt).
     The jitter keeps many nodes that lost the same pool from reconnecting in lockstep."""
@@ -327,6 +335,8 @@ class _Keeper:
             kicks = kicks + 1 if code is ErrorCode.KICKED else 0
             if code is ErrorCode.TEMPORARILY_BANNED:  # refused for minutes: sooner only gets refused again
                 delay = backoff_delay(64, self.backoff_min, self.backoff_max)
+            elif code is ErrorCode.OVERLOADED:  # the pool says how long at least; jitter spreads the returns
+                delay = overloaded_delay(why.retry_after, self.backoff_max)
             else:
                 delay = backoff_delay(max(attempt, kicks), self.backoff_min, self.backoff_max)
             attempt += 1
@@ -335,9 +345,10 @@ class _Keeper:
             await trio.sleep(delay)
 
     async def _hold(self, client: PoolClient, lease: m.Lease) -> None:
-        """Heartbeat at a third of the lease until the session ends; rejoin if the lease is gone."""
+        """Heartbeat `interval` ms after each LEASE (the pool paces its nodes: sooner than half of it
+        is refused as rate_limited) until the session ends; rejoin if the lease is gone."""
         while True:
-            with trio.move_on_after(max(lease.ttl, 1) / 3):  # a pool granting ttl 0 must not make us spin
+            with trio.move_on_after(lease.interval / 1000):
                 await client.wait_closed()
             if client.closed:
                 raise client.closed_error()
@@ -369,14 +380,14 @@ async def keep_joined(url: str, identity: Identity | str | os.PathLike, *, capab
                       on_event: Callable[[JoinState], Any] | None = None, backoff_min: float = 1.0,
                       backoff_max: float = 30.0, timeout: float = 10.0, limits: SessionLimits | None = None,
                       pinned_key: bytes | None = None, ca_file: str | None = None) -> None:
-    """Stay joined until cancelled: join, heartbeat at ttl/3, and on any connection failure
+    """Stay joined until cancelled: join, heartbeat at the interval each LEASE asks for, and on any connection failure
     reconnect with exponential backoff and jitter (reset after each successful join). On
     cancellation the lease is given up (LEAVE, then GOODBYE) before returning, within `timeout`.
     Refusals that retrying cannot fix (PERMANENT_ERRORS: bad ttl, not admitted, banned, wrong
     network or pool key ...) are raised, also when the pool ends a live session with one (an
     admin's ban), and so is CertificateError (a wss:// pool's certificate refused). A kicked node rejoins
     after a backoff that grows with each kick in a row; a node refused with temporarily_banned waits
-    backoff_max before each retry."""
+    backoff_max before each retry; a JOIN refused with overloaded waits the pool's retry_after (plus jitter)."""
     if not 0 < backoff_min <= backoff_max or not math.isfinite(backoff_max):
         raise ValueError("need 0 < backoff_min <= backoff_max")
     keeper = _Keeper(url, _identity(identity), on_event=on_event, backoff_min=backoff_min,

@@ -23,6 +23,7 @@ from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import format_public_key
 from galaxynode.net.connection import SessionClosed
 from galaxynode.plugin import AdmissionRequest
+from galaxynode.registry.pacing import EarlyHeartbeats, Pacer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ def is_pool_session(conn: Any) -> bool:
     return hello is not None and hello.role == "pool"
 
 
+DEFAULT_HEARTBEATS_PER_S = 1000  # [registry] max_heartbeats_per_s
+
+
 @attrs.define
 class PoolInfo:
     """Public facts about this pool (STATUS, descriptors)."""
@@ -57,9 +61,12 @@ class PoolInfo:
 class PoolServices:
     """Shared by all sessions: the services a pool offers."""
 
-    def __init__(self, info: PoolInfo, registry: Any, bus: Any, *, peers: Any = None, event_queue: int = 256):
+    def __init__(self, info: PoolInfo, registry: Any, bus: Any, *, peers: Any = None, event_queue: int = 256,
+                 pacer: Pacer | None = None):
         self.info = info
         self.registry = registry
+        # Heartbeat pacing ([registry] max_heartbeats_per_s): the interval and ttl of every LEASE.
+        self.pacer = pacer or Pacer(DEFAULT_HEARTBEATS_PER_S, registry.table.max_ttl)
         self.bus = bus
         self.peers = peers
         self.event_queue = event_queue
@@ -85,6 +92,7 @@ class SessionHandler:
         self.include_peers = False
         self._subscribed = trio.Event()
         self._ended = False
+        self.early = EarlyHeartbeats()  # this session's HEARTBEAT obligation (interval/2 after a LEASE)
         self.routes: dict[str, Callable[[Any, Frame], Awaitable[Any]]] = {
             "JOIN": self.join, "HEARTBEAT": self.heartbeat, "LEAVE": self.leave, "QUERY": self.query,
             "SUBSCRIBE": self.subscribe, "UNSUBSCRIBE": self.unsubscribe, "STATUS": self.status,
@@ -105,7 +113,13 @@ class SessionHandler:
 
     # registry -------------------------------------------------------------------------------
     async def join(self, conn: Any, frame: Frame) -> m.Lease:
-        msg = frame.msg
+        msg, reg, pacer = frame.msg, self.s.registry, self.s.pacer
+        if conn.peer_key not in reg.table and pacer.overloaded(len(reg.table) + 1):
+            # Leases already held are never refused (their intervals stretch to max_ttl/3); a new one would
+            # take the pool further past its budget.
+            pacer.refused_overloaded += 1
+            raise ProtocolError(ErrorCode.OVERLOADED, f"the pool holds the {len(reg.table)} leases its heartbeat "
+                                f"budget allows; retry later", frame.id, retry_after=pacer.retry_after())
         meta = msg.meta
         if any(k.startswith(m.EXTENSION_PREFIX) for k in meta):  # x.* keys are the plugins' (Admit.meta)
             meta = {k: v for k, v in meta.items() if not k.startswith(m.EXTENSION_PREFIX)}
@@ -121,12 +135,26 @@ class SessionHandler:
                 if len(meta) > m.MAX_META_ENTRIES:
                     raise ProtocolError(ErrorCode.INVALID_BODY, f"meta: more than {m.MAX_META_ENTRIES} entries "
                                         f"with the {len(attached)} the pool's plugins attach", frame.id)
-        e = await self.s.registry.join(conn.peer_key, capabilities=msg.capabilities, meta=meta, ttl=msg.ttl)
-        return m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires, interval=max(1, e.ttl * 1000 // 3))
+        grant = pacer.grant(msg.ttl, len(reg.table) + (conn.peer_key not in reg.table))
+        e = await reg.join(conn.peer_key, capabilities=msg.capabilities, meta=meta, ttl=msg.ttl, granted=grant.ttl)
+        return self._lease(frame, e, grant)
 
     async def heartbeat(self, conn: Any, frame: Frame) -> m.Lease:
-        e = await self.s.registry.renew(conn.peer_key, ttl=frame.msg.ttl)
-        return m.Lease(re=frame.id, ttl=e.ttl, expires=e.expires, interval=max(1, e.ttl * 1000 // 3))
+        reg, ttl = self.s.registry, frame.msg.ttl
+        held = reg.get(conn.peer_key)
+        if held is None:  # before the bucket: costs no write, and says what is wrong
+            raise ProtocolError(ErrorCode.NOT_JOINED, "no lease to renew; JOIN first", frame.id)
+        if not self.early.allow(trio.current_time()):  # the lease is not renewed by it
+            self.s.pacer.refused_early += 1
+            raise ProtocolError(ErrorCode.RATE_LIMITED, f"HEARTBEAT sooner than half the interval "
+                                f"({self.early.interval:g} s) after the last LEASE", frame.id)
+        grant = self.s.pacer.grant(held.ttl if ttl is None else ttl, len(reg.table))
+        return self._lease(frame, await reg.renew(conn.peer_key, ttl=ttl, granted=grant.ttl), grant)
+
+    def _lease(self, frame: Frame, e: Any, grant: Any) -> m.Lease:
+        """The LEASE for a granted lease; the session's early-heartbeat bucket follows its interval."""
+        self.early.leased(grant.interval, trio.current_time())
+        return m.Lease(re=frame.id, ttl=grant.ttl, expires=e.expires, interval=grant.interval)
 
     async def leave(self, conn: Any, frame: Frame) -> m.Ack:
         await self.s.registry.leave(conn.peer_key)

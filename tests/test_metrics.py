@@ -110,6 +110,8 @@ async def test_handshake_join_and_bad_frame_are_counted(tmp_path):
             await conn.send(m.Error(code=int(ErrorCode.INTERNAL), name="internal", message="just saying"))
             await conn.send(m.Error(code=64999, name="private", message="a code we do not know"))
             assert (await conn.request(m.Heartbeat(), timeout=5)).type == "LEASE"  # the ERRORs are in
+            # one lease, the default budget of 1000 heartbeats/s: pacing asks for no less than 1 ms
+            assert value(await scrape(container), "galaxynode_heartbeat_interval_floor_seconds") == 0.001
             await conn.channel.send(b"\x93\x01junk")  # not a frame: MALFORMED_FRAME, fatal
             await conn.wait_closed()
         assert conn.remote_error is not None and conn.remote_error.code == ErrorCode.MALFORMED_FRAME
@@ -133,6 +135,8 @@ async def test_handshake_join_and_bad_frame_are_counted(tmp_path):
     assert value(after, "galaxynode_errors_received_total", code="9000", name="internal") == 1
     assert value(after, "galaxynode_errors_received_total", code="unknown", name="unknown") == 1
     assert value(after, "galaxynode_violations_total") == 1
+    assert value(after, "galaxynode_joins_refused_overloaded_total") == 0
+    assert value(after, "galaxynode_heartbeats_refused_early_total") == 0
     assert value(after, "galaxynode_bytes_received_total") > value(before, "galaxynode_bytes_received_total")
     assert value(after, "galaxynode_connections_accepted_total") == 1
     assert value(after, "galaxynode_registry_nodes") == 0  # joined, then expired

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import msgpack
@@ -66,6 +67,7 @@ LEAK_HEAP_KIB, LEAK_HEAP_KIB_PER_SESSION = 128, 0.5
 MEMPROBE = Path(__file__).resolve().parent / "memprobe.py"
 FLOOD_FACTOR = 5.0       # heartbeat p99 under flood <= FLOOD_FACTOR * quiet p99 + FLOOD_SLACK_MS
 FLOOD_SLACK_MS = 15.0
+QUIET = 50               # paced sessions whose heartbeats the flood test times
 CHURN_RSS_MIB = 16       # RSS growth allowed over the churn (after a warm-up round)
 CHURN_FD_SLACK = 2       # fds allowed above the level before the churn
 
@@ -500,9 +502,14 @@ async def flood(url: str, seconds: float, sessions: int = 2) -> None:
 
 async def test_a_flood_does_not_starve_another_clients_heartbeats(tmp_path):
     seconds = knob("GALAXYNODE_FLOOD_SECONDS", 6)
-    with PoolProcess(tmp_path / "pool", env={**NO_RATE_LIMIT},
+    with PoolProcess(tmp_path / "pool", env={**NO_RATE_LIMIT, "GALAXYNODE_REGISTRY_MIN_TTL": "1"},
                      network=NET) as pool:
-        async with connect(pool.url, Identity.generate(), network=NET) as quiet:
+        async with AsyncExitStack() as stack:
+            # Paced heartbeats (ttl 3: an interval of about 1 s, after half of which a session may heartbeat
+            # again): QUIET sessions in turn give about as many samples as one unpaced session used to.
+            quiet = [await stack.enter_async_context(connect(pool.url, Identity.generate(), network=NET))
+                     for _ in range(QUIET)]
+
             # something for the flood's queries to find
             async def filler(i):
                 async with connect(pool.url, Identity.generate(), network=NET) as c:
@@ -510,16 +517,18 @@ async def test_a_flood_does_not_starve_another_clients_heartbeats(tmp_path):
             async with trio.open_nursery() as nursery:
                 for i in range(100):
                     nursery.start_soon(filler, i)
-            await quiet.join(ttl=600)
+            due = [trio.current_time() + (await q.join(ttl=3)).interval * 0.6 / 1000 for q in quiet]
 
             async def beats(n_seconds: float) -> list[float]:
                 out = []
                 end = trio.current_time() + n_seconds
                 while trio.current_time() < end:
+                    i = min(range(QUIET), key=due.__getitem__)
+                    await trio.sleep_until(due[i])
                     start = trio.current_time()
-                    await quiet.heartbeat()
+                    lease = await quiet[i].heartbeat()
                     out.append((trio.current_time() - start) * 1000)
-                    await trio.sleep(0.01)
+                    due[i] = trio.current_time() + lease.interval * 0.6 / 1000
                 return out
 
             calm = await beats(seconds / 2)

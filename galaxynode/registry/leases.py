@@ -33,7 +33,7 @@ class Entry:
     key: bytes
     capabilities: tuple[str, ...]
     meta: Mapping[str, str] = attrs.field(converter=_freeze_meta)
-    ttl: int  # seconds
+    ttl: int  # seconds, as the node asked (heartbeats without a ttl renew by it; pacing may grant more)
     expires: int  # ms since epoch
     joined: int  # ms since epoch
     payload: bytes | None = None  # opaque record (the main net stores signed pool descriptors here)
@@ -168,27 +168,29 @@ class LeaseTable:
             raise ProtocolError(ErrorCode.FORBIDDEN, "admin key required")
 
     def join(self, key: bytes, *, capabilities: Iterable[str] = (), meta: Mapping[str, str] = MappingProxyType({}),
-             ttl: int | None = None, now: int, payload: bytes | None = None) -> Entry:
-        """Register or re-register (a re-join replaces the entry, including its joined time)."""
+             ttl: int | None = None, now: int, payload: bytes | None = None, granted: int | None = None) -> Entry:
+        """Register or re-register (a re-join replaces the entry, including its joined time). The lease
+        lasts `granted` seconds (heartbeat pacing may grant more than asked), by default `ttl`."""
         _check_key(key)
         self._admit(key, now)
         ttl = self._ttl(ttl)
         caps, meta = _check_caps(capabilities), _check_meta(meta)
         if key not in self._entries and len(self._entries) >= self.max_entries:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "registry is full")
-        entry = Entry(key=key, capabilities=caps, meta=meta, ttl=ttl, expires=now + ttl * 1000, joined=now,
-                      payload=payload)
+        entry = Entry(key=key, capabilities=caps, meta=meta, ttl=ttl, expires=now + (granted or ttl) * 1000,
+                      joined=now, payload=payload)
         self._put(entry)
         return entry
 
-    def renew(self, key: bytes, *, ttl: int | None = None, now: int) -> Entry:
-        """Extend a lease by ``ttl`` (default: the lease's own ttl) from ``now``."""
+    def renew(self, key: bytes, *, ttl: int | None = None, now: int, granted: int | None = None) -> Entry:
+        """Extend a lease by ``ttl`` (default: the lease's own ttl), or by ``granted`` when pacing grants
+        more, from ``now``."""
         old = self._entries.get(key)
         if old is None:
             raise ProtocolError(ErrorCode.NOT_JOINED, "no lease to renew; JOIN first")
         self._admit(key, now)  # the allowlist may have changed since the join
         ttl = old.ttl if ttl is None else self._ttl(ttl)
-        entry = attrs.evolve(old, ttl=ttl, expires=now + ttl * 1000)
+        entry = attrs.evolve(old, ttl=ttl, expires=now + (granted or ttl) * 1000)
         self._entries[key] = entry
         self._push(entry)
         return entry

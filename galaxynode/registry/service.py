@@ -189,19 +189,20 @@ class Registry:
 
     async def join(self, key: bytes, *, capabilities: Iterable[str] = (),
                    meta: Mapping[str, str] = MappingProxyType({}), ttl: int | None = None,
-                   payload: bytes | None = None) -> Entry:
+                   payload: bytes | None = None, granted: int | None = None) -> Entry:
+        """See LeaseTable.join (`granted`: the seconds heartbeat pacing grants, default ttl)."""
         self._check_open()
         entry = self.table.join(key, capabilities=capabilities, meta=meta, ttl=ttl, now=self.clock(),
-                                payload=payload)
+                                payload=payload, granted=granted)
         self._write(Upsert(entry))
         self._schedule(entry)
         self._publish("node.joined", entry)
         await self._durable()
         return entry
 
-    async def renew(self, key: bytes, *, ttl: int | None = None) -> Entry:
+    async def renew(self, key: bytes, *, ttl: int | None = None, granted: int | None = None) -> Entry:
         self._check_open()
-        entry = self.table.renew(key, ttl=ttl, now=self.clock())
+        entry = self.table.renew(key, ttl=ttl, now=self.clock(), granted=granted)
         self._write(Upsert(entry))
         self._schedule(entry)
         if self.publish_renewals:
