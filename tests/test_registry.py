@@ -57,6 +57,17 @@ def test_rejoin_replaces_entry_and_index():
     assert t.expire(T0 + 10_000) == []  # the first lease's heap item is stale
 
 
+def test_a_paced_grant_sets_the_expiry_and_the_lease_keeps_the_asked_ttl():
+    """Pacing may grant more than asked; heartbeats without a ttl renew by the asked one, so grants
+    do not ratchet up from one heartbeat to the next."""
+    t = LeaseTable()
+    e = t.join(k(1), ttl=10, granted=33, now=T0)
+    assert (e.ttl, e.expires) == (10, T0 + 33_000)
+    e = t.renew(k(1), granted=12, now=T0 + 1000)
+    assert (e.ttl, e.expires) == (10, T0 + 13_000)
+    assert t.renew(k(1), now=T0 + 2000).expires == T0 + 12_000  # no grant: the ttl
+
+
 def test_ttl_bounds():
     t = LeaseTable(min_ttl=5, max_ttl=60, default_ttl=30)
     assert t.join(k(1), now=T0).ttl == 30
