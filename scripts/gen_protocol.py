@@ -71,7 +71,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     E.BANNED: "The key is banned by an administrator (ADMIN ban); its sessions end with it.",
     E.KICKED: "An administrator removed this key's lease and ended its session (ADMIN kick); it may connect "
               "and JOIN again.",
-    E.RATE_LIMITED: "The session exceeded its frame or byte rate.",
+    E.RATE_LIMITED: "The session exceeded its frame or byte rate, or sent a HEARTBEAT sooner than its last "
+                    "LEASE's interval allows (messages §8.4).",
     E.TOO_MANY_CONNECTIONS: "The receiver is at its connection limit.",
     E.TEMPORARILY_BANNED: "The key (or, for abuse before any handshake, the address) is banned for a while after "
                           "repeated protocol violations (errors §7).",

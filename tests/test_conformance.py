@@ -166,3 +166,46 @@ def test_doc_names_the_cases_each_broken_endpoint_fails():
         with pytest.MonkeyPatch.context() as mp:
             expected.append(frozenset(breaker(mp)))
     assert sorted(documented, key=sorted) == sorted(expected, key=sorted)
+
+
+# --- heartbeat pacing (messages §8): the cases are meaningful only against a small budget ----------
+
+PACING_BUDGET = 20  # HEARTBEAT/s: 16 sessions at ttl 1 would ask 48/s unpaced
+
+
+def pacing_cases() -> list:
+    return [c for c in all_cases() if c.fn.__module__.endswith(".cases_pacing")]
+
+
+async def run_pacing(monkeypatch) -> dict:
+    import attrs
+
+    from galaxynode import pool
+    monkeypatch.setattr(pool, "DEFAULT_HEARTBEATS_PER_S", PACING_BUDGET)  # the in-process pool's budget
+    async with endpoint("pool") as url:
+        opts = attrs.evolve(options(url, "pool"), budget=PACING_BUDGET)
+        return {r.case.fn.__name__: r for r in await run_suite(opts, pacing_cases())}
+
+
+async def test_pacing_cases_pass_a_pool_with_a_small_budget(monkeypatch):
+    results = await run_pacing(monkeypatch)
+    assert set(results) == {"lease_interval", "early_heartbeats", "within_budget"}
+    assert all(r.outcome == "pass" for r in results.values()), {n: (r.expected, r.got) for n, r in results.items()}
+    assert "would be 48.0/s" in results["within_budget"].note  # unpaced, over the bound: the check bites
+    assert "rate_limited at HEARTBEAT 3 " in results["early_heartbeats"].note  # a burst of 2 (messages §8.4)
+
+
+async def test_a_pool_that_ignores_its_budget_fails_the_budget_case(monkeypatch):
+    from galaxynode.registry.pacing import Pacer
+    monkeypatch.setattr(Pacer, "floor", lambda self, n: 0.0)
+    results = await run_pacing(monkeypatch)
+    assert {n for n, r in results.items() if r.outcome != "pass"} == {"within_budget"}
+    assert results["within_budget"].outcome == "fail" and "/s (intervals" in results["within_budget"].got
+
+
+async def test_a_pool_that_serves_early_heartbeats_fails_the_early_case(monkeypatch):
+    from galaxynode.registry.pacing import EarlyHeartbeats
+    monkeypatch.setattr(EarlyHeartbeats, "allow", lambda self, now: True)
+    results = await run_pacing(monkeypatch)
+    assert {n for n, r in results.items() if r.outcome != "pass"} == {"early_heartbeats"}
+    assert "ERROR rate_limited within 20 HEARTBEATs" in results["early_heartbeats"].expected

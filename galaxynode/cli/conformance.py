@@ -41,6 +41,9 @@ def add_commands(sub: Any) -> None:
                         "they wait for it to be gone (default 10)")
     p.add_argument("--flood", type=positive(int), default=5000, metavar="N",
                    help="PINGs sent to look for a rate limit (default 5000)")
+    p.add_argument("--budget", type=positive(float), default=1000.0, metavar="N",
+                   help="the endpoint's heartbeat budget in HEARTBEAT/s (galaxynode: registry.max_heartbeats_per_s; "
+                        "default 1000): the intervals its LEASEs ask must not add up to more than N / 0.9")
     p.add_argument("--vectors", metavar="DIR", help="protocol/vectors directory (default: the source tree's, else those installed with the package)")
     add_ca_arg(p)
     p.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -63,7 +66,8 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         raise CliError("a URL is required (or --list)", EXIT_USAGE)
     opts = Options(url=args.url, network=args.network, role=args.role or "pool", timeout=args.timeout,
                    handshake_timeout=args.handshake_timeout, max_frame_size=args.max_frame_size,
-                   max_wait=args.max_wait, flood=args.flood, vectors=args.vectors, ca_file=args.ca)
+                   max_wait=args.max_wait, flood=args.flood, budget=args.budget, vectors=args.vectors,
+                   ca_file=args.ca)
     quiet = args.json == "-"
     out = sys.stdout
 

@@ -66,6 +66,7 @@ class Options:
     max_frame_size: int = 1024 * 1024  # the endpoint's; a frame one byte larger must be refused
     max_wait: float = 10.0            # longest lease or descriptor lifetime a case waits out
     flood: int = 5000                 # frames sent to look for a rate limit
+    budget: float = 1000.0            # the endpoint's heartbeat budget, HEARTBEAT/s (limits §6)
     vectors: str | None = None        # protocol/vectors directory
     ca_file: str | None = None        # wss://: also trust the CA certificates in this PEM file (--ca)
 

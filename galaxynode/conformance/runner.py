@@ -61,7 +61,8 @@ def all_cases() -> list[Case]:
                                         cases_handshake, cases_limits, cases_policy, cases_registry,
                                         cases_session, cases_signatures)
     from galaxynode.conformance import cases_attribution  # noqa: F401  (after cases_policy: its ids stay)
-    from galaxynode.conformance import cases_mainnet  # noqa: F401  (last: the earlier ids stay)
+    from galaxynode.conformance import cases_mainnet  # noqa: F401  (after the others: the earlier ids stay)
+    from galaxynode.conformance import cases_pacing  # noqa: F401  (last: the earlier ids stay)
     return sorted(CASES, key=lambda c: tuple(int(x) for x in c.id.split(".")))
 
 
