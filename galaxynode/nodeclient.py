@@ -139,7 +139,9 @@ class PoolClient:
         return await self._request(join, "LEASE")
 
     async def heartbeat(self, ttl: int | None = None) -> m.Lease:
-        """Renew the lease (ttl None: the lease's own ttl). Not joined: RemoteError not_joined."""
+        """Renew the lease (ttl None: the ttl asked for last). Not joined: RemoteError not_joined. The pool
+        paces heartbeats: send the next one about LEASE.interval ms after the last LEASE; past a burst of
+        two, one sooner than half of it ends the session with rate_limited (a violation)."""
         return await self._request(m.Heartbeat(ttl=ttl), "LEASE")
 
     async def leave(self) -> None:
