@@ -32,7 +32,8 @@ DEFAULT_NETWORK = "galaxy-dev"
 START_TIMEOUT = 30.0   # per daemon: listening (main net) or announced (pool)
 STOP_BOUND = 15.0      # SIGTERM to SIGKILL; above the daemons' default daemon.stop_timeout (10 s)
 REFRESH = 1.0          # seconds between status refreshes
-UPDATE_EVERY = (2.0, 6.0)  # a simulated node re-joins with new metadata this often (seconds)
+SIM_TTL = 15              # seconds: a simulated node's lease; the pool asks for a HEARTBEAT every ttl/3
+UPDATE_CHANCE = 0.5       # at each beat, a simulated node re-joins with new metadata this often instead
 CAPABILITIES = ("cpu", "gpu", "storage", "relay")
 REGIONS = ("eu", "us", "ap")
 # Set by systemd for the devnet itself; a child must not claim to be the service.
@@ -238,8 +239,9 @@ async def monitor(d: Daemon, network: str, *, task_status: Any) -> None:
 # --- simulated nodes -----------------------------------------------------------------------------
 
 class SimNode:
-    """A node that joins a pool and, every few seconds, re-joins with a new `load` (as a real node
-    would update what it advertises); the re-join renews its lease and makes events to watch.
+    """A node that joins a pool and renews its lease at the interval each LEASE asks for: by a
+    HEARTBEAT, or (UPDATE_CHANCE) by a re-join with a new `load`, as a real node would update what it
+    advertises; the re-joins make events to watch, the heartbeats fill the dashboards' chart.
 
     Cancelling it gives the lease up first (LEAVE, GOODBYE; bounded), as keep_joined does."""
 
@@ -255,7 +257,8 @@ class SimNode:
         self.joined = False
 
     def _join_args(self) -> dict[str, Any]:
-        return {"capabilities": self.capabilities, "meta": {**self.meta, "load": f"{self.rng.random():.2f}"}}
+        return {"capabilities": self.capabilities, "meta": {**self.meta, "load": f"{self.rng.random():.2f}"},
+                "ttl": SIM_TTL}
 
     async def run(self) -> None:
         await until_cancelled(self._loop, self._leave)
@@ -268,11 +271,14 @@ class SimNode:
             try:
                 async with connect(self.url, self.identity, network=self.network, timeout=5) as pool:
                     self.client = pool
-                    await pool.join(**self._join_args())
+                    lease = await pool.join(**self._join_args())
                     self.joined, attempt = True, 0
                     while True:
-                        await trio.sleep(self.rng.uniform(*UPDATE_EVERY))
-                        await pool.join(**self._join_args())
+                        await trio.sleep(lease.interval / 1000)
+                        if self.rng.random() < UPDATE_CHANCE:
+                            lease = await pool.join(**self._join_args())
+                        else:
+                            lease = await pool.heartbeat()
             except CONNECTION_ERRORS:
                 pass
             finally:
