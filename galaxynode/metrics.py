@@ -347,7 +347,8 @@ class MetricsServer:
     liveness, /readyz (with a `readiness`) readiness; others add routes with `route()` before run.
     Bounded: request head size, the time a client may take (read and write together), and the
     number of clients at once (past it a connection is closed unanswered). Nothing a client sends
-    can raise out of the handler."""
+    can raise out of the handler. A route answering an EventStream keeps its connection instead: at most
+    `max_streams` of those, each with `stream_budget` bytes of unsent output (see EventStream)."""
 
     def __init__(self, registry: CollectorRegistry, listen: str, *, max_request: int = 8192,
                  timeout: float = 5.0, max_clients: int = 16, readiness: Readiness | None = None,
