@@ -97,10 +97,11 @@ function facts(o) {
   document.getElementById("nav-pools").hidden = o.role !== "mainnet";
   document.getElementById("nav-nodes").hidden = o.role === "mainnet";
   if (PAGE !== "") return;
-  const s = o.sample || {};
+  const s = o.sample || {}, registered = o.role === "mainnet" ? "pools" : "nodes";  // a main net registers pools
+  document.getElementById("label-nodes").textContent = registered;
   const rows = [["pool key", o.key, "key"], ["stellar", o.stellar || "", "stellar"], ["network", o.network, "network"],
     ["role", o.role, "role"], ["version", o.version, "version"], ["uptime", duration(o.uptime), "uptime"],
-    ["sessions", o.sessions, "sessions"], ["nodes", o.nodes, "nodes"], ["peers", o.peers, "peers"],
+    ["sessions", o.sessions, "sessions"], [registered, o.nodes, "nodes"], ["peers", o.peers, "peers"],
     ["events", o.events, "events"], ["events/s", s.events_s ?? "", "events_s"],
     ["heartbeats/s", s.heartbeats_s ?? "", "heartbeats_s"], ["ready", o.ready === undefined ? "" : String(o.ready), "ready"]];
   if (o.worker !== null && o.worker !== undefined) rows.push(["worker", o.worker, "worker"]);
