@@ -186,6 +186,7 @@ async def test_main_net_lists_its_pools(tmp_path):
     async with daemon(tmp_path / "m", role="mainnet", **{"mainnet.verify": False}) as (m, address):
         mainnet_url = m.get("server").bound_urls[0]
         assert (await api(address, "overview"))["role"] == "mainnet"
+        assert (await get(address, "/dashboard/pools"))[0] == 200
         async with runtime(tmp_path / "p", Identity.generate(), **{"mainnet.url": mainnet_url,
                                                                    "node.name": "<b>pool</b>"}).run() as p:
             with trio.fail_after(20):
