@@ -66,7 +66,8 @@ class PoolServices:
         self.info = info
         self.registry = registry
         # Heartbeat pacing ([registry] max_heartbeats_per_s): the interval and ttl of every LEASE.
-        self.pacer = pacer or Pacer(DEFAULT_HEARTBEATS_PER_S, registry.table.max_ttl)
+        self.pacer = pacer or Pacer(DEFAULT_HEARTBEATS_PER_S,
+                                    registry.table.max_ttl if registry is not None else m.MAX_TTL_S)
         self.bus = bus
         self.peers = peers
         self.event_queue = event_queue
