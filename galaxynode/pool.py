@@ -23,7 +23,7 @@ from galaxynode.gelato.errors import ErrorCode, ProtocolError
 from galaxynode.identity import format_public_key
 from galaxynode.net.connection import SessionClosed
 from galaxynode.plugin import AdmissionRequest
-from galaxynode.registry.pacing import EarlyHeartbeats, Pacer
+from galaxynode.registry.pacing import EarlyHeartbeats, Grant, Pacer
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class SessionHandler:
         grant = self.s.pacer.grant(held.ttl if ttl is None else ttl, len(reg.table))
         return self._lease(frame, await reg.renew(conn.peer_key, ttl=ttl, granted=grant.ttl), grant)
 
-    def _lease(self, frame: Frame, e: Any, grant: Any) -> m.Lease:
+    def _lease(self, frame: Frame, e: Any, grant: Grant) -> m.Lease:
         """The LEASE for a granted lease; the session's early-heartbeat bucket follows its interval."""
         self.early.leased(grant.interval, trio.current_time())
         return m.Lease(re=frame.id, ttl=grant.ttl, expires=e.expires, interval=grant.interval)
