@@ -254,6 +254,7 @@ class SessionHandler:
             raise ProtocolError(ErrorCode.INVALID_BODY, "ADMIN unban needs one of 'key' and 'address'", frame.id)
         server = getattr(self.s, "server", None)  # set by the daemon; None when serving without one
         bans = server.bans if server is not None else None
+        await reg.consistent()  # in a cluster: act on what other members acknowledged, too
         if a.action == "kick":
             entry = await reg.kick(a.key, by=by)
             kicked = ProtocolError(ErrorCode.KICKED, "kicked by an administrator")
