@@ -117,17 +117,21 @@ def _paced_run(lag_ms: float, budget: int = 20) -> dict:
     beats = [(10 + k * 5 + i / 20, 5.0, lag_ms, 5000.0, i) for i in range(100) for k in range(6)]
     return {"nodes": 100, "ttl": 3, "budget": budget, "started": 0.0, "all_joined_at": 10.0, "stop_at": 40.0,
             "beats": beats, "cpu": [(t, 0.1 * t) for t in range(41)], "joined": 100, "asked_per_s": 20.0,
+            "loop_lag": [(t / 10, 1.0) for t in range(400)],
             "leases_expired": 0, "rejoins": 0}
 
 
 def test_pacing_verdict_needs_the_load_delivered() -> None:
-    """bench_pacing judges convergence and latency only when the load generator sent on time."""
+    """bench_pacing judges convergence and latency only when the load generator sent on time and its
+    event loop kept up (else its latencies would be its own)."""
     sys.path.insert(0, str(SCRIPT.parent))
     from bench_pacing import analyse, rows_of
     on_time, late = _paced_run(1.0), _paced_run(500.0)  # 500 ms of a 5 s interval: 10% fewer heartbeats offered
     a, b = analyse(on_time, 5.0), analyse(late, 5.0)
     assert a["delivered"] and a["converged"] and a["served_per_s"] == 20.0 and a["silent_nodes"] == 0
     assert not b["delivered"]
+    stalled = _paced_run(1.0) | {"loop_lag": [(t / 10, 1.0 if t % 10 else 900.0) for t in range(400)]}
+    assert not analyse(stalled, 5.0)["delivered"]  # a 900 ms stall every second: its p99 lag
     served, p99 = rows_of(late, b, on_time, a)[:2]
     assert served["ours"] == p99["ours"] == "not measured" and served["met"] is None and p99["met"] is None
     served, p99 = rows_of(on_time, a, late, b)[:2]
