@@ -44,6 +44,7 @@ what this box holds, so the refusal itself is shown at a small scale (--refusal:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -92,12 +93,14 @@ class PacedNode(Node):
 
     async def idle_until(self, deadline: float) -> None:
         while True:
+            data = None
             with trio.move_on_at(deadline):
-                kind, body = peek(await self.ch.receive())  # trio-websocket: cancel-safe
-                if kind == "PING":
-                    await self.ch.send(self.session.encode(m.Pong(data=body.get("data", b""))))
-                continue
-            return
+                data = await self.ch.receive()  # trio-websocket: cancel-safe
+            if data is None:
+                return
+            kind, body = peek(data)
+            if kind == "PING":  # outside the deadline's scope: an encoded frame must be sent (its seq is taken)
+                await self.ch.send(self.session.encode(m.Pong(data=body.get("data", b""))))
 
 
 class Load:
@@ -382,6 +385,7 @@ def run_load(*, nodes: int, ttl: int, budget: int, duration: float, loadgens: in
             while True:
                 now = time.time()
                 cpu.append((now, cpu_seconds(pool.pid)))
+                gen_cpu.append((now, sum(cpu_seconds(g.proc.pid) for g in gens if g.proc.poll() is None)))
                 for g in gens:
                     g.poll()
                 if stop_at is None and all(g.joined_at is not None for g in gens):
@@ -409,7 +413,7 @@ def run_load(*, nodes: int, ttl: int, budget: int, duration: float, loadgens: in
                            f"{output[-2000:]}")
     joined_at = max(g.joined_at for g in gens)  # type: ignore[type-var]
     return {"nodes": nodes, "ttl": ttl, "budget": budget, "loadgens": len(gens), "started": started,
-            "all_joined_at": joined_at, "stop_at": stop_at, "cpu": cpu, "rss_kib": rss_at_stop,
+            "all_joined_at": joined_at, "stop_at": stop_at, "cpu": cpu, "gen_cpu": gen_cpu, "rss_kib": rss_at_stop,
             "joined": sum(r["joined"] for r in results),
             "beats": sorted(b for r in results for b in r["beats"]),
             "asked_per_s": sum(r["asked_per_s"] for r in results),
@@ -454,6 +458,7 @@ def analyse(r: dict[str, Any], window: float) -> dict[str, Any]:
             "delivered": bool(post) and mean_lag <= RATE_TOLERANCE * mean_interval
             and percentile(loop, 99) <= MAX_LOOP_LAG_MS,
             "cpu_pct": cpu_pct(r["cpu"], conv_from, stop), "beats_after": len(post),
+            "gen_cpu_pct": cpu_pct(r.get("gen_cpu", []), conv_from, stop),
             "silent_nodes": r["joined"] - len({b[4] for b in post})}
 
 
