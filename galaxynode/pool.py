@@ -121,6 +121,8 @@ class SessionHandler:
             pacer.refused_overloaded += 1
             raise ProtocolError(ErrorCode.OVERLOADED, f"the pool holds the {len(reg.table)} leases its heartbeat "
                                 f"budget allows; retry later", frame.id, retry_after=pacer.retry_after())
+        if conn.peer_key in reg.table:  # a JOIN that renews a held lease: the same obligation as HEARTBEAT
+            self._paced(frame, "JOIN")
         meta = msg.meta
         if any(k.startswith(m.EXTENSION_PREFIX) for k in meta):  # x.* keys are the plugins' (Admit.meta)
             meta = {k: v for k, v in meta.items() if not k.startswith(m.EXTENSION_PREFIX)}
@@ -143,14 +145,22 @@ class SessionHandler:
     async def heartbeat(self, conn: Any, frame: Frame) -> m.Lease:
         reg, ttl = self.s.registry, frame.msg.ttl
         held = reg.get(conn.peer_key)
+        if held is None:  # joined on another worker a moment ago? (a cluster member catches up; else no-op)
+            await reg.consistent()
+            held = reg.get(conn.peer_key)
         if held is None:  # before the bucket: costs no write, and says what is wrong
             raise ProtocolError(ErrorCode.NOT_JOINED, "no lease to renew; JOIN first", frame.id)
-        if not self.early.allow(trio.current_time()):  # the lease is not renewed by it
-            self.s.pacer.refused_early += 1
-            raise ProtocolError(ErrorCode.RATE_LIMITED, f"HEARTBEAT sooner than half the interval "
-                                f"({self.early.interval:g} s) after the last LEASE", frame.id)
+        self._paced(frame, "HEARTBEAT")
         grant = self.s.pacer.grant(held.ttl if ttl is None else ttl, len(reg.table))
         return self._lease(frame, await reg.renew(conn.peer_key, ttl=ttl, granted=grant.ttl), grant)
+
+    def _paced(self, frame: Frame, what: str) -> None:
+        """The session's obligation (docs/gelato/messages.md §8): a renewal sooner than half the interval
+        after the last LEASE, past a burst of two, is refused rate_limited and renews nothing."""
+        if not self.early.allow(trio.current_time()):
+            self.s.pacer.refused_early += 1
+            raise ProtocolError(ErrorCode.RATE_LIMITED, f"{what} sooner than half the interval "
+                                f"({self.early.interval:g} s) after the last LEASE", frame.id)
 
     def _lease(self, frame: Frame, e: Any, grant: Grant) -> m.Lease:
         """The LEASE for a granted lease; the session's early-heartbeat bucket follows its interval."""

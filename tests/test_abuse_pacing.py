@@ -54,20 +54,21 @@ class Honest:
             return {n.key for n in await c.query(limit=1000)}
 
 
-async def flood_heartbeats(url: str, attacker: Identity) -> ErrorCode | None:
-    """JOIN, then HEARTBEAT back to back: the pool's refusal (None if it never came)."""
+async def flood_heartbeats(url: str, attacker: Identity, renew: str = "heartbeat") -> ErrorCode | None:
+    """JOIN, then renew back to back (HEARTBEAT, or JOIN again): the pool's refusal (None if it never came)."""
     try:
         with trio.fail_after(10):
             async with connect(url, attacker, network=NETWORK) as s:
                 await s.join(ttl=30)
                 for _ in range(50):
-                    await s.heartbeat()
+                    await (s.heartbeat() if renew == "heartbeat" else s.join(ttl=30))
     except (RemoteError, SessionClosed) as e:
         return refusal(e)
     return None
 
 
-def test_early_heartbeats_are_refused_then_banned_while_honest_nodes_keep_their_leases(tmp_path):
+@pytest.mark.parametrize("renew", ["heartbeat", "join"])  # a re-JOIN renews too: the same obligation
+def test_early_heartbeats_are_refused_then_banned_while_honest_nodes_keep_their_leases(tmp_path, renew):
     env = {"GALAXYNODE_ADMISSION_ADMINS": ADMIN.public_text, "GALAXYNODE_REGISTRY_MIN_TTL": "1"}
     with live_pool(tmp_path / "pool", env=env) as pool:
         async def main():
@@ -79,8 +80,8 @@ def test_early_heartbeats_are_refused_then_banned_while_honest_nodes_keep_their_
                 quiet = await honest_latency(pool.url)
                 attacker = Identity.generate()
                 for _ in range(3):  # violations_before_ban
-                    assert await flood_heartbeats(pool.url, attacker) is ErrorCode.RATE_LIMITED
-                assert await flood_heartbeats(pool.url, attacker) is ErrorCode.TEMPORARILY_BANNED
+                    assert await flood_heartbeats(pool.url, attacker, renew) is ErrorCode.RATE_LIMITED
+                assert await flood_heartbeats(pool.url, attacker, renew) is ErrorCode.TEMPORARILY_BANNED
                 assert_within(quiet, await honest_latency(pool.url), factor=10, slack=0.3)
                 await trio.sleep(4)  # more than an honest lease (3 s): each was renewed meanwhile
                 assert honest.troubles() == []
