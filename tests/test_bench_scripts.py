@@ -136,3 +136,23 @@ def test_pacing_verdict_needs_the_load_delivered() -> None:
     assert served["ours"] == p99["ours"] == "not measured" and served["met"] is None and p99["met"] is None
     served, p99 = rows_of(on_time, a, late, b)[:2]
     assert served["met"] is True and p99["met"] is True and served["baseline"] == "not measured"
+
+
+def test_dashboard_verdict_needs_the_load_as_offered() -> None:
+    """No dashboard verdict from windows whose load fell behind or caught up after a stall."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from bench_dashboard import as_offered, summarise
+    assert as_offered(1000.0, 1000.0, 20) and as_offered(975.0, 1000.0, 20)
+    assert not as_offered(900.0, 1000.0, 20) and not as_offered(1100.0, 1000.0, 20)  # behind / catching up
+    assert as_offered(175.0, 167.0, 20)  # 3,500 vs 3,340 beats: within 3 sigma of a Poisson count
+
+    def window(mode: str, cpu: float, rate: float) -> dict:
+        return {"mode": mode, "pool_cpu_pct": cpu, "delivered": as_offered(rate, 1000.0, 20), "page_live": True}
+    res = {"nodes": 10, "joined": 10, "windows": [window("A", 20, 1000), window("B", 21, 1000),
+                                                  window("A", 30, 1300), window("B", 22, 1000),
+                                                  window("A", 20, 1000), window("B", 22, 1000)]}
+    s = summarise(res)
+    assert s["verdict_ok"] and s["pairs_counted"] == 2 and s["pairs_pct"] == [1, 2] and s["met"]
+    res["windows"][5] = window("B", 10, 500)
+    s = summarise(res)
+    assert not s["verdict_ok"] and s["met"] is None
