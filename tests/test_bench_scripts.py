@@ -156,3 +156,19 @@ def test_dashboard_verdict_needs_the_load_as_offered() -> None:
     res["windows"][5] = window("B", 10, 500)
     s = summarise(res)
     assert not s["verdict_ok"] and s["met"] is None
+
+
+@pytest.mark.slow  # two pool processes and 200 simulated nodes each; about 40 s
+def test_bench_pacing_quick_runs_paced_and_baseline(tmp_path: Path) -> None:
+    out_json = tmp_path / "pacing.json"
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_pacing.py"), "--quick", "--nodes", "200",
+                           "--json", str(out_json)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    r = json.loads(out_json.read_text())
+    for run in ("paced", "baseline"):
+        assert r[run]["joined"] == 200 and r[run]["pool_exit"] == 0 and not r[run]["pool_traceback"]
+        assert r[run]["rate_limited"] == 0 and r[run]["other_errors"] == 0
+    assert r["paced"]["budget"] == 100 and r["paced"]["asked_per_s"] <= 100 / 0.9  # the pool's own ask
+    assert r["baseline"]["asked_per_s"] > 150  # pacing off: 200 nodes at ttl/3 = 1 s
+    assert [row["metric"].split(",")[0] for row in r["table"]][:2] == ["served HEARTBEAT/s after 2 windows",
+                                                                        "heartbeat latency p99 ms after convergence"]
