@@ -25,8 +25,8 @@ on a 2-core machine for Chromium (and, shared with other work, even 30 s was oft
 its stream carries the same figures once a second whatever the load. The dashboard's sampler behind
 them runs whether a browser looks or not, so it is in A and B alike.
 
-Then a client that opens the live stream (/dashboard/api/stream) and never reads: the pool's RSS and
-CPU over a window with it connected, against the A windows (bounded like any other slow reader).
+Then a client that opens the live stream (/dashboard/api/stream) and never reads: the pool's CPU and
+RSS for as long as it stays connected, until the pool drops it (bounded like any other slow reader).
 
     .venv/bin/python scripts/bench_dashboard.py [--nodes N] [--interval S] [--window S] [--rounds R] [--json PATH]
     .venv/bin/python scripts/bench_dashboard.py --quick                      # tiny smoke run (~30 s)
@@ -171,11 +171,18 @@ class Load:
 
     async def window(self, pid: int, seconds: float) -> dict[str, Any]:
         """The pool's CPU and RSS, and the heartbeats answered, over `seconds`."""
-        n0, c0, r0, w0 = self.answered, cpu_seconds(pid), rss_kib(pid), time.perf_counter()
-        u0 = resource.getrusage(resource.RUSAGE_SELF)
+        start = self.mark(pid)
         await trio.sleep(seconds)
-        n1, c1, r1, w1 = self.answered, cpu_seconds(pid), rss_kib(pid), time.perf_counter()
-        u1 = resource.getrusage(resource.RUSAGE_SELF)
+        return self.since(pid, start)
+
+    def mark(self, pid: int) -> tuple[Any, ...]:
+        return (self.answered, cpu_seconds(pid), rss_kib(pid), time.perf_counter(),
+                resource.getrusage(resource.RUSAGE_SELF))
+
+    def since(self, pid: int, start: tuple[Any, ...]) -> dict[str, Any]:
+        """The pool's CPU and RSS, and the heartbeats answered, from `start` (a mark()) until now."""
+        n0, c0, r0, w0, u0 = start
+        n1, c1, r1, w1, u1 = self.mark(pid)
         wall = w1 - w0
         rate, offered = (n1 - n0) / wall, self.offered_per_s
         # Within the tolerance both ways: a load generator catching up after a stall loads the pool more.
@@ -334,37 +341,34 @@ async def measure_pool(pool: PoolProcess, base: str, driver: Any, args: argparse
         await trio.to_thread.run_sync(driver.get, "about:blank")
         res["stream_status"] = await trio.to_thread.run_sync(stream_status, base)
         if res["stream_status"].split(" ")[1:2] == ["200"]:
-            res["slow_reader"] = await slow_reader(load, pool.pid, base, args.window, args.slow_max)
+            res["slow_reader"] = await slow_reader(load, pool.pid, base, args.slow_max)
         load.stop()
     res["heartbeat_errors"], res["error_samples"] = len(load.errors), load.errors[:5]
     res["failures"], res["failure_samples"] = len(load.failures), load.failures[:5]
     return res
 
 
-async def slow_reader(load: Load, pid: int, base: str, seconds: float, max_wait: float) -> dict[str, Any]:
-    """One stream client that never reads: the pool's CPU over a window against the A windows, then its
-    RSS (peak) until the pool drops the stream (its stream_budget of unsent bytes) or `max_wait` passes."""
+async def slow_reader(load: Load, pid: int, base: str, max_wait: float) -> dict[str, Any]:
+    """One stream client that never reads, until the pool drops the stream (its stream_budget of unsent
+    bytes) or `max_wait` passes: the pool's CPU over all that time (against the A windows) and RSS."""
     s = await trio.to_thread.run_sync(stalled_stream, base)
     try:
         opened = trio.current_time()
         await trio.sleep(SETTLE)
-        rss = [rss_kib(pid)]
-        w = await load.window(pid, seconds)
-        peak = rss_kib(pid)
-        w["dropped_after_s"] = None
+        start, peak, dropped = load.mark(pid), 0, None
         while (now := trio.current_time()) - opened < max_wait:
             gauges = await trio.to_thread.run_sync(stream_metrics, base)
             if gauges.get("open") == 0:
-                w["dropped_after_s"] = now - opened
+                dropped = now - opened
                 break
             peak = max(peak, rss_kib(pid))
             await trio.sleep(1.0)
-        rss.append(rss_kib(pid))
+        w = load.since(pid, start)
+        w["dropped_after_s"], w["rss_peak_kib"] = dropped, max(peak, w["rss_kib"][1])
         w["gauges"] = await trio.to_thread.run_sync(stream_metrics, base)
         w["backlog_bytes"], w["closed_by_pool"] = await trio.to_thread.run_sync(drain, s)
     finally:
         s.close()
-    w["rss_kib"], w["rss_peak_kib"] = rss, peak
     w["stalled_s"] = trio.current_time() - opened
     return w
 
@@ -418,7 +422,8 @@ def report(res: dict[str, Any]) -> None:
                      f"pairs; per stream", f"{s['streams_pct']:+.1f}", f"{s['streams_pct'] / STREAMS:+.2f}", "-"))
     sr = res.get("slow_reader")
     if sr:
-        rows.append(("pool CPU % of one core, one stream client that never reads vs A", f"{sr['pool_cpu_pct']:.1f}",
+        rows.append((f"pool CPU % of one core while one stream client never reads ({sr['seconds']:.0f} s"
+                     f"{', load NOT as offered' if not sr['delivered'] else ''}) vs A", f"{sr['pool_cpu_pct']:.1f}",
                      f"{s['without_pct']:.1f}", f"{sr['cost_pct']:+.1f}"))
         rows.append((f"pool RSS MiB with it connected (start -> peak -> end, {sr['stalled_s']:.0f} s)",
                      f"{sr['rss_kib'][0] / 1024:.0f} -> {sr['rss_peak_kib'] / 1024:.0f} -> {sr['rss_kib'][1] / 1024:.0f}",
@@ -489,6 +494,8 @@ def screenshot(path: Path, pools: int, nodes: int, settle: float) -> None:
             driver = open_browser(Path(tmp) / "chrome")
             try:
                 driver.get(match.group(1))
+                inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+                driver.set_window_size(2 * 1280 - inner[0], 2 * 800 - inner[1])  # the page itself at 1280x800
                 print(f"devnet up; {match.group(1)} open, screenshot in {settle:g} s", flush=True)
                 time.sleep(settle)
                 path.parent.mkdir(parents=True, exist_ok=True)
