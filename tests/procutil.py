@@ -11,11 +11,12 @@ import time
 
 
 class Proc:
-    def __init__(self, *args: str, cwd=None, env=None):
+    def __init__(self, *args: str, cwd=None, env=None, preexec_fn=None):
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.p = subprocess.Popen([sys.executable, "-m", "galaxynode", *args], cwd=cwd, env=full_env,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  preexec_fn=preexec_fn)
         self.output = ""
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.p.stdout, selectors.EVENT_READ)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from test_tls import issue
 
@@ -134,3 +135,30 @@ def test_load_config_collects_one_problem_per_key(tmp_path):
     except ConfigError as e:
         assert type(e) is ConfigError and e.key == "limits.max_frame_size"
     assert collect_config(tmp_path / "missing.toml")[0] is None
+
+
+def _limit_fds(soft: int, hard: int):
+    import resource
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_limits_the_process_cannot_honour_are_refused(tmp_path):
+    """A pool past its descriptor limit cannot accept and its held sessions suffer: refused at check time."""
+    r = subprocess.run([sys.executable, "-m", "galaxynode", "config", "check", "--env"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "GALAXYNODE_SERVER_MAX_CONNECTIONS": "5000"},
+                       preexec_fn=_limit_fds(1024, 2000))
+    assert r.returncode == 2, r.stderr
+    [line] = problems(r.stderr)
+    assert line.startswith("server.max_connections: 5000 sessions + max_pending 256") and "need 5520 file" in line
+    assert "at most 2000 (RLIMIT_NOFILE)" in line and "LimitNOFILE=" in line
+
+
+def test_run_lifts_the_soft_descriptor_limit_to_what_its_limits_need(tmp_path):
+    from procutil import Proc
+    with Proc("run", "--listen", "ws://127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+              preexec_fn=_limit_fds(1024, 4096)) as pool:
+        pool.wait_for("ready: pool")
+        limits = Path(f"/proc/{pool.p.pid}/limits").read_text()
+        soft, hard = next(line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files"))
+        assert (int(soft), int(hard)) == (1024 + 256 + 8 + 256, 4096)  # max_connections + pending + outbound + reserve
+        assert pool.stop() == 0

@@ -67,7 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
     from galaxynode.daemon import run_daemon
     from galaxynode.logs import setup_logging
+    from galaxynode.preflight import raise_fd_limit
     config = checked(args)
+    raise_fd_limit(config)  # workers inherit it
     setup_logging(config.logging.level, config.logging.format)
     if config.server.workers > 1:  # a supervisor of worker processes (galaxynode.cluster)
         from galaxynode.cluster import supervise
