@@ -108,7 +108,8 @@ def test_bench_dashboard_quick(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     r = json.loads(out_json.read_text())
     assert r["joined"] == 200 and r["failures"] == 0 and r["heartbeat_errors"] == 0 and r["pool_exit"] == 0
-    assert [w["mode"] for w in r["windows"]] == ["A", "B"] and r["windows"][1]["page_live"]
+    assert [w["mode"] for w in r["windows"]] == ["A", "B", "C"] and r["windows"][1]["page_live"]
+    assert r["windows"][2]["streams_ok"] == 8 and r["summary"]["streams_pct"] is not None
     assert "dashboard cost, % of one core" in done.stdout and "never reads" in done.stdout
 
 
