@@ -136,13 +136,17 @@ class PoolClient:
         """Register this session's key (a re-join replaces the record). ttl None: the pool's default."""
         extra = {} if ttl is None else {"ttl": ttl}
         join = m.Join(capabilities=_names(capabilities, "capabilities"), meta=dict(meta), **extra)
-        return await self._request(join, "LEASE")
+        return self._leased(await self._request(join, "LEASE"))
 
     async def heartbeat(self, ttl: int | None = None) -> m.Lease:
         """Renew the lease (ttl None: the ttl asked for last). Not joined: RemoteError not_joined. The pool
         paces heartbeats: send the next one about LEASE.interval ms after the last LEASE; past a burst of
         two, one sooner than half of it ends the session with rate_limited (a violation)."""
-        return await self._request(m.Heartbeat(ttl=ttl), "LEASE")
+        return self._leased(await self._request(m.Heartbeat(ttl=ttl), "LEASE"))
+
+    def _leased(self, lease: m.Lease) -> m.Lease:
+        self.conn.quiet_for(lease.interval / 1000)  # our next HEARTBEAT is the next thing either side says
+        return lease
 
     async def leave(self) -> None:
         await self._request(m.Leave(), "ACK")

@@ -140,7 +140,7 @@ class SessionHandler:
                                         f"with the {len(attached)} the pool's plugins attach", frame.id)
         grant = pacer.grant(msg.ttl, len(reg.table) + (conn.peer_key not in reg.table))
         e = await reg.join(conn.peer_key, capabilities=msg.capabilities, meta=meta, ttl=msg.ttl, granted=grant.ttl)
-        return self._lease(frame, e, grant)
+        return self._lease(conn, frame, e, grant)
 
     async def heartbeat(self, conn: Any, frame: Frame) -> m.Lease:
         reg, ttl = self.s.registry, frame.msg.ttl
@@ -152,7 +152,7 @@ class SessionHandler:
             raise ProtocolError(ErrorCode.NOT_JOINED, "no lease to renew; JOIN first", frame.id)
         self._paced(frame, "HEARTBEAT")
         grant = self.s.pacer.grant(held.ttl if ttl is None else ttl, len(reg.table))
-        return self._lease(frame, await reg.renew(conn.peer_key, ttl=ttl, granted=grant.ttl), grant)
+        return self._lease(conn, frame, await reg.renew(conn.peer_key, ttl=ttl, granted=grant.ttl), grant)
 
     def _paced(self, frame: Frame, what: str) -> None:
         """The session's obligation (docs/gelato/messages.md §8): a renewal sooner than half the interval
@@ -162,9 +162,12 @@ class SessionHandler:
             raise ProtocolError(ErrorCode.RATE_LIMITED, f"{what} sooner than half the interval "
                                 f"({self.early.interval:g} s) after the last LEASE", frame.id)
 
-    def _lease(self, frame: Frame, e: Any, grant: Grant) -> m.Lease:
-        """The LEASE for a granted lease; the session's early-heartbeat bucket follows its interval."""
+    def _lease(self, conn: Any, frame: Frame, e: Any, grant: Grant) -> m.Lease:
+        """The LEASE for a granted lease; the session's early-heartbeat bucket and its keepalive
+        (messages §8.6) follow its interval."""
         self.early.leased(grant.interval, trio.current_time())
+        if hasattr(conn, "quiet_for"):
+            conn.quiet_for(grant.interval / 1000)
         return m.Lease(re=frame.id, ttl=grant.ttl, expires=e.expires, interval=grant.interval)
 
     async def leave(self, conn: Any, frame: Frame) -> m.Ack:

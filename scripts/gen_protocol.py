@@ -175,8 +175,8 @@ SESSION_LIMIT_DOCS = {
                          "closed without a word).",
     "preauth_frame_size": "Largest WebSocket message before the session is established, in bytes (at most "
                           "max_frame_size); beyond it FRAME_TOO_LARGE (limits §1.1).",
-    "idle_timeout": "Seconds without any received frame before closing with IDLE_TIMEOUT.",
-    "ping_interval": "Seconds without any received frame before sending PING.",
+    "idle_timeout": "Seconds without any received frame before closing with IDLE_TIMEOUT (on a paced session, counted from when the next HEARTBEAT is due: messages §8.6).",
+    "ping_interval": "Seconds without any received frame before sending PING (on a paced session, counted from when the next HEARTBEAT is due: messages §8.6).",
     "write_timeout": "Seconds the writer may wait for the peer to read one frame; then the session ends (SLOW_READER).",
     "close_timeout": "Seconds allowed for flushing, the final ERROR or GOODBYE and the closing handshake.",
     "frame_rate": "Received WebSocket frames per second, every kind (data, continuation, PING, PONG, CLOSE; token "

@@ -154,3 +154,27 @@ def test_keep_joined_heartbeats_at_the_interval_the_pool_asks_for(tmp_path):
                 nursery.cancel_scope.cancel()
         trio.run(main)
         assert alive(pool)
+
+
+def test_a_paced_node_costs_no_keepalive_pings_until_its_heartbeat_is_late(tmp_path):
+    """Keepalive counts from when the next HEARTBEAT is due (messages §8.6): at 10,000 nodes paced past
+    ping_interval the pool used to send ~500 PINGs/s whatever its heartbeat budget."""
+    env = {"GALAXYNODE_REGISTRY_MIN_TTL": "1", "GALAXYNODE_LIMITS_PING_INTERVAL": "0.5",
+           "GALAXYNODE_LIMITS_IDLE_TIMEOUT": "1.5"}
+    with live_pool(tmp_path / "pool", env=env) as pool:
+        async def main():
+            async with connect(pool.url, Identity.generate(), network=NETWORK) as s:
+                pings = lambda: s.conn.stats.frames_in_by_type.get("PING", 0)  # noqa: E731
+                lease = await s.join(ttl=9)  # interval about 3 s: six ping_intervals, two idle_timeouts
+                await trio.sleep(lease.interval / 1000 * 0.9)
+                assert pings() == 0 and not s.closed
+                lease = await s.heartbeat()
+                await trio.sleep(lease.interval / 1000 * 0.9)
+                assert pings() == 0 and not s.closed
+                with trio.fail_after(lease.interval / 1000 + 10):  # late: the pool's keepalive takes over
+                    while pings() == 0:
+                        await trio.sleep(0.05)
+                assert not s.closed  # the client answered, as any PING
+                await s.heartbeat()
+        trio.run(main)
+        assert alive(pool)

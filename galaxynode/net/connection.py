@@ -330,6 +330,7 @@ class Connection:
         self._bytes = TokenBucket(limits.byte_rate, limits.byte_burst, now)
         self._rx_wait_since: float | None = now   # None while the reader is busy with a frame
         self._last_ping = now
+        self._quiet_until = 0.0  # quiet_for: the peer is not expected to speak before this
 
     def __repr__(self) -> str:
         return f"<Connection {format_public_key(self.session.peer_key)} at {self.remote}>"
@@ -669,6 +670,11 @@ class Connection:
             log.exception("handler task of %r failed", self)
             await self.close(ProtocolError(ErrorCode.INTERNAL, "internal error"))
 
+    def quiet_for(self, seconds: float) -> None:
+        """The peer is not expected to send anything for `seconds` (a paced lease's interval, messages
+        §8.6): idle_timeout and ping_interval count from then, so a paced node costs no keepalive PINGs."""
+        self._quiet_until = max(self._quiet_until, trio.current_time() + seconds)
+
     async def _keepalive(self) -> None:
         lim = self.limits
         try:
@@ -678,6 +684,7 @@ class Connection:
                 if waiting is None:  # busy with a frame: the peer is not idle
                     await trio.sleep(lim.ping_interval)
                     continue
+                waiting = max(waiting, self._quiet_until)
                 if now - waiting >= lim.idle_timeout:
                     await self.close(ProtocolError(ErrorCode.IDLE_TIMEOUT,
                                                    f"nothing received for {lim.idle_timeout:g}s"))
