@@ -329,12 +329,11 @@ async def open_member_registry(config: Any, table: Any, bus: Any) -> Any:
 async def _end_session(container: Any, key: bytes, topic: str) -> None:
     """A kick or ban made on another member reaches the node's session here as it would there."""
     from galaxynode.gelato.errors import ErrorCode, ProtocolError
-    server = container.get("server") if "server" in container else None
-    conn = server.connections.get(key) if server is not None else None
-    if conn is not None and not conn.closed:
-        kicked = topic == "node.kicked"
-        await conn.close(ProtocolError(ErrorCode.KICKED if kicked else ErrorCode.BANNED,
-                                       f"{'kicked' if kicked else 'banned'} by an administrator"))
+    from galaxynode.pool import end_session
+    kicked = topic == "node.kicked"
+    await end_session(container.get("server") if "server" in container else None, None, key,
+                      ProtocolError(ErrorCode.KICKED if kicked else ErrorCode.BANNED,
+                                    f"{'kicked' if kicked else 'banned'} by an administrator"))
 
 
 class ClusterModule(Module):

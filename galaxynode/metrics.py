@@ -119,11 +119,12 @@ class DaemonCollector:
             yield from self._announcer(c.get("announcer"))
         if "metrics" in c:
             yield from self._http(c.get("metrics"))
-        refused = getattr(c.get("services"), "refused", None) if "services" in c else None
+        services = c.get("services") if "services" in c else None
+        refused = getattr(services, "refused", None)
         if refused is not None:  # main net role
             yield CounterMetricFamily("galaxynode_mainnet_announces_refused", "ANNOUNCEs this main net refused.",
                                       value=refused)
-        pacer = getattr(c.get("services"), "pacer", None) if "services" in c else None
+        pacer = getattr(services, "pacer", None)
         if pacer is not None and "registry" in c and self.info["role"] == "pool":  # heartbeat pacing
             yield GaugeMetricFamily("galaxynode_heartbeat_interval_floor_seconds",
                                     "Floor of the heartbeat intervals granted now (before jitter): leases / max_heartbeats_per_s "
@@ -133,7 +134,8 @@ class DaemonCollector:
                                       "JOINs of new keys refused overloaded (heartbeat budget spent).",
                                       value=pacer.refused_overloaded)
             yield CounterMetricFamily("galaxynode_heartbeats_refused_early",
-                                      "HEARTBEATs refused rate_limited: sooner than the interval asked (pacing).",
+                                      "HEARTBEATs (and re-JOINs of held leases) refused rate_limited: sooner than "
+                                      "the interval asked (pacing).",
                                       value=pacer.refused_early)
 
     def _http(self, server: "MetricsServer") -> Iterator[Metric]:

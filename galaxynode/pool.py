@@ -166,8 +166,7 @@ class SessionHandler:
         """The LEASE for a granted lease; the session's early-heartbeat bucket and its keepalive
         (messages §8.6) follow its interval."""
         self.early.leased(grant.interval, trio.current_time())
-        if hasattr(conn, "quiet_for"):
-            conn.quiet_for(grant.interval / 1000)
+        conn.quiet_for(grant.interval / 1000)
         return m.Lease(re=frame.id, ttl=grant.ttl, expires=e.expires, interval=grant.interval)
 
     async def leave(self, conn: Any, frame: Frame) -> m.Ack:
@@ -271,11 +270,11 @@ class SessionHandler:
         if a.action == "kick":
             entry = await reg.kick(a.key, by=by)
             kicked = ProtocolError(ErrorCode.KICKED, "kicked by an administrator")
-            if not await _end_session(server, conn, a.key, kicked) and entry is None:
+            if not await end_session(server, conn, a.key, kicked) and entry is None:
                 raise ProtocolError(ErrorCode.NOT_FOUND, "no such node or session", frame.id)
         elif a.action == "ban":
             await reg.ban(a.key, until=_ban_until(reg.clock(), a.duration, frame.id), by=by)
-            await _end_session(server, conn, a.key, ProtocolError(ErrorCode.BANNED, "banned by an administrator"))
+            await end_session(server, conn, a.key, ProtocolError(ErrorCode.BANNED, "banned by an administrator"))
         elif a.action == "unban":
             if a.key is not None:
                 await reg.unban(a.key, by=by)
@@ -315,7 +314,7 @@ def _address(text: str, ref: bytes) -> str:
     return text
 
 
-async def _end_session(server: Any, requester: Any, key: bytes, error: ProtocolError) -> bool:
+async def end_session(server: Any, requester: Any, key: bytes, error: ProtocolError) -> bool:
     """Close `key`'s live session with `error` (bounded by its close_timeout); False if it has none.
     The requester's own session stays open: it is waiting for the answer."""
     conn = server.connections.get(key) if server is not None else None

@@ -18,7 +18,9 @@ from typing import Iterator
 
 import trio
 
+from galaxynode.gelato.errors import ErrorCode
 from galaxynode.identity import Identity
+from galaxynode.net import RemoteError, SessionClosed
 from galaxynode.nodeclient import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -73,3 +75,10 @@ def assert_within(quiet: float, loaded: float, *, factor: float, slack: float) -
     assert loaded <= bound, (f"honest connect+JOIN {loaded * 1000:.1f} ms under attack > bound {bound * 1000:.1f} ms "
                              f"({factor:g} x quiet {quiet * 1000:.1f} ms + {slack * 1000:.0f} ms)")
     assert math.isfinite(loaded)
+
+
+def refusal(exc: BaseException) -> ErrorCode | None:
+    """The pool's ERROR code behind a refused handshake or an ended session."""
+    if isinstance(exc, SessionClosed):
+        exc = exc.error
+    return exc.code if isinstance(exc, RemoteError) else None

@@ -16,7 +16,7 @@ import sys
 import pytest
 import trio
 
-from abuse import NETWORK, alive, assert_within, honest_join, honest_latency, live_pool, rss_mib
+from abuse import NETWORK, alive, assert_within, honest_join, honest_latency, live_pool, refusal, rss_mib
 from galaxynode.gelato import messages as m
 from galaxynode.gelato.errors import ErrorCode
 from galaxynode.identity import Identity, write_key
@@ -27,12 +27,6 @@ ADMIN = Identity.generate()
 ENV = {"GALAXYNODE_ADMISSION_ADMINS": ADMIN.public_text}
 RSS_GROWTH_MIB = 30
 
-
-def refusal(exc: BaseException) -> ErrorCode | None:
-    """The pool's ERROR code behind a refused handshake or an ended session."""
-    if isinstance(exc, SessionClosed):
-        exc = exc.error
-    return exc.code if isinstance(exc, RemoteError) else None
 
 
 async def refused_with(url: str, identity: Identity, *, network: str = NETWORK) -> ErrorCode | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from abuse import NETWORK, alive, assert_within, honest_latency, live_pool
+from abuse import NETWORK, alive, assert_within, honest_latency, live_pool, refusal
 from galaxynode.gelato.errors import ErrorCode
 from galaxynode.identity import Identity
 from galaxynode.net import RemoteError, SessionClosed
@@ -20,11 +20,6 @@ from galaxynode.nodeclient import JoinState, connect, keep_joined
 
 ADMIN = Identity.generate()
 
-
-def refusal(exc: BaseException) -> ErrorCode | None:
-    if isinstance(exc, SessionClosed):
-        exc = exc.error
-    return exc.code if isinstance(exc, RemoteError) else None
 
 
 class Honest:
@@ -41,10 +36,13 @@ class Honest:
         if sum(s.kind == "joined" for s in self.states) == len(self.keys):
             self.all_joined.set()
 
-    def start(self, nursery: trio.Nursery) -> None:
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start them in `nursery` and return once every one has joined."""
         for key in self.keys:
             nursery.start_soon(lambda k=key: keep_joined(self.url, k, network=NETWORK, ttl=self.ttl,
                                                          on_event=self._on_event, backoff_min=0.2))
+        with trio.fail_after(20):
+            await self.all_joined.wait()
 
     def troubles(self) -> list[JoinState]:
         return [s for s in self.states if s.kind != "joined"]
@@ -74,9 +72,7 @@ def test_early_heartbeats_are_refused_then_banned_while_honest_nodes_keep_their_
         async def main():
             honest = Honest(pool.url, 5, ttl=3)  # heartbeats about every second
             async with trio.open_nursery() as nursery:
-                honest.start(nursery)
-                with trio.fail_after(20):
-                    await honest.all_joined.wait()
+                await honest.start(nursery)
                 quiet = await honest_latency(pool.url)
                 attacker = Identity.generate()
                 for _ in range(3):  # violations_before_ban
@@ -106,9 +102,7 @@ def test_a_pool_past_its_budget_refuses_new_keys_overloaded_and_keeps_every_leas
         async def main():
             honest = Honest(pool.url, 2, ttl=9)
             async with trio.open_nursery() as nursery:
-                honest.start(nursery)
-                with trio.fail_after(20):
-                    await honest.all_joined.wait()
+                await honest.start(nursery)
                 held, newcomer = Identity.generate(), Identity.generate()
                 async with connect(pool.url, held, network=NETWORK) as s:  # the third lease: the budget is spent
                     lease = await s.join(ttl=9)
@@ -145,9 +139,7 @@ def test_keep_joined_heartbeats_at_the_interval_the_pool_asks_for(tmp_path):
         async def main():
             honest = Honest(pool.url, 3, ttl=3)
             async with trio.open_nursery() as nursery:
-                honest.start(nursery)
-                with trio.fail_after(20):
-                    await honest.all_joined.wait()
+                await honest.start(nursery)
                 await trio.sleep(8)
                 assert honest.troubles() == []
                 assert {k.public for k in honest.keys} <= await honest.listed()

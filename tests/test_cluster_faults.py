@@ -20,7 +20,7 @@ from galaxynode.nodeclient import connect
 from tests.pg import SKIP, ThrowawayServer, can_throwaway, pg_dsn, pg_server  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from abuse import NETWORK, live_pool  # noqa: E402
+from abuse import NETWORK, live_pool, refusal  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not can_throwaway(), reason=SKIP)
 
@@ -114,7 +114,6 @@ def test_postgresql_restart_under_a_running_pool(tmp_path, server):
 def test_a_kick_or_ban_ends_the_node_session_on_whichever_worker_holds_it(tmp_path, pg_dsn):
     """An admin's session and the node's may land on different workers (SO_REUSEPORT spreads them):
     the node's session is ended with kicked / banned either way."""
-    from tests.test_abuse_bans import refusal
     admin_key = Identity.generate()
     env = {"GALAXYNODE_REGISTRY_BACKEND": "postgresql", "GALAXYNODE_REGISTRY_DSN": pg_dsn,
            "GALAXYNODE_ADMISSION_ADMINS": admin_key.public_text,

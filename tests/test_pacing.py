@@ -99,6 +99,9 @@ class _Conn:
         self.peer_key = key
         self.remote = "127.0.0.1"
 
+    def quiet_for(self, seconds: float) -> None:
+        pass
+
 
 def _frame(msg) -> Frame:
     return Frame(type=msg.TYPE, id=bytes(16), ts=None, sender=b"", sid=None, seq=0, body=msg.to_body(), size=0,
